@@ -1,0 +1,14 @@
+# One command each; both set up .venv (scripts/setup.sh) on first use.
+.PHONY: setup test demo bench
+
+setup:
+	bash scripts/setup.sh
+
+test: setup
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	bash scripts/demo.sh
+
+bench: setup
+	.venv/bin/python benchmarks/pyramid_ops.py

@@ -1,0 +1,144 @@
+"""Run commands that produce artifacts: ``convert``, ``sample``, ``eval flops``, ``eval latency``.
+
+Thin typer functions: each parses options and hands over to its module in ``pyrawan.commands``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pyrawan.cli import RUN_PANEL, OutOpt, OverridesArg, OverwriteOpt, RecipeArg, app, eval_app, run_options
+from pyrawan.errors import InputError
+
+DEFAULT_MODEL = "tiny"  # the built-in default model (until a trained one ships)
+
+
+@app.command("convert", rich_help_panel=RUN_PANEL)
+def convert(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    calibration: Annotated[Optional[Path], typer.Option(
+        "--calibration", help="A `pyrawan calibrate` artifact whose boundaries replace pyramid.boundaries.")] = None,
+    out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Turn a pretrained Wan into a pyramidal model artifact (transformer + pyramid.json)."""
+    from pyrawan.commands import convert as cmd
+
+    opts = run_options(recipe, overrides, "convert", out, overwrite)
+    cmd.run(opts.recipe, opts.out, calibration=calibration, overwrite=opts.overwrite)
+
+
+def _read_prompts(prompt: list[str] | None, prompts_file: Path | None) -> list[str]:
+    """``--prompt`` values, then the non-empty lines of ``--prompts`` FILE."""
+    texts = list(prompt or [])
+    if prompts_file is not None:
+        try:
+            lines = prompts_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"--prompts {prompts_file}: cannot read it ({err}); give a UTF-8 text file with one prompt per line.") from None
+        texts += [line.strip() for line in lines if line.strip()]
+    return texts
+
+
+@app.command("sample", rich_help_panel=RUN_PANEL)
+def sample(
+    overrides: OverridesArg = None,
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="Prompt (repeatable).")] = None,
+    prompts_file: Annotated[Optional[Path], typer.Option("--prompts", help="Text file, one prompt per line.")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help=f"Model artifact folder, diffusers folder, hub id or preset [default: {DEFAULT_MODEL}].")] = None,
+    recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe whose base, video and sampling sections give the defaults.")] = None,
+    negative_prompt: Annotated[Optional[str], typer.Option("--negative-prompt", help="Unconditional prompt for guidance.")] = None,
+    schedule: Annotated[Optional[str], typer.Option("--schedule", help="Steps per stage, coarsest first (e.g. 20-20-10; 50 on a plain model).")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale (1 = off).")] = None,
+    shift: Annotated[Optional[float], typer.Option("--shift", help="Timestep shift of every stage's step grid.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of prompt 0; prompt i uses seed + i.")] = None,
+    frames: Annotated[Optional[int], typer.Option("--frames", help="Pixel frames (4k+1).")] = None,
+    height: Annotated[Optional[int], typer.Option("--height", help="Pixel height.")] = None,
+    width: Annotated[Optional[int], typer.Option("--width", help="Pixel width.")] = None,
+    fps: Annotated[Optional[int], typer.Option("--fps", help="Frames per second of the mp4.")] = None,
+    fewstep: Annotated[Optional[bool], typer.Option("--fewstep/--multistep", help="Few-step (distilled) or multi-step Euler sampler [default: the model's].")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32 or bfloat16 [default: bfloat16 on GPU].")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Generate videos: one mp4 per prompt, the final latents and a manifest (torchrun shards prompts)."""
+    from pyrawan.commands.sample import SampleSettings, run
+
+    settings = SampleSettings(prompts=_read_prompts(prompt, prompts_file), model=model or DEFAULT_MODEL,
+                              command=sys.argv)
+    if recipe is not None:
+        r = run_options(recipe, overrides, ("sample", "convert")).recipe
+        s, v = r.sampling, r.video
+        settings = SampleSettings(**{**settings.__dict__, "model": model or r.base, "seed": r.seed, "device": r.device,
+                                     "dtype": r.dtype, "schedule": s.schedule, "guidance": s.guidance,
+                                     "negative_prompt": s.negative_prompt, "frames": v.frames, "height": v.height,
+                                     "width": v.width, "fps": v.fps})
+    elif overrides:
+        raise InputError("key=value overrides need a recipe: pass --recipe FILE, or use the sample options (see --help).")
+    given = dict(negative_prompt=negative_prompt, schedule=schedule, guidance=guidance, shift=shift, seed=seed,
+                 frames=frames, height=height, width=width, fps=fps, fewstep=fewstep, device=device, dtype=dtype)
+    for key, value in given.items():
+        if value is not None:
+            setattr(settings, key, value)
+    settings.overwrite, settings.progress = overwrite, not quiet
+    run(settings, out or Path("runs") / "samples")
+
+
+SchedulesOpt = Annotated[Optional[str], typer.Option(
+    "--schedules", help="Comma-separated schedules, coarsest first [default: 0-0-50,20-20-10,0-0-4,0-0-2,2-2-2,2-2-1,1-1-1].")]
+GuidanceOpt = Annotated[Optional[bool], typer.Option("--guidance/--no-guidance", help="Count both CFG branches (x2) [default: from the recipe].")]
+
+
+def _schedules(text: str | None) -> list[str] | None:
+    return [s.strip() for s in text.split(",") if s.strip()] if text else None
+
+
+@eval_app.command("flops")
+def eval_flops(
+    target: Annotated[str, typer.Argument(help="Recipe (file or shipped name), model folder, or architecture (tiny, wan1.3b, wan14b).")],
+    overrides: OverridesArg = None,
+    schedules: SchedulesOpt = None,
+    method: Annotated[str, typer.Option("--method", help="analytic (the paper's formula) or meta (counted on the meta device).")] = "analytic",
+    guidance: GuidanceOpt = None,
+    stages: Annotated[Optional[int], typer.Option("--stages", help="Stages, for an architecture name.")] = None,
+    frames: Annotated[Optional[int], typer.Option("--frames", help="Pixel frames.")] = None,
+    height: Annotated[Optional[int], typer.Option("--height", help="Pixel height.")] = None,
+    width: Annotated[Optional[int], typer.Option("--width", help="Pixel width.")] = None,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Write flops.json and a manifest here.")] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """FLOPs of each schedule per stage, and the ratio to the full-resolution baseline (no weights needed)."""
+    from pyrawan.commands.evaluate import run_flops
+
+    run_flops(target, list(overrides or ()), _schedules(schedules), method, out, frames, height, width, stages,
+              guidance, overwrite)
+
+
+@eval_app.command("latency")
+def eval_latency(
+    model: Annotated[str, typer.Option("--model", "-m", help="ARCH-random (wan1.3b-random: random weights built on the device) or a model.")] = "wan1.3b-random",
+    schedules: SchedulesOpt = None,
+    guidance: GuidanceOpt = None,
+    stages: Annotated[Optional[int], typer.Option("--stages", help="Stages, for an architecture.")] = None,
+    frames: Annotated[Optional[int], typer.Option("--frames", help="Pixel frames.")] = None,
+    height: Annotated[Optional[int], typer.Option("--height", help="Pixel height.")] = None,
+    width: Annotated[Optional[int], typer.Option("--width", help="Pixel width.")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32 or bfloat16 [default: bfloat16 on GPU].")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed forwards per stage (median reported).")] = 10,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed forwards first.")] = 3,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Write latency.json and a manifest here.")] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Time one forward per stage on this device (a benchmark) and total it per schedule."""
+    from pyrawan.commands.evaluate import run_latency
+
+    run_latency(model, _schedules(schedules), out, frames, height, width, stages, guidance, device, dtype,
+                repeats, warmup, overwrite)

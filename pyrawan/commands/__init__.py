@@ -1,0 +1,1 @@
+"""One module per subcommand: ``run(...)`` wires recipe, models, pyramid math and artifacts."""

@@ -1,0 +1,48 @@
+"""Small pieces every command shares: device and dtype choice, progress bars."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from pyrawan.errors import InputError
+
+console = Console(stderr=True)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``auto`` (or None) -> cuda when available, else cpu; ``cuda`` without a GPU is an input error."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device = {name!r} was asked for but torch sees no CUDA GPU "
+                         f"(torch {torch.__version__}); use device=cpu or install a CUDA build of torch.")
+    return device
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """A dtype name; None -> bfloat16 on CUDA, float32 elsewhere."""
+    if name is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise InputError(f"dtype = {name!r} is not supported; choose one of {', '.join(DTYPES)}.")
+    return DTYPES[name]
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[callable]:
+    """A rich progress bar; yields ``advance(n=1)``. Silent when ``enabled`` is False."""
+    if not enabled:
+        yield lambda n=1: None
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)

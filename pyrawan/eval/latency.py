@@ -1,0 +1,179 @@
+"""Latency of one transformer forward per stage, and of sampling schedules (paper.md section 8.3).
+
+``measure_latency`` times the DiT forward at each stage's latent shape on random inputs (weights
+and inputs do not change the time). ``latency_report`` turns per-stage milliseconds into
+per-schedule totals: steps x stage time, x2 with classifier-free guidance (two forwards per step,
+batch not doubled). VAE decode, text encoder and scheduler overhead are not included.
+"""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pyrawan.errors import InputError
+from pyrawan.eval.flops import DEFAULT_STEPS, baseline_schedule, default_schedules, num_tokens, schedule_flops
+
+LATENCY_NOTE = (
+    "Transformer (DiT) forwards only, timed on random inputs after warm-up; VAE decode, text encoder "
+    "and scheduler overhead are excluded. Schedule totals are steps x per-stage median"
+    " (x2 forwards per step with classifier-free guidance)."
+)
+
+
+def _param_device_dtype(transformer) -> tuple[Any, Any]:
+    """Device and compute dtype of a module (the patch embedding's weight, not the fp32-kept parts)."""
+    weight = getattr(getattr(transformer, "patch_embedding", None), "weight", None)
+    if weight is None:
+        weight = next(transformer.parameters())
+    return weight.device, weight.dtype
+
+
+def environment_info(device: Any = None, dtype: Any = None) -> dict:
+    """Device name, dtype, torch version and CPU threads, for the report."""
+    import torch
+
+    device = torch.device(device or "cpu")
+    name = platform.processor() or platform.machine() or "cpu"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    return {
+        "device": str(device),
+        "device_name": name,
+        "dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
+
+
+def _inputs(transformer, shape: Sequence[int], text_len: int, batch: int, device, dtype, gen) -> dict:
+    """Random forward arguments for one latent shape."""
+    import torch
+
+    cfg = transformer.config
+    hidden = torch.randn(batch, cfg.in_channels, *shape, generator=gen).to(device, dtype)
+    text = torch.randn(batch, text_len, cfg.text_dim, generator=gen).to(device, dtype)
+    timestep = torch.full((batch,), 500.0, device=device)
+    return {"hidden_states": hidden, "timestep": timestep, "encoder_hidden_states": text, "return_dict": False}
+
+
+def _time_once(transformer, kwargs: dict, cuda: bool) -> float:
+    """Milliseconds of one forward (CUDA events + synchronize on GPU, perf_counter on CPU)."""
+    import torch
+
+    if cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        transformer(**kwargs)
+        end.record()
+        torch.cuda.synchronize()
+        return float(start.elapsed_time(end))
+    t0 = time.perf_counter()
+    transformer(**kwargs)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _time_shape(transformer, kwargs: dict, repeats: int, warmup: int, cuda: bool) -> list[float]:
+    """``repeats`` timings after ``warmup`` untimed forwards."""
+    import torch
+
+    for _ in range(warmup):
+        transformer(**kwargs)
+    if cuda:
+        torch.cuda.synchronize()
+    return [_time_once(transformer, kwargs, cuda) for _ in range(repeats)]
+
+
+def measure_latency(
+    transformer,
+    latent_shapes: Sequence[Sequence[int]],
+    text_len: int = 512,
+    batch: int = 1,
+    repeats: int = 10,
+    warmup: int = 3,
+    device: Any = None,
+    dtype: Any = None,
+    seed: int = 0,
+) -> list[dict]:
+    """Median/mean/min/max ms of one forward at each latent shape (index = stage, 0 = full).
+
+    ``device``/``dtype`` default to the module's own. If they differ the module is moved/cast in
+    place (diffusers' fp32-kept modules stay fp32). Runs under ``torch.inference_mode()``.
+    """
+    import torch
+
+    if repeats < 1 or warmup < 0 or batch < 1 or text_len < 1:
+        raise InputError(f"repeats ({repeats}), batch ({batch}) and text_len ({text_len}) must be >= 1, warmup ({warmup}) >= 0.")
+    own_device, own_dtype = _param_device_dtype(transformer)
+    device = torch.device(device) if device is not None else own_device
+    dtype = dtype or own_dtype
+    if dtype != own_dtype:
+        from pyrawan.models.presets import cast_keep_fp32
+
+        cast_keep_fp32(transformer, dtype)
+    if device != own_device:
+        transformer = transformer.to(device)
+    cuda = device.type == "cuda"
+    gen = torch.Generator("cpu").manual_seed(seed)
+    patch = tuple(transformer.config.patch_size)
+    rows = []
+    with torch.inference_mode():
+        transformer.eval()
+        for stage, shape in enumerate(latent_shapes):
+            shape = tuple(int(v) for v in shape)
+            kwargs = _inputs(transformer, shape, text_len, batch, device, dtype, gen)
+            times = _time_shape(transformer, kwargs, repeats, warmup, cuda)
+            rows.append({
+                "stage": stage, "latent": list(shape), "tokens": num_tokens(shape, patch), "batch": batch,
+                "median_ms": statistics.median(times), "mean_ms": statistics.fmean(times),
+                "min_ms": min(times), "max_ms": max(times), "repeats": repeats, "warmup": warmup,
+            })
+    return rows
+
+
+def _per_stage_ms(per_stage: Sequence[float] | Sequence[dict]) -> list[float]:
+    """Median ms per stage from floats or from ``measure_latency`` rows."""
+    return [float(p["median_ms"]) if isinstance(p, dict) else float(p) for p in per_stage]
+
+
+def latency_report(
+    per_stage_ms: Sequence[float] | Sequence[dict],
+    schedules: Sequence[str] | None = None,
+    guidance: bool = True,
+    env: dict | None = None,
+) -> dict:
+    """Per-schedule total ms from per-stage forward times (index = stage, 0 = full resolution).
+
+    ``per_stage_ms`` may be plain milliseconds or the rows of ``measure_latency`` (their median is
+    used and the rows are kept in the report). ``env`` is ``environment_info(...)`` of the
+    measurement (recorded as given, else taken from the current process).
+    """
+    from pyrawan.pyramid.schedule import parse_schedule
+
+    ms = _per_stage_ms(per_stage_ms)
+    if not ms:
+        raise InputError("latency report needs at least one stage time.")
+    num_stages = len(ms)
+    schedules = list(schedules) if schedules else default_schedules(num_stages)
+    base = schedule_flops(ms, [0] * (num_stages - 1) + [DEFAULT_STEPS], guidance)["total"]
+    rows = []
+    for text in schedules:
+        cost = schedule_flops(ms, parse_schedule(text, num_stages), guidance)
+        rows.append({
+            "schedule": cost["schedule"], "cfg_factor": cost["cfg_factor"], "forwards": cost["forwards"],
+            "per_stage": [{"stage": p["stage"], "steps": p["steps"], "forwards": p["forwards"], "ms": p["cost"]}
+                          for p in cost["per_stage"]],
+            "total_ms": cost["total"], "ratio_to_baseline": cost["total"] / base,
+        })
+    stages = [dict(p) if isinstance(p, dict) else {"stage": i, "median_ms": m}
+              for i, (p, m) in enumerate(zip(per_stage_ms, ms))]
+    return {
+        "kind": "latency", "num_stages": num_stages, "guidance": bool(guidance),
+        "environment": env if env is not None else environment_info(),
+        "stages": stages, "baseline": baseline_schedule(num_stages), "baseline_ms": base,
+        "schedules": rows, "note": LATENCY_NOTE,
+    }

@@ -1,0 +1,92 @@
+"""Rendering of FLOPs and latency reports as rich tables, and atomic JSON output."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from pyrawan.fsutil import atomic_write_text
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    """Thousands separators, fixed decimals."""
+    return f"{value:,.{digits}f}"
+
+
+def _with_cfg(total: float, cfg: int, digits: int) -> str:
+    """``2 × 2,820.9`` with guidance (the paper's notation), else the plain number."""
+    return f"{cfg} × {_fmt(total / cfg, digits)}" if cfg > 1 else _fmt(total, digits)
+
+
+def _stage_headers(num_stages: int, unit: str) -> list[str]:
+    """Column names coarsest first, matching how schedules are written."""
+    return [f"stage {i} {unit}" + (" (full)" if i == 0 else "") for i in reversed(range(num_stages))]
+
+
+def _unit(tflops: float) -> tuple[str, float]:
+    """Display unit for a table whose largest value is ``tflops`` TFLOPs (TF, GF or MF)."""
+    for name, scale in (("TF", 1.0), ("GF", 1e3), ("MF", 1e6)):
+        if tflops * scale >= 1:
+            return name, scale
+    return "MF", 1e6
+
+
+def render_flops_table(report: dict) -> Table:
+    """Table of a ``flops_report``: per-stage FLOPs (coarsest first), total and ratio to baseline."""
+    stages = report["stages"]
+    unit, k = _unit(report["baseline_tflops"])
+    shapes = ", ".join(f"{s['stage']}: {'x'.join(map(str, s['latent']))} ({s['tokens']:,} tok, "
+                       f"{_fmt(s['tflops_per_forward'] * k, 2)} {unit})" for s in stages)
+    table = Table(
+        title=f"DiT {unit}LOPs per schedule ({report['method']}, guidance {'on' if report['guidance'] else 'off'})",
+        caption=f"stages {shapes}. Baseline {report['baseline']}. {report['note']}",
+    )
+    table.add_column("schedule")
+    table.add_column("forwards", justify="right")
+    for name in _stage_headers(len(stages), unit):
+        table.add_column(name, justify="right")
+    table.add_column(f"total {unit}", justify="right")
+    table.add_column("vs baseline", justify="right")
+    for row in report["schedules"]:
+        per_stage = [_fmt(p["tflops"] * k, 1) for p in reversed(row["per_stage"])]
+        table.add_row(
+            row["schedule"], str(row["forwards"]), *per_stage,
+            _with_cfg(row["total_tflops"] * k, row["cfg_factor"], 0), f"{row['ratio_to_baseline']:.3f}",
+        )
+    return table
+
+
+def render_latency_table(report: dict) -> Table:
+    """Table of a ``latency_report``: per-stage ms (coarsest first), total and ratio to baseline."""
+    env = report["environment"]
+    stages = ", ".join(f"{s['stage']}: {_fmt(s['median_ms'], 2)} ms" for s in report["stages"])
+    table = Table(
+        title=f"DiT latency per schedule on {env.get('device_name')} ({env.get('dtype') or 'dtype n/a'}, "
+              f"guidance {'on' if report['guidance'] else 'off'})",
+        caption=f"median per forward {stages}; torch {env.get('torch')}, {env.get('threads')} threads. "
+                f"Baseline {report['baseline']}. {report['note']}",
+    )
+    table.add_column("schedule")
+    table.add_column("forwards", justify="right")
+    for name in _stage_headers(report["num_stages"], "ms"):
+        table.add_column(name, justify="right")
+    table.add_column("total ms", justify="right")
+    table.add_column("vs baseline", justify="right")
+    for row in report["schedules"]:
+        per_stage = [_fmt(p["ms"], 1) for p in reversed(row["per_stage"])]
+        table.add_row(row["schedule"], str(row["forwards"]), *per_stage, _fmt(row["total_ms"], 1),
+                      f"{row['ratio_to_baseline']:.3f}")
+    return table
+
+
+def render_table(report: dict) -> Table:
+    """The table for any report made by this package (dispatch on ``report['kind']``)."""
+    return render_latency_table(report) if report.get("kind") == "latency" else render_flops_table(report)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON atomically (fsync'd temporary sibling, then rename)."""
+    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")

@@ -1,0 +1,66 @@
+"""Wan VAE helpers: latent (de)normalisation, encoding pixels and decoding normalised latents.
+
+Model-space ("normalised") latents are ``z_n = (z - mean) / std`` with the per-channel
+``vae.config.latents_mean/std``; that is what the transformer sees and what ``WanPipeline``
+returns for ``output_type="latent"``.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from diffusers import AutoencoderKLWan
+
+if TYPE_CHECKING:
+    from pyrawan.models.presets import WanComponents
+
+
+def _stats(vae: AutoencoderKLWan, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, std)`` shaped [1, C, 1, 1, 1] on ``like``'s device and dtype."""
+    shape = (1, -1, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean).view(shape).to(like.device, like.dtype)
+    std = torch.tensor(vae.config.latents_std).view(shape).to(like.device, like.dtype)
+    return mean, std
+
+
+def normalise_latents(vae: AutoencoderKLWan, z: torch.Tensor) -> torch.Tensor:
+    """Raw VAE latents [B, C, T, H, W] -> model-space latents ``(z - mean) / std`` (same shape)."""
+    mean, std = _stats(vae, z)
+    return (z - mean) / std
+
+
+def denormalise_latents(vae: AutoencoderKLWan, z_n: torch.Tensor) -> torch.Tensor:
+    """Model-space latents [B, C, T, H, W] -> raw VAE latents ``z_n * std + mean`` (same shape)."""
+    mean, std = _stats(vae, z_n)
+    return z_n * std + mean
+
+
+@torch.no_grad()
+def encode_video(
+    vae: AutoencoderKLWan,
+    video: torch.Tensor,
+    sample: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pixels [B, 3, F, H, W] in [-1, 1] (F = 4k+1) -> normalised latents [B, 16, 1+(F-1)/4, H/8, W/8].
+
+    Uses the posterior mode unless ``sample`` (then draws with ``generator``). Returns fp32.
+    """
+    param = next(vae.parameters())
+    dist = vae.encode(video.to(param.device, param.dtype)).latent_dist
+    z = dist.sample(generator) if sample else dist.mode()
+    return normalise_latents(vae, z.float())
+
+
+@torch.no_grad()
+def decode_latents(components: WanComponents | AutoencoderKLWan, latents: torch.Tensor) -> torch.Tensor:
+    """Normalised latents [B, 16, T, H, W] -> video [B, 4(T-1)+1, 3, 8H, 8W] float32 in [0, 1].
+
+    Same steps as ``WanPipeline``: de-normalise, ``vae.decode``, ``(x + 1) / 2`` clamped.
+    """
+    vae = getattr(components, "vae", components)
+    param = next(vae.parameters())
+    z = denormalise_latents(vae, latents.to(param.device, param.dtype))
+    video = vae.decode(z, return_dict=False)[0]                      # [B, 3, F, H, W] in ~[-1, 1]
+    video = (video.float() / 2 + 0.5).clamp(0, 1)
+    return video.permute(0, 2, 1, 3, 4).contiguous()                # [B, F, 3, H, W]

@@ -1,0 +1,1 @@
+"""Training: engines (single process, torchrun DDP, DeepSpeed), losses and the finetune loop."""

@@ -1,0 +1,47 @@
+"""Shared test fixtures. Everything is offline: tiny models are built in code, nothing downloads."""
+from __future__ import annotations
+
+import os
+
+# Set before anything imports huggingface_hub / transformers, so accidental hub access fails fast.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_components():
+    """The ``tiny`` preset (seed 0), fp32 on CPU. Shared: tests must not modify it."""
+    from pyrawan.models.presets import build_preset
+
+    return build_preset("tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory, tiny_components) -> Path:
+    """A diffusers pipeline folder (``WanPipeline.save_pretrained``) of the tiny preset."""
+    from pyrawan.models.denoiser import pipeline_for
+
+    folder = tmp_path_factory.mktemp("tiny_pipeline")
+    pipeline_for(tiny_components).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_text(tiny_components):
+    """(cond, uncond) embeddings [2, 16, 32] for two prompts and two negative prompts."""
+    from pyrawan.models.denoiser import encode_prompts
+
+    return encode_prompts(tiny_components, ["a cat runs in the park", "A red car, 2 birds!"],
+                          ["blurry", ""], max_sequence_length=16)
+
+
+@pytest.fixture
+def tiny_latents() -> torch.Tensor:
+    """Normalised-latent-shaped noise [2, 16, 5, 8, 8] (the tiny recipe's full-resolution latent)."""
+    return torch.randn(2, 16, 5, 8, 8, generator=torch.Generator().manual_seed(1))
