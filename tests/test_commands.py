@@ -152,7 +152,7 @@ def test_eval_flops_reproduces_the_paper_table(tmp_path):
 def test_sample_shards_prompts_across_torchrun_ranks(converted, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red square moving left\na blue circle moving up\na green triangle\n")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "pyrawan", "sample", "--model", "A", "--prompts", str(prompts), "-q", "-o", str(tmp_path / "R")]
     proc = subprocess.run(cmd, cwd=converted, env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=300)
