@@ -90,8 +90,13 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", envvar="PYRAWAN_DEBUG", help="Show tracebacks on errors.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
+    local_rank: Annotated[Optional[int], typer.Option(
+        "--local_rank", "--local-rank", hidden=True,
+        help="Injected by the deepspeed launcher right after `-m pyrawan`; LOCAL_RANK in the environment wins.")] = None,
 ) -> None:
     """Pyramidal video diffusion for Wan2.1."""
+    if local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(local_rank))
 
 
 # ---- shared pieces of every run command ----------------------------------------------------------
@@ -323,15 +328,35 @@ def calibrate(
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Measure stage boundaries, spectra and latent statistics on data (not built yet)."""
-    _not_built("calibrate", recipe, overrides, "calibrate")
+    """Measure stage boundaries, spectra and latent statistics on a folder of videos and captions."""
+    from pyrawan.commands import calibrate as cmd
+
+    loaded = cmd.load_calibrate_recipe(data_dir, recipe, list(overrides or ()))
+    cmd.run(loaded, out or Path("runs") / f"calibrate-{data_dir.resolve().name}", overwrite=overwrite)
 
 
 @app.command("finetune", rich_help_panel=RUN_PANEL)
-def finetune(recipe: RecipeArg, overrides: OverridesArg = None, out: OutOpt = None,
-             overwrite: OverwriteOpt = False) -> None:
-    """Pyramidal flow-matching finetuning of a converted model (not built yet)."""
-    _not_built("finetune", recipe, overrides, "finetune")
+def finetune(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue from the latest complete checkpoint in OUT.run/checkpoints/.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the plan: parameters, trainable parameters, memory per GPU; load no weights.")] = False,
+) -> None:
+    """Pyramidal flow-matching finetuning: one process, torchrun (DDP) or DeepSpeed ZeRO, resumable."""
+    from pyrawan.commands import finetune as cmd
+
+    opts = run_options(recipe, overrides, ("finetune", "convert") if dry_run else "finetune", out, overwrite)
+    if dry_run:
+        if opts.recipe.kind != "finetune":
+            stderr().print(f"note: {recipe} is a {opts.recipe.kind} recipe; planning with the default train: section.",
+                           style="yellow", markup=False)
+        cmd.dry_run(rc.FinetuneRecipe.model_validate({**opts.recipe.model_dump(), "kind": "finetune"}))
+        return
+    cmd.run(opts.recipe, opts.out, resume=resume, overwrite=opts.overwrite)
 
 
 @app.command("distill", rich_help_panel=RUN_PANEL)
@@ -343,6 +368,7 @@ def distill(recipe: RecipeArg, overrides: OverridesArg = None, out: OutOpt = Non
 
 # convert, sample and eval live in cli_run.py (imported here so they register on `app`).
 from pyrawan import cli_run  # noqa: E402,F401
+from pyrawan import cli_toy  # noqa: E402,F401
 
 
 def main() -> None:

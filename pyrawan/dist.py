@@ -54,3 +54,19 @@ def gather(obj: Any) -> list[Any]:
 def shard(items: list, rank: int, size: int) -> list[int]:
     """Indices of ``items`` that ``rank`` of ``size`` handles (round robin)."""
     return list(range(rank, len(items), size))
+
+
+def broadcast_tensors(tensors: list[torch.Tensor], src: int = 0) -> None:
+    """Overwrite every rank's tensors (in place, same order on every rank) with those of ``src``."""
+    if ensure_group():
+        for tensor in tensors:
+            dist.broadcast(tensor.data, src=src)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum over ranks (a copy; the tensor itself when run alone)."""
+    if not ensure_group():
+        return tensor
+    total = tensor.clone()
+    dist.all_reduce(total)
+    return total

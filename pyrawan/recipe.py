@@ -22,7 +22,7 @@ from pydantic_core import PydanticCustomError
 
 from pyrawan.data.config import Calibrate, Data
 from pyrawan.errors import InputError
-from pyrawan.train.config import Train
+from pyrawan.train.config import Train, train_problems
 from pyrawan.recipe_io import apply_overrides, error_lines, problems_error, read_yaml
 
 SCHEMA_VERSIONS = (1,)
@@ -240,6 +240,9 @@ def cross_field_problems(r: RecipeBase, skip: frozenset[str] = frozenset()) -> l
         ("base", ("base",), lambda: _check_base(r.base)),
     ]
     problems = []
+    train = getattr(r, "train", None)
+    if train is not None and not skip.intersection(("train", "pyramid")):
+        problems += train_problems(train, p.stages)
     for key, needs, check in checks:
         if skip.intersection(needs):
             continue

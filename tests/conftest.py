@@ -45,3 +45,12 @@ def tiny_text(tiny_components):
 def tiny_latents() -> torch.Tensor:
     """Normalised-latent-shaped noise [2, 16, 5, 8, 8] (the tiny recipe's full-resolution latent)."""
     return torch.randn(2, 16, 5, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one intra-op thread avoids thread hand-offs that dominate on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

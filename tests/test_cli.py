@@ -113,14 +113,14 @@ def test_env_reports_versions_and_offline_flags():
 def test_stubs_validate_then_exit_1_without_output(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     recipe = recipe_file(tmp_path, "finetune")
-    result = run("finetune", recipe, "seed=3", "-o", "out", "sampling.guidance=2", code=1)
-    assert "`pyrawan finetune` is not built yet" in result.stderr and "no artifact was written" in result.stderr
+    result = run("finetune", recipe, "seed=3", "-o", "out", "sampling.guidance=2", code=2)
+    assert "no training data: set data.root" in result.stderr                 # checked before anything loads
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
     assert "sampling.guidance" in run("distill", recipe_file(tmp_path, "distill"), "sampling.guidance=0", code=2).stderr
     assert "needs a recipe with kind: distill" in run("distill", "tiny", code=2).stderr
     (tmp_path / "videos").mkdir()
-    assert "`pyrawan calibrate` is not built yet" in run("calibrate", "videos", "-o", "c", code=1).stderr
-    assert "need a recipe" in run("calibrate", "videos", "seed=1", code=2).stderr
+    assert "no dataset found" in run("calibrate", "videos", "-o", "c", code=2).stderr
+    assert "calibrate.threshold" in run("calibrate", "videos", "calibrate.threshold=-1", code=2).stderr
 
 
 def test_unexpected_errors_exit_1_with_a_hint_and_debug_shows_the_traceback(monkeypatch):

@@ -1,0 +1,363 @@
+"""``pyrawan finetune``: pyramidal flow matching on one process, torchrun (DDP) or DeepSpeed, with exact resume.
+
+The training loop is written out here, plainly: per optimiser step, per micro-step and per stage
+group (coarsest first) one forward and backward, then one optimiser step. Checkpoints, the data
+order and the noise make a killed run that is resumed end with the same weights as an
+uninterrupted one. Run state lives in ``OUT.run/`` (checkpoints, metrics.jsonl, tensorboard/);
+the finished model is the artifact ``OUT``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from pyrawan import dist
+from pyrawan.commands.common import console, resolve_device
+from pyrawan.errors import InputError, RunError
+from pyrawan.manifest import artifact_dir, write_manifest
+from pyrawan.pyramid.config import PyramidConfig
+from pyrawan.pyramid.geometry import pixel_to_latent
+from pyrawan.recipe import FinetuneRecipe, recipe_sha256, resolve_recipe
+from pyrawan.train import checkpoint as ckpt
+from pyrawan.train.config import train_problems
+from pyrawan.train.data import LatentSource, StageDataset, split_holdout, train_batch, validation_batches
+from pyrawan.train.engine import Context, Ema, TorchEngine, lr_at, make_engine, setup
+from pyrawan.train.loss import predict, stage_losses
+from pyrawan.train.metrics import MetricsLog, progress
+from pyrawan.train.model import Base, build_student, export_model, load_base
+
+# Keys that may change between a run and its resume (everything else must match the checkpoint).
+RESUMABLE_CHANGES = ("train.steps", "train.checkpoint.every", "train.checkpoint.keep", "train.validation.every")
+
+
+@dataclass
+class Loop:
+    """Everything the training loop touches."""
+
+    recipe: FinetuneRecipe
+    ctx: Context
+    engine: TorchEngine
+    pyramid: PyramidConfig
+    data: StageDataset
+    held_out: StageDataset
+    base: Base
+    log: MetricsLog
+    ema: Ema | None = None
+    teacher: object = None
+    out: Path = Path("runs/finetune")
+    step: int = 0
+    consumed: int = 0              # global micro-batches drawn so far (the data position)
+    validated: set = field(default_factory=set)
+
+    @property
+    def patch(self) -> tuple[int, int, int]:
+        return tuple(self.base.config["patch_size"])
+
+
+def run_folder(out: Path) -> Path:
+    """Where checkpoints and metrics of the run that makes ``out`` live."""
+    return out.with_name(out.name + ".run")
+
+
+def check_recipe(recipe: FinetuneRecipe, out: Path, overwrite: bool, need_data: bool) -> None:
+    """Rules that need several sections, the data and the output folder, before anything loads."""
+    problems = [m for _, m in train_problems(recipe.train, recipe.pyramid.stages)]
+    if need_data and recipe.data.root is None and recipe.data.cache is None:
+        problems.append("no training data: set data.root (a folder of videos and captions, cached on the fly) or "
+                        "data.cache (a latent cache folder written by `pyrawan calibrate`)")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        problems.append(f"output {out} already exists; choose another -o/--out or pass --overwrite")
+    if problems:
+        raise InputError("finetune recipe: " + "; ".join(problems) + ".")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def resume_point(run: Path, resolved: dict, resume: bool, overwrite: bool) -> Path | None:
+    """Rank 0: the checkpoint to resume from (None = start fresh), after checking the recipe matches."""
+    root = run / "checkpoints"
+    if not resume:
+        if root.is_dir() and any(root.iterdir()) and not overwrite:
+            raise InputError(f"{root} holds checkpoints of an earlier run; pass --resume to continue it, or "
+                             "--overwrite to start over (deletes them).")
+        shutil.rmtree(root, ignore_errors=True)                          # only what a run writes there
+        shutil.rmtree(run / "tensorboard", ignore_errors=True)
+        return None
+    found = ckpt.latest(root, report=lambda m: console.print(f"finetune: {m}", markup=False))
+    if found is None:
+        console.print(f"finetune: no complete checkpoint in {root}; starting from step 0", markup=False)
+        return None
+    old, new = _flat(ckpt.read_state(found)["recipe"]), _flat(resolved)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
+        raise InputError(f"--resume: the recipe differs from the one of checkpoint {found} ({shown}); only "
+                         f"{', '.join(RESUMABLE_CHANGES)} may change. Restore the recipe or start over with --overwrite.")
+    return found
+
+
+def open_source(recipe: FinetuneRecipe, base: Base, ctx: Context) -> tuple[LatentSource, Path]:
+    """The latent cache (built from ``data.root`` on rank 0 when needed) and its folder."""
+    try:
+        from pyrawan.data.cache import LatentCache, ensure_cache
+    except ImportError:
+        raise RunError("this pyrawan has no latent cache (pyrawan.data.cache), so finetune cannot read data.cache "
+                       "or data.root; update pyrawan.") from None
+    folder = None
+    if ctx.rank == 0:
+        if recipe.data.root is not None:
+            comps = base.components
+            comps.vae, comps.text_encoder = comps.vae.to(ctx.device), comps.text_encoder.to(ctx.device)
+            folder = ensure_cache(recipe, comps, folder=recipe.data.cache, progress=True)
+        else:
+            folder = Path(recipe.data.cache)
+            if not folder.is_dir():
+                raise InputError(f"data.cache = '{folder}' is not a folder; build it with `pyrawan calibrate` or set "
+                                 "data.root to cache videos on the fly.")
+    folder = Path(dist.broadcast(str(folder) if folder else None))
+    return LatentCache(folder), folder
+
+
+def check_source(source: LatentSource, pyramid: PyramidConfig, recipe: FinetuneRecipe) -> None:
+    """The cache must hold this pyramid's latent shapes (and data definition when it says so)."""
+    v = recipe.video
+    want = pyramid.shapes(pixel_to_latent(v.frames, v.height, v.width))
+    have = [tuple(s) for s in getattr(source, "stage_shapes", want)]
+    if have[: len(want)] != want[: len(have)]:
+        raise InputError(f"the latent cache holds stage shapes {have} but video {v.frames}x{v.height}x{v.width} with "
+                         f"{pyramid.num_stages} stages needs {want}; rebuild the cache for this recipe (data.cache).")
+    definition = getattr(source, "definition", recipe.pyramid.stage_data)
+    if len(have) < pyramid.num_stages and definition == 2:
+        raise InputError(f"the latent cache holds {len(have)} stages but pyramid.stages = {pyramid.num_stages} and "
+                         "pyramid.stage_data = 2 (re-encoded pixels); rebuild the cache with the recipe's pyramid.")
+    if definition != recipe.pyramid.stage_data and pyramid.num_stages > 1:
+        raise InputError(f"the latent cache uses stage data definition {definition} but pyramid.stage_data = "
+                         f"{recipe.pyramid.stage_data}; set pyramid.stage_data: {definition} or rebuild the cache.")
+
+
+def make_teacher(loop: Loop):
+    """``teacher(x, sigma_nat, text)`` -> the frozen base velocity, or None when the alignment loss is off."""
+    train, engine = loop.recipe.train, loop.engine
+    if train.align_weight == 0:
+        return None
+    if train.lora.enabled:
+        module = engine.module
+
+        def without_adapters(x, sigma, text):
+            module.disable_adapters()
+            try:
+                return predict(module, x, sigma, text, loop.patch, loop.ctx.device, engine.input_dtype)
+            finally:
+                module.enable_adapters()
+        return without_adapters
+    teacher = loop.base.teacher.to(loop.ctx.device)
+    dtype = getattr(teacher, "dtype", torch.float32)                   # diffusers: skips the fp32-kept modules
+    return lambda x, sigma, text: predict(teacher, x, sigma, text, loop.patch, loop.ctx.device, dtype)
+
+
+def validate(loop: Loop) -> list[float]:
+    """Mean flow-matching loss per stage (index = stage) on the held-out items, fixed noise and levels."""
+    val, engine, module = loop.recipe.train.validation, loop.engine, loop.engine.module
+    losses = []
+    module.eval()
+    with torch.no_grad(), engine.autocast():
+        for stage in range(loop.pyramid.num_stages):
+            total, count = 0.0, 0
+            for batch in validation_batches(loop.held_out, stage, val.levels, loop.recipe.seed, val.batch_size):
+                mse, _ = stage_losses(module, batch, loop.pyramid, loop.patch, loop.ctx.device, engine.input_dtype)
+                total, count = total + float(mse.sum()), count + len(mse)
+            losses.append(total / count)
+    module.train()
+    return losses
+
+
+def train_step(loop: Loop) -> dict:
+    """One optimiser step over ``grad_accum`` micro-steps x stage groups. Returns the step's record."""
+    t, ctx, engine, stages = loop.recipe.train, loop.ctx, loop.engine, loop.pyramid.num_stages
+    split = t.split(stages)
+    groups = [stages - 1 - k for k, n in enumerate(split) if n]           # stages with samples, coarsest first
+    micro = [(a, stage) for a in range(t.grad_accum) for stage in groups]
+    lr = lr_at(loop.step, t)
+    engine.set_lr(lr)
+    sums = torch.zeros(2 * stages + 1, dtype=torch.float64)             # mse sums, counts, align sum
+    items = []
+    for k, (a, stage) in enumerate(micro):
+        last = k == len(micro) - 1
+        g = loop.consumed + a * ctx.world + ctx.rank
+        batch = train_batch(loop.data, g, stage, split, t.batch_size, loop.recipe.seed, t.cfg_dropout,
+                            loop.base.empty_text)
+        with engine.micro_step(last):
+            with engine.autocast():
+                mse, align = stage_losses(engine.model, batch, loop.pyramid, loop.patch, ctx.device,
+                                          engine.input_dtype, loop.teacher)
+                objective = mse.sum() + (t.align_weight * align.sum() if align is not None else 0.0)
+            engine.backward(objective / (t.batch_size * t.grad_accum), last)
+        items += [loop.data.name(j) for j, ok in zip(batch.items, torch.isfinite(mse.detach()).tolist()) if not ok]
+        sums[stage] += float(mse.detach().sum())
+        sums[stages + stage] += len(mse)
+        sums[-1] += float(align.detach().sum()) if align is not None else 0.0
+    sums = dist.all_reduce_sum(sums.to(ctx.device)).cpu()
+    finite = bool(torch.isfinite(sums).all())
+    norm, applied = engine.step(skip=not finite, max_norm=t.max_grad_norm)
+    loss = float(sums[:stages].sum() / sums[stages:2 * stages].sum())
+    if not (finite and math.isfinite(norm)):
+        _nonfinite(loop, loss, norm, items)
+    elif applied and loop.ema is not None:
+        loop.ema.update(loop.step + 1)
+    per_stage = [float(sums[s] / sums[stages + s]) if sums[stages + s] else None for s in range(stages)]
+    return {"kind": "train", "step": loop.step + 1, "loss": loss, "loss_stage": per_stage, "lr": lr,
+            "grad_norm": norm, "skipped": not applied,
+            "align": float(sums[-1] / sums[stages:2 * stages].sum()) if t.align_weight > 0 else None}
+
+
+def _nonfinite(loop: Loop, loss: float, norm: float, items: list[str]) -> None:
+    """Stop (keeping the last good checkpoint) or report a skipped step, by ``train.on_nonfinite``."""
+    step, run = loop.step + 1, run_folder(loop.out)
+    last = ckpt.latest(run / "checkpoints", report=lambda m: None)
+    what = f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} (loss {loss}, gradient norm {norm})"
+    if loop.recipe.train.on_nonfinite == "skip":
+        console.print(f"finetune: step {step}: {what}; step skipped (train.on_nonfinite = skip; items "
+                      f"{', '.join(items[:12]) or 'on other ranks'})", markup=False)
+        return
+    kept = f"the last good checkpoint is {last} (continue with --resume)" if last else "no checkpoint was written yet"
+    where = (f"items with a non-finite loss on rank {loop.ctx.rank}: {', '.join(items[:12])}" if items else
+             f"no item of rank {loop.ctx.rank} has a non-finite loss")
+    raise RunError(f"finetune stopped at step {step}: {what}; {where}. {kept}. Fix: check those items' latents, "
+                   "lower train.optimizer.lr or train.max_grad_norm, or set train.on_nonfinite: skip to skip such steps.")
+
+
+def save_checkpoint(loop: Loop, resolved: dict) -> None:
+    """Collective: every rank writes its part of checkpoint ``loop.step``."""
+    def write(folder: Path) -> None:
+        loop.engine.save(folder)
+        if loop.ema is not None and loop.ctx.rank == 0:
+            ckpt.save_tensors(folder / "ema.safetensors", loop.ema.shadow)
+    state = {"step": loop.step, "consumed": loop.consumed, "world_size": loop.ctx.world, "engine": loop.ctx.kind,
+             "recipe_sha256": recipe_sha256(resolved), "recipe": resolved}
+    ckpt.save(run_folder(loop.out) / "checkpoints", loop.step, write, state, loop.recipe.train.checkpoint.keep)
+
+
+def restore(loop: Loop, folder: Path) -> None:
+    """Load engine state, EMA, generator states and the data position from a verified checkpoint."""
+    state = ckpt.read_state(folder)
+    if loop.ctx.kind == "deepspeed" and state["world_size"] != loop.ctx.world:
+        raise InputError(f"checkpoint {folder} was written by {state['world_size']} DeepSpeed processes but this run "
+                         f"has {loop.ctx.world}; resume with the same number of processes.")
+    loop.engine.load(folder)
+    if loop.ema is not None:
+        loop.ema.shadow = {k: v.to(loop.ctx.device) for k, v in ckpt.load_tensors(folder / "ema.safetensors").items()}
+    ckpt.restore_rng(folder, loop.ctx.rank)
+    loop.step, loop.consumed = state["step"], state["consumed"]
+    loop.validated = {loop.step}
+    if loop.ctx.rank == 0:
+        console.print(f"finetune: resumed from {folder} (step {loop.step})", markup=False)
+
+
+def maybe_validate(loop: Loop) -> None:
+    every = loop.recipe.train.validation.every
+    due = loop.step == 0 or loop.step == loop.recipe.train.steps or (every and loop.step % every == 0)
+    if not every or not due or loop.step in loop.validated or not len(loop.held_out):
+        return
+    per_stage = validate(loop)
+    loop.validated.add(loop.step)
+    loop.log.log({"kind": "validation", "step": loop.step, "val_loss": sum(per_stage) / len(per_stage),
+                  "val_loss_stage": per_stage})
+
+
+def export(loop: Loop, out: Path, overwrite: bool, resolved: dict, cache_folder: Path | None, started: float) -> None:
+    """Write the finetuned model artifact (rank 0) after gathering the weights (collective)."""
+    state = loop.engine.full_state_dict()
+    if loop.ctx.rank == 0:
+        if loop.ema is not None:
+            state.update({k: v.to(state[k].dtype).cpu() for k, v in loop.ema.shadow.items()})
+        inputs = loop.base.inputs + ([cache_folder] if cache_folder else [])       # the cache: artifact or data
+        dtype = torch.bfloat16 if loop.recipe.dtype == "bfloat16" else torch.float32
+        with artifact_dir(out, overwrite=overwrite) as tmp:
+            export_model(tmp, loop.base, state, loop.recipe.train, dtype)
+            shutil.copyfile(loop.log.path, tmp / "metrics.jsonl")
+            records = [r for r in map(json.loads, loop.log.path.read_text().splitlines()) if r.get("kind") == "validation"]
+            metrics = {"steps": loop.step, "world_size": loop.ctx.world, "engine": loop.ctx.kind,
+                       "seconds": round(time.time() - started, 3), "val_loss_stage_first": records[0]["val_loss_stage"]
+                       if records else None, "val_loss_stage_last": records[-1]["val_loss_stage"] if records else None}
+            write_manifest(tmp, "finetune", resolved, inputs, metrics, started)
+        console.print(f"finetune: wrote [bold]{out}[/] ({loop.step} steps)")
+    dist.barrier()
+
+
+def run(recipe: FinetuneRecipe, out: Path, resume: bool = False, overwrite: bool = False,
+        source: LatentSource | None = None, show_progress: bool = True) -> Path:
+    """Finetune ``recipe.base`` into the model artifact ``out``. ``source`` replaces the recipe's data (tests)."""
+    started = time.time()
+    check_recipe(recipe, out, overwrite, need_data=source is None)
+    ctx = setup(recipe.train, resolve_device(recipe.device), recipe.dtype)
+    resolved = resolve_recipe(recipe)
+    run = run_folder(out)
+    found = resume_point(run, resolved, resume, overwrite) if ctx.rank == 0 else None
+    found = dist.broadcast(found)
+    base = load_base(recipe, ctx.device)
+    cache_folder = None
+    if source is None:
+        source, cache_folder = open_source(recipe, base, ctx)
+    pyramid = PyramidConfig.from_dict(base.pyramid)
+    check_source(source, pyramid, recipe)
+    train_idx, held_idx = split_holdout(source, recipe.train.validation.holdout)
+    student = build_student(base, recipe.train, recipe.seed, ctx.bf16)
+    groups = sum(1 for n in recipe.train.split(pyramid.num_stages) if n)
+    engine = make_engine(student, recipe.train, ctx, recipe.train.grad_accum * groups)
+    ema_cfg = recipe.train.ema
+    loop = Loop(recipe, ctx, engine, pyramid, StageDataset(source, train_idx, pyramid),
+                StageDataset(source, held_idx, pyramid), base, log=None, out=out,
+                ema=Ema(engine.named, ema_cfg.decay, ema_cfg.start_step) if ema_cfg.enabled else None)
+    loop.teacher = make_teacher(loop)
+    if found is not None:
+        restore(loop, Path(found))
+    loop.log = MetricsLog(run, ctx.rank == 0, resume_step=loop.step if found is not None else None)
+    train_loop(loop, resolved, show_progress and ctx.rank == 0)
+    export(loop, out, overwrite, resolved, cache_folder, started)
+    loop.log.close()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return out
+
+
+def train_loop(loop: Loop, resolved: dict, show_progress: bool) -> None:
+    """Steps from ``loop.step`` to ``train.steps``: validate, step, log, checkpoint."""
+    t = loop.recipe.train
+    every = t.checkpoint.every
+    maybe_validate(loop)
+    with progress(t.steps, loop.step, show_progress) as update:
+        while loop.step < t.steps:
+            tick = time.perf_counter()
+            record = train_step(loop)
+            loop.step, loop.consumed = loop.step + 1, loop.consumed + t.grad_accum * loop.ctx.world
+            record["seconds"] = round(time.perf_counter() - tick, 4)
+            loop.log.log(record)
+            update(record["loss"])
+            maybe_validate(loop)
+            if every and (loop.step % every == 0 or loop.step == t.steps):
+                save_checkpoint(loop, resolved)
+
+
+def dry_run(recipe: FinetuneRecipe) -> dict:
+    """Print the resolved plan: parameters, trainable parameters and memory per GPU (no weights load)."""
+    from pyrawan.train.plan import plan_recipe, render
+
+    problems = train_problems(recipe.train, recipe.pyramid.stages)
+    if problems:
+        raise InputError("finetune recipe: " + "; ".join(m for _, m in problems) + ".")
+    plan, lines = plan_recipe(recipe, int(os.environ.get("WORLD_SIZE", 1)))
+    if dist.world()[0] == 0:
+        render(plan, lines)
+    return plan
