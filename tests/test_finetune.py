@@ -52,8 +52,10 @@ def test_train_rules_name_the_keys_and_the_fix():
         recipe("train.engine=deepspeed", "train.zero_stage=3", "train.ema.enabled=true")
     with pytest.raises(InputError, match="train.on_nonfinite = skip is not supported with ZeRO-3"):
         recipe("train.engine=deepspeed", "train.zero_stage=3", "train.on_nonfinite=skip")
-    problems = train_problems(recipe("train.stage_split=[2,4]", "train.batch_size=6").train, 3)
+    problems = train_problems(recipe("train.batch_size=6").train.model_copy(update={"stage_split": (2, 4)}), 3)
     assert problems and "has 2 entries but pyramid.stages = 3" in problems[0][1]
+    with pytest.raises(InputError, match="has 2 entries but pyramid.stages = 3"):     # `recipe validate` too
+        recipe("train.stage_split=[2,4]", "train.batch_size=6")
     assert recipe("train.stage_split=[1,4,1]").train.split(3) == (1, 4, 1)
     assert recipe("train.batch_size=7").train.split(3) == (3, 2, 2)
 

@@ -8,6 +8,7 @@ the finished model is the artifact ``OUT``.
 """
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -327,7 +328,11 @@ def run(recipe: FinetuneRecipe, out: Path, resume: bool = False, overwrite: bool
     train_loop(loop, resolved, show_progress and ctx.rank == 0)
     export(loop, out, overwrite, resolved, cache_folder, started)
     loop.log.close()
+    loop.engine.close()
+    del loop
+    gc.collect()
     if torch.distributed.is_initialized():
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return out
 

@@ -175,6 +175,9 @@ class TorchEngine:
         """The module's full state dict on rank 0 (None elsewhere)."""
         return {k: v.detach().cpu() for k, v in self.module.state_dict().items()} if self.ctx.rank == 0 else None
 
+    def close(self) -> None:
+        """Release what the engine holds before the process group goes (nothing for plain torch)."""
+
 
 class DeepSpeedEngine(TorchEngine):
     """DeepSpeed ZeRO 1/2/3 with a client torch AdamW (no cpu_adam build); bf16 weights when ``ctx.bf16``."""
@@ -239,6 +242,10 @@ class DeepSpeedEngine(TorchEngine):
             state = self.model._zero3_consolidated_16bit_state_dict()
             return {k: v.detach().cpu() for k, v in state.items()} if self.ctx.rank == 0 else None
         return super().full_state_dict()
+
+    def close(self) -> None:
+        """Remove ZeRO's hooks and buffers while the process group is still up (a clean exit under ZeRO-3)."""
+        self.model.destroy()
 
 
 def make_engine(module: torch.nn.Module, train: Train, ctx: Context, micro_steps: int) -> TorchEngine:
