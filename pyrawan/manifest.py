@@ -302,7 +302,7 @@ def artifact_dir(out: str | Path, overwrite: bool = False, require_manifest: boo
     body must have written ``manifest.json`` (so every finished artifact has one).
     """
     out = Path(out)
-    _check_out(out, overwrite)
+    check_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(out, is_dir=True)
     tmp.mkdir()
@@ -316,7 +316,7 @@ def artifact_dir(out: str | Path, overwrite: bool = False, require_manifest: boo
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def check_output(out: Path, overwrite: bool) -> None:
     """Refuse to clobber: a file, a non-empty folder without --overwrite, or a non-artifact folder."""
     if out.exists() and not out.is_dir():
         raise InputError(f"output {out} exists and is a file; choose another -o/--out folder.")

@@ -87,6 +87,29 @@ def test_sample_refuses_a_tampered_model_and_a_wrong_schedule(converted, tmp_pat
     assert "pyramid.json" in bad.stderr
 
 
+def test_sample_rejects_bad_options_and_unverifiable_models_before_loading(converted, tmp_path):
+    bad = pyrawan("sample", "--model", "A", "--prompt", "x", "--shift", "0", "-o", tmp_path / "S", cwd=converted, check_rc=2)
+    assert "--shift" in bad.stderr and not (tmp_path / "S").exists()
+    bad = pyrawan("sample", "--model", "A", "--prompt", "x", "--frames", "0", "-o", tmp_path / "S", cwd=converted, check_rc=2)
+    assert "--frames = 0" in bad.stderr
+    copy = tmp_path / "A"
+    shutil.copytree(converted / "A", copy)
+    (copy / "manifest.json").unlink()
+    bad = pyrawan("sample", "--model", copy, "--prompt", "x", "-o", tmp_path / "S", cwd=converted, check_rc=2)
+    assert "no manifest.json" in bad.stderr
+    (tmp_path / "S").mkdir()
+    (tmp_path / "S" / "keep.txt").write_text("mine")
+    bad = pyrawan("sample", "--model", "A", "--prompt", "x", "-o", tmp_path / "S", cwd=converted, check_rc=2)
+    assert "already exists" in bad.stderr and (tmp_path / "S" / "keep.txt").read_text() == "mine"
+
+
+def test_sample_with_a_recipe_takes_its_sampling_section(converted, tmp_path):
+    pyrawan("sample", "--recipe", "recipes/tiny.yaml", "sampling.shift=2.5", "sampling.schedule=1-1-1", "--model", "A",
+            "--prompt", "x", "-q", "-o", tmp_path / "S", cwd=converted)
+    plan = json.loads((tmp_path / "S" / "manifest.json").read_text())["recipe"]["resolved"]
+    assert plan["shift"] == 2.5 and plan["schedule"] == "1-1-1" and plan["max_sequence_length"] == 16
+
+
 def test_convert_refuses_to_overwrite_and_reports_recipe_errors(converted):
     again = pyrawan("convert", "recipes/tiny.yaml", "-o", "A", cwd=converted, check_rc=2)
     assert "--overwrite" in again.stderr
@@ -100,12 +123,16 @@ def test_convert_takes_boundaries_from_a_calibration_artifact(converted, tmp_pat
 
     cal = tmp_path / "cal"
     with artifact_dir(cal) as tmp:
-        (tmp / "calibration.json").write_text(json.dumps({"boundaries": [0.2, 0.55]}))
+        (tmp / "calibration.json").write_text(json.dumps({"boundaries": [0.2, 0.55], "resizer": "haar", "definition": 2,
+                                                          "keep_time": False}))
         write_manifest(tmp, "calibrate", {"kind": "calibrate"}, [], {}, None)
     pyrawan("convert", "recipes/tiny.yaml", "--calibration", cal, "-o", tmp_path / "P", cwd=converted)
     assert json.loads((tmp_path / "P" / "pyramid.json").read_text())["boundaries"] == [0.2, 0.55]
     lineage = json.loads(pyrawan("lineage", tmp_path / "P", "--json", cwd=converted).stdout)
     assert [n["kind"] for n in lineage] == ["convert", "calibrate"]
+    bad = pyrawan("convert", "recipes/tiny.yaml", "pyramid.resizer=dct", "--calibration", cal, "-o", tmp_path / "Q",
+                  cwd=converted, check_rc=2)
+    assert "measured for another pyramid" in bad.stderr and "pyramid.resizer = dct" in bad.stderr
     (cal / "calibration.json").write_text(json.dumps({"boundaries": [0.3, 0.6]}))
     bad = pyrawan("convert", "recipes/tiny.yaml", "--calibration", cal, "-o", tmp_path / "Q", cwd=converted, check_rc=2)
     assert "calibration.json" in bad.stderr

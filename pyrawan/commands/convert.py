@@ -22,18 +22,30 @@ PYRAMID_FORMAT = "pyrawan.pyramid/1"
 FIRST_FRAME_RULE = "latent frame 0 is its own block (2x2, m=4); later frames form 2x2x2 blocks (m=8)"
 
 
-def calibrated_boundaries(folder: Path, num_stages: int) -> list[float]:
-    """Stage boundaries from a verified ``pyrawan calibrate`` artifact (``calibration.json``)."""
+def calibrated_boundaries(folder: Path, pyramid) -> list[float]:
+    """Boundaries for the recipe's ``pyramid`` section from a verified ``pyrawan calibrate`` artifact.
+
+    Calibration measures every resizer; the recipe's resizer picks its own result. The pyramid's
+    stages, ``keep_time`` and stage-data definition must match what was calibrated.
+    """
     require_verified(folder, "calibration")
     path = folder / "calibration.json"
     try:
-        boundaries = json.loads(path.read_text())["boundaries"]
-    except (OSError, ValueError, KeyError) as err:
-        raise InputError(f"{path}: cannot read 'boundaries' ({err}); point --calibration at a folder written by `pyrawan calibrate`.") from None
-    if len(boundaries) != num_stages - 1:
-        raise InputError(f"{path} has {len(boundaries)} boundaries but the recipe's pyramid.stages = {num_stages} needs "
-                         f"{num_stages - 1}; calibrate with the same number of stages.")
-    return [float(b) for b in boundaries]
+        cal = json.loads(path.read_text())
+        per_resizer = cal.get("resizers", {}).get(pyramid.resizer, {})
+        boundaries = [float(b) for b in per_resizer.get("boundaries", cal["boundaries"])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise InputError(f"{path}: cannot read its boundaries ({type(err).__name__}: {err}); point --calibration at "
+                         f"a folder written by `pyrawan calibrate`.") from None
+    wanted = {"stages": (len(boundaries) + 1, pyramid.stages), "keep_time": (cal.get("keep_time", False), pyramid.keep_time),
+              "stage_data": (cal.get("definition", pyramid.stage_data), pyramid.stage_data)}
+    if pyramid.resizer not in cal.get("resizers", {}) and cal.get("resizer", pyramid.resizer) != pyramid.resizer:
+        wanted["resizer"] = (cal.get("resizer"), pyramid.resizer)
+    differ = [f"pyramid.{k} = {mine} but the calibration used {theirs}" for k, (theirs, mine) in wanted.items() if theirs != mine]
+    if differ:
+        raise InputError(f"{path} was measured for another pyramid: {'; '.join(differ)}. Calibrate with the same "
+                         f"pyramid settings (pass the same recipe to `pyrawan calibrate -r`).")
+    return boundaries
 
 
 def pyramid_definition(recipe: RecipeBase, boundaries: list[float] | None) -> dict:
@@ -62,7 +74,7 @@ def run(recipe: RecipeBase, out: Path, calibration: Path | None = None, overwrit
     inputs = []
     boundaries = None if recipe.pyramid.boundaries is None else list(recipe.pyramid.boundaries)
     if calibration is not None:
-        boundaries = calibrated_boundaries(Path(calibration), recipe.pyramid.stages)
+        boundaries = calibrated_boundaries(Path(calibration), recipe.pyramid)
         inputs.append(Path(calibration))
     pyramid = pyramid_definition(recipe, boundaries)
     pyramid["calibration"] = None if calibration is None else str(Path(calibration).resolve())

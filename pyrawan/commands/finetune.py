@@ -131,7 +131,7 @@ def open_source(recipe: FinetuneRecipe, base: Base, ctx: Context) -> tuple[Laten
     return LatentCache(folder), folder
 
 
-def check_source(source: LatentSource, pyramid: PyramidConfig, recipe: FinetuneRecipe) -> None:
+def check_source(source: LatentSource, pyramid: PyramidConfig, recipe: FinetuneRecipe, components=None) -> None:
     """The cache must hold this pyramid's latent shapes (and data definition when it says so)."""
     v = recipe.video
     want = pyramid.shapes(pixel_to_latent(v.frames, v.height, v.width))
@@ -146,6 +146,23 @@ def check_source(source: LatentSource, pyramid: PyramidConfig, recipe: FinetuneR
     if definition != recipe.pyramid.stage_data and pyramid.num_stages > 1:
         raise InputError(f"the latent cache uses stage data definition {definition} but pyramid.stage_data = "
                          f"{recipe.pyramid.stage_data}; set pyramid.stage_data: {definition} or rebuild the cache.")
+    if components is not None and getattr(source, "settings", None) is not None:
+        check_cache_models(source.settings, recipe, components)
+
+
+def check_cache_models(settings: dict, recipe: FinetuneRecipe, components) -> None:
+    """A reused cache must come from this model's VAE and text encoder, and from this pyramid's resizer."""
+    from pyrawan.data.encode import normalisation, text_encoder_fingerprint, vae_sha256
+
+    p = recipe.pyramid
+    now = {"vae_sha256": vae_sha256(components), "normalisation": normalisation(components),
+           "text_encoder": text_encoder_fingerprint(components), "max_sequence_length": recipe.text.max_sequence_length,
+           "keep_time": p.keep_time, "resizer": p.resizer if p.stage_data == 1 else None}
+    differ = [k for k, v in now.items() if k in settings and settings[k] != v]
+    if differ:
+        raise InputError(f"the latent cache was built with another {', '.join(differ)} than this run's base model and "
+                         f"recipe ({recipe.base}); its latents or caption embeddings would not match. Rebuild it "
+                         f"for this recipe (set data.root, and data.cache to a new folder or null).")
 
 
 def make_teacher(loop: Loop):
@@ -312,7 +329,7 @@ def run(recipe: FinetuneRecipe, out: Path, resume: bool = False, overwrite: bool
     if source is None:
         source, cache_folder = open_source(recipe, base, ctx)
     pyramid = PyramidConfig.from_dict(base.pyramid)
-    check_source(source, pyramid, recipe)
+    check_source(source, pyramid, recipe, base.components)
     train_idx, held_idx = split_holdout(source, recipe.train.validation.holdout)
     student = build_student(base, recipe.train, recipe.seed, ctx.bf16)
     groups = sum(1 for n in recipe.train.split(pyramid.num_stages) if n)

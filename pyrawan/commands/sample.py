@@ -22,7 +22,7 @@ from pyrawan.commands.common import console, progress_bar, resolve_device, resol
 from pyrawan.data.video import write_video
 from pyrawan.errors import InputError
 from pyrawan.fsutil import atomic_path, atomic_write_text
-from pyrawan.manifest import artifact_dir, require_verified, write_manifest
+from pyrawan.manifest import artifact_dir, check_output, require_verified, write_manifest
 from pyrawan.models.artifact import LoadedModel, load_model
 from pyrawan.models.denoiser import Velocity, encode_prompts
 from pyrawan.models.vae import decode_latents
@@ -31,7 +31,9 @@ from pyrawan.pyramid.geometry import check_sizes, pixel_to_latent
 from pyrawan.pyramid.sampler import active_stages, default_fewstep_levels, sample_fewstep, sample_multistep
 from pyrawan.pyramid.schedule import parse_schedule
 
-# Sampling defaults of a plain (non-pyramidal) model: Wan2.1 at 480p, and the CI-sized preset.
+VIDEO_KEYS = ("frames", "height", "width", "fps")
+
+# Sampling defaults of a plain (non-pyramidal) model: Wan2.1 at 480p, the CI-sized preset and the toy teacher.
 PLAIN_DEFAULTS = {
     "wan": {"video": {"frames": 81, "height": 480, "width": 832, "fps": 16},
             "sampling": {"schedule": "50", "shift": 3.0, "guidance": 5.0, "negative_prompt": "",
@@ -39,6 +41,9 @@ PLAIN_DEFAULTS = {
     "tiny": {"video": {"frames": 17, "height": 64, "width": 64, "fps": 16},
              "sampling": {"schedule": "8", "shift": 3.0, "guidance": 3.0, "negative_prompt": "",
                           "fewstep_levels": None, "max_sequence_length": 16}},
+    "toy": {"video": {"frames": 17, "height": 64, "width": 64, "fps": 16},
+            "sampling": {"schedule": "50", "shift": 3.0, "guidance": 3.0, "negative_prompt": "",
+                         "fewstep_levels": None, "max_sequence_length": 16}},
 }
 
 
@@ -58,6 +63,8 @@ class SampleSettings:
     width: int | None = None
     fps: int | None = None
     fewstep: bool | None = None
+    fewstep_levels: list[list[float]] | None = None
+    max_sequence_length: int | None = None
     device: str | None = None
     dtype: str | None = None
     overwrite: bool = False
@@ -90,29 +97,40 @@ class Plan:
 
 def model_defaults(model: LoadedModel, spec: str) -> tuple[PyramidConfig, dict, dict]:
     """(pyramid, sampling defaults, video defaults) of a pyramidal artifact or a plain model."""
-    if model.pyramid is not None:
-        return PyramidConfig.from_dict(model.pyramid), model.pyramid["sampling"], model.pyramid["video"]
-    plain = PLAIN_DEFAULTS["tiny" if spec == "tiny" else "wan"]
-    return PyramidConfig(num_stages=1), plain["sampling"], plain["video"]
+    if model.pyramid is None:
+        plain = PLAIN_DEFAULTS[spec if spec in PLAIN_DEFAULTS else "wan"]
+        return PyramidConfig(num_stages=1), plain["sampling"], plain["video"]
+    try:
+        p = model.pyramid
+        return PyramidConfig.from_dict(p), dict(p["sampling"]), {k: int(p["video"][k]) for k in VIDEO_KEYS}
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{model.path}/pyramid.json is damaged or from another tool ({type(err).__name__}: {err}); "
+                         f"re-create the model with `pyrawan convert`.") from None
 
 
 def make_plan(settings: SampleSettings, model: LoadedModel) -> Plan:
     """Resolve schedule, levels and sizes against the model; every check happens before sampling."""
     pyramid, defaults, video = model_defaults(model, settings.model)
-    video = {k: getattr(settings, k) or video[k] for k in ("frames", "height", "width", "fps")}
+    for key in VIDEO_KEYS:
+        value = getattr(settings, key)
+        if value is not None and value <= 0:
+            raise InputError(f"--{key} = {value} must be a positive number.")
+    video = {k: video[k] if getattr(settings, k) is None else getattr(settings, k) for k in VIDEO_KEYS}
     check_sizes({k: video[k] for k in ("frames", "height", "width")}, pyramid.num_stages, pyramid.keep_time,
                 frame_unit=4, space_unit=8, what="--frames/--height/--width:")
     steps = parse_schedule(settings.schedule or defaults["schedule"], pyramid.num_stages, key="--schedule")
-    levels = defaults.get("fewstep_levels")
+    levels = settings.fewstep_levels if settings.fewstep_levels is not None else defaults.get("fewstep_levels")
     fewstep = settings.fewstep if settings.fewstep is not None else levels is not None
     if fewstep:
         levels = [list(r) for r in levels] if levels and [len(r) for r in levels] == list(steps) else default_fewstep_levels(steps)
     shift = settings.shift if settings.shift is not None else defaults["shift"]
+    if min(shift if isinstance(shift, (list, tuple)) else [shift]) <= 0:
+        raise InputError(f"--shift = {shift} must be > 0 (1 = no shift; Wan's own sampler uses 3 to 5).")
     return Plan(pyramid=pyramid, steps=steps, shift=list(shift) if isinstance(shift, (list, tuple)) else float(shift),
                 guidance=float(settings.guidance if settings.guidance is not None else defaults["guidance"]),
                 negative_prompt=settings.negative_prompt if settings.negative_prompt is not None else defaults["negative_prompt"],
                 levels=levels if fewstep else None, video=video,
-                max_sequence_length=int(defaults.get("max_sequence_length", 512)))
+                max_sequence_length=int(settings.max_sequence_length or defaults.get("max_sequence_length", 512)))
 
 
 def initial_noise(plan: Plan, seed: int) -> tuple[torch.Tensor, torch.Generator]:
@@ -172,6 +190,9 @@ def load_for_sampling(settings: SampleSettings) -> tuple[LoadedModel, list[Path]
     if (path / "manifest.json").is_file():
         require_verified(path, "model")
         inputs.append(path)
+    elif (path / "pyramid.json").is_file() or (path / "components.json").is_file():
+        raise InputError(f"--model {path} has no manifest.json, so its files cannot be verified; use a folder "
+                         f"written by `pyrawan convert` or `pyrawan finetune` (or re-create it).")
     device = resolve_device(settings.device)
     if device.type == "cuda" and dist.world()[1] > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -184,6 +205,8 @@ def run(settings: SampleSettings, out: Path) -> Path:
     started = time.time()
     if not settings.prompts:
         raise InputError("no prompt given: pass --prompt TEXT (repeatable) or --prompts FILE (one prompt per line).")
+    if dist.world()[0] == 0:
+        check_output(Path(out), settings.overwrite)   # before minutes of loading
     model, inputs = load_for_sampling(settings)
     plan = make_plan(settings, model)
     rank, size = dist.world()

@@ -102,7 +102,7 @@ def render_bench_table(report: dict) -> Table:
 
 
 def run_bench(source: Path, reference: Path | None, out: Path | None, overwrite: bool = False,
-              as_json: bool = False) -> dict:
+              as_json: bool = False, quiet: bool = False) -> dict:
     """Score the captioned videos of ``source`` with ToyBench; FD against ``reference`` if given."""
     import json
 
@@ -118,7 +118,9 @@ def run_bench(source: Path, reference: Path | None, out: Path | None, overwrite:
         entry.pop("features")
     report = _clean({"kind": "toybench", "source": str(source), "reference": None if reference is None else str(reference),
                      **report})
-    if as_json:
+    if quiet:
+        pass
+    elif as_json:
         print(json.dumps(report, indent=2))
     else:
         Console(soft_wrap=True).print(render_bench_table(report))

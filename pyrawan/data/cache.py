@@ -367,8 +367,9 @@ def encode_record(rec: dict, recipe: RecipeBase, components: WanComponents, sett
         clip = load_clip(path, v.frames, v.height, v.width, v.fps)
     except InputError as err:
         if recipe.data.on_bad_sample == "fail":
-            raise InputError(f"{err} (while encoding; data.on_bad_sample = fail). The finished shards are kept: fix "
-                             f"or remove {rec['video']} and run again, or set data.on_bad_sample=skip.") from None
+            raise InputError(f"{err} (while encoding; data.on_bad_sample = fail). Rerun with data.on_bad_sample=skip "
+                             f"to skip it and resume from the finished shards; fixing or removing {rec['video']} "
+                             f"changes the dataset, which starts a new cache.") from None
         return str(err).split(". ")[0]
     latents = stage_latents(clip, components, p.stages, p.stage_data, p.resizer, p.keep_time)
     check_shapes(latents, settings["stage_shapes"], rec["video"])

@@ -180,6 +180,10 @@ def _check_entry(artifact: Path, name: str, entry: Any) -> None:
     if missing:
         raise InputError(f"{artifact / COMPONENTS_FILE}: the entry for {name!r} ({entry!r}) is not a valid "
                          f"reference; missing key(s) {missing}. Re-create the artifact.")
+    saved = entry.get("saved") if kind == "saved" else None
+    if saved is not None and (not isinstance(saved, str) or Path(saved).name != saved or saved in ("", ".", "..")):
+        raise InputError(f"{artifact / COMPONENTS_FILE}: the entry for {name!r} saves it in {saved!r}, which is not "
+                         f"a subfolder of the artifact; refusing to load weights from outside it. Re-create the artifact.")
 
 
 def _load_reference(

@@ -33,6 +33,11 @@ TRANSFORMER_ARCHS: dict[str, dict[str, Any]] = {
         out_channels=16, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=64,
     ),
+    "toy": dict(  # the toy-world teacher; keep equal to models.toy.TOY_TRANSFORMER (pyrawan/models/toy.py; weights in pyrawan/toy/weights/)
+        patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=16,
+        out_channels=16, text_dim=32, freq_dim=64, ffn_dim=256, num_layers=4, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=64,
+    ),
     "wan1.3b": dict(_WAN_COMMON, num_attention_heads=12, attention_head_dim=128, text_dim=4096,
                     ffn_dim=8960, num_layers=30),
     "wan14b": dict(_WAN_COMMON, num_attention_heads=40, attention_head_dim=128, text_dim=4096,
@@ -58,7 +63,7 @@ _TINY_WORDS = (
     "fast camera blurry low quality"
 ).split()
 
-PRESETS = ("tiny",)
+PRESETS = ("tiny", "toy")
 
 
 @dataclass
@@ -176,10 +181,16 @@ def build_preset(
     """
     if name not in PRESETS:
         raise InputError(f"Unknown model preset {name!r}. The presets are: {', '.join(PRESETS)}.")
-    tokenizer = tiny_tokenizer()
-    if len(tokenizer) > TINY_TEXT_ENCODER["vocab_size"]:
-        raise RuntimeError("tiny tokenizer is larger than the tiny text encoder's vocabulary")
-    mods = {c: _tiny_module(c, seed) for c in ("text_encoder", "vae", "transformer")}
+    if name == "toy":
+        from pyrawan.models import toy
+
+        tokenizer = toy.toy_tokenizer()
+        mods = {c: toy.toy_module(c, seed, seeded) for c in ("text_encoder", "vae", "transformer")}
+    else:
+        tokenizer = tiny_tokenizer()
+        mods = {c: _tiny_module(c, seed) for c in ("text_encoder", "vae", "transformer")}
+    if len(tokenizer) > mods["text_encoder"].config.vocab_size:
+        raise RuntimeError(f"the {name} tokenizer is larger than its text encoder's vocabulary")
     for comp, mod in mods.items():
         target = (vae_dtype or dtype) if comp == "vae" else dtype
         cast_keep_fp32(mod, target).to(device)

@@ -1,4 +1,7 @@
-"""Resumable checkpoints: written atomically, verified by hash before loading, never unpickled.
+"""Resumable checkpoints: written atomically, verified by hash before loading.
+
+Single-process and DDP checkpoints hold safetensors and JSON only (nothing is unpickled). DeepSpeed writes its own
+``.pt`` files, which ``torch.load`` unpickles on ``--resume``: resume only from run folders you trust.
 
 Layout of ``OUT.run/checkpoints/step-00000010/``::
 

@@ -42,7 +42,7 @@ def output_pyramid(recipe: FinetuneRecipe, loaded_pyramid: dict | None) -> dict:
     if loaded_pyramid is None:
         bounds = None if p.boundaries is None else list(p.boundaries)
         if recipe.calibration is not None:
-            bounds = calibrated_boundaries(Path(recipe.calibration), p.stages)
+            bounds = calibrated_boundaries(Path(recipe.calibration), p)
         pyramid = pyramid_definition(recipe, bounds)
         pyramid["calibration"] = None if recipe.calibration is None else str(Path(recipe.calibration).resolve())
         return pyramid
