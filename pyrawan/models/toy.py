@@ -21,15 +21,12 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
 
 from pyrawan.errors import RunError
+from pyrawan.models.presets import TINY_TEXT_ENCODER, TRANSFORMER_ARCHS
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "toy" / "weights"
 WEIGHTS_INDEX = "weights.json"
 
-TOY_TRANSFORMER: dict[str, Any] = dict(
-    patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=16,
-    out_channels=16, text_dim=32, freq_dim=64, ffn_dim=256, num_layers=4, cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=64,
-)
+TOY_TRANSFORMER: dict[str, Any] = TRANSFORMER_ARCHS["toy"]
 
 # Spatial factor 8 (four levels), temporal 4, as in the real Wan VAE; 16 latent channels.
 TOY_VAE: dict[str, Any] = dict(
@@ -37,12 +34,7 @@ TOY_VAE: dict[str, Any] = dict(
     temperal_downsample=[False, True, True], scale_factor_temporal=4, scale_factor_spatial=8,
 )
 
-TOY_TEXT_ENCODER: dict[str, Any] = dict(
-    vocab_size=256, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-    relative_attention_num_buckets=8, relative_attention_max_distance=16,
-    feed_forward_proj="gated-gelu", dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
-    decoder_start_token_id=0,
-)
+TOY_TEXT_ENCODER: dict[str, Any] = TINY_TEXT_ENCODER  # random from a seed, shipped as a file
 
 _GLUE_WORDS = ("a", "an", "the", "on", "moving", "background", "plain", "gradient", "gray", "grey",
                "slowly", "quickly", "slow", "fast", "quick")
