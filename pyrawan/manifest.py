@@ -246,6 +246,15 @@ def require_verified(art_dir: str | Path, what: str = "input") -> dict:
     return read_manifest(art_dir)
 
 
+def verify_if_artifact(path: str | Path, what: str = "input") -> bool:
+    """True (after ``require_verified``) when ``path`` is a pyrawan artifact; False for anything else
+    (a preset name, a hub id, a plain folder), which callers then do not record as a parent."""
+    if not (Path(path) / MANIFEST).is_file():
+        return False
+    require_verified(path, what)
+    return True
+
+
 def lineage(art_dir: str | Path) -> list[dict]:
     """The artifact and its inputs, recursively, depth first (cycle-safe).
 

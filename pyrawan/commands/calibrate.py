@@ -20,7 +20,7 @@ from pyrawan.data.cache import INDEX, LatentCache, ensure_cache
 from pyrawan.data.calibration import SpectralAnalysis
 from pyrawan.data.datasets import apply_policy, scan_dataset
 from pyrawan.fsutil import atomic_write_text, sha256_file
-from pyrawan.manifest import artifact_dir, require_verified, write_manifest
+from pyrawan.manifest import artifact_dir, verify_if_artifact, write_manifest
 from pyrawan.recipe import CalibrateRecipe, find_recipe, resolve_recipe, validate_recipe
 from pyrawan.recipe_io import apply_overrides, read_yaml
 
@@ -74,8 +74,7 @@ def _load_components(recipe: CalibrateRecipe, inputs: list[Path]):
     from pyrawan.models.artifact import load_model
 
     base = Path(recipe.base)
-    if (base / "manifest.json").is_file():
-        require_verified(base, "base model")
+    if verify_if_artifact(base, "base model"):
         inputs.append(base)
     device = resolve_device(recipe.device)
     console.print(f"calibrate: loading [bold]{recipe.base}[/]")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pyrawan.commands.common import console, resolve_device, resolve_dtype
 from pyrawan.errors import InputError
-from pyrawan.manifest import artifact_dir, require_verified, write_manifest
+from pyrawan.manifest import artifact_dir, require_verified, verify_if_artifact, write_manifest
 from pyrawan.models.artifact import load_model, save_model
 from pyrawan.pyramid.config import PyramidConfig
 from pyrawan.pyramid.geometry import pixel_to_latent
@@ -83,8 +83,7 @@ def run(recipe: RecipeBase, out: Path, calibration: Path | None = None, overwrit
     device = resolve_device(recipe.device)
     dtype = resolve_dtype(recipe.dtype, device)
     base = Path(recipe.base)
-    if (base / "manifest.json").is_file():
-        require_verified(base, "base model")
+    if verify_if_artifact(base, "base model"):
         inputs.append(base)
     with artifact_dir(out, overwrite=overwrite) as tmp:
         console.print(f"convert: loading [bold]{recipe.base}[/]")

@@ -22,7 +22,7 @@ from pyrawan.commands.common import console, progress_bar, resolve_device, resol
 from pyrawan.data.video import write_video
 from pyrawan.errors import InputError
 from pyrawan.fsutil import atomic_path, atomic_write_text
-from pyrawan.manifest import artifact_dir, check_output, require_verified, write_manifest
+from pyrawan.manifest import artifact_dir, check_output, verify_if_artifact, write_manifest
 from pyrawan.models.artifact import LoadedModel, load_model
 from pyrawan.models.denoiser import Velocity, encode_prompts
 from pyrawan.models.vae import decode_latents
@@ -187,8 +187,7 @@ def load_for_sampling(settings: SampleSettings) -> tuple[LoadedModel, list[Path]
     """The model (verified when it is a pyrawan artifact) and the parent artifacts to record."""
     path = Path(settings.model)
     inputs = []
-    if (path / "manifest.json").is_file():
-        require_verified(path, "model")
+    if verify_if_artifact(path, "model"):
         inputs.append(path)
     elif (path / "pyramid.json").is_file() or (path / "components.json").is_file():
         raise InputError(f"--model {path} has no manifest.json, so its files cannot be verified; use a folder "

@@ -12,7 +12,7 @@ from rich.table import Table
 from pyrawan.commands.common import console, progress_bar
 from pyrawan.errors import InputError
 from pyrawan.eval.report import write_json
-from pyrawan.manifest import MANIFEST, artifact_dir, require_verified, write_manifest
+from pyrawan.manifest import artifact_dir, verify_if_artifact, write_manifest
 
 METRIC_NOTES = {  # score -> (raw key shown beside it, what the raw number is)
     "detection": ("detected", "frames with an object"),
@@ -51,8 +51,7 @@ def _load(folder: Path, what: str) -> tuple[list[Path], list[str], list[Any]]:
     from pyrawan.data.video import read_video
     from pyrawan.toy.layouts import read_captions
 
-    if (folder / MANIFEST).is_file():
-        require_verified(folder, what)
+    verify_if_artifact(folder, what)
     records = read_captions(folder)
     return [p for p, _ in records], [c for _, c in records], [read_video(p)[0] for p, _ in records]
 

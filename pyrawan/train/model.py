@@ -15,7 +15,7 @@ from diffusers import WanTransformer3DModel
 
 from pyrawan import dist
 from pyrawan.errors import InputError
-from pyrawan.manifest import require_verified
+from pyrawan.manifest import verify_if_artifact
 from pyrawan.models.presets import WanComponents, cast_keep_fp32, seeded
 from pyrawan.recipe import FinetuneRecipe
 from pyrawan.train.config import Lora, Train
@@ -72,8 +72,7 @@ def _load_on_rank0(recipe: FinetuneRecipe) -> tuple[WanComponents, dict, list[Pa
 
     inputs = []
     base = Path(recipe.base)
-    if (base / "manifest.json").is_file():
-        require_verified(base, "base model")
+    if verify_if_artifact(base, "base model"):
         inputs.append(base)
     if recipe.calibration is not None:
         inputs.append(Path(recipe.calibration))
