@@ -13,7 +13,7 @@ import typer
 from pyrawan.cli import RUN_PANEL, OutOpt, OverridesArg, OverwriteOpt, RecipeArg, app, eval_app, run_options
 from pyrawan.errors import InputError
 
-DEFAULT_MODEL = "tiny"  # the built-in default model; the trained `toy` preset does not pass ToyBench yet (docs/results.md)
+DEFAULT_MODEL = "toy"  # the built-in default model: the shipped toy-world teacher (docs/toy-world.md)
 
 
 @app.command("convert", rich_help_panel=RUN_PANEL)
@@ -98,12 +98,22 @@ def sample(
 def demo(
     quick: Annotated[bool, typer.Option("--quick", help="CI-sized: tiny dataset, few steps, two prompts (about a minute).")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the dataset, training and sampling.")] = 0,
+    resizer: Annotated[Optional[str], typer.Option("--resizer", help="Pyramid transform: haar, dct or db4 [default: haar].")] = None,
+    stage_data: Annotated[Optional[int], typer.Option("--stage-data", help="Coarse training data: 1 = downsample latents, 2 = resize pixels [default: 2].")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Finetuning steps [default: 400; --quick: 3].")] = None,
     out: OutOpt = None,
 ) -> None:
     """The main job on the toy world: dataset → calibrate → convert → finetune → sample → ToyBench + FLOPs table."""
     from pyrawan.commands.demo import run as run_demo
 
-    run_demo(out or Path("runs") / "demo", quick=quick, seed=seed)
+    if resizer is not None and resizer not in ("haar", "dct", "db4"):
+        raise InputError(f"demo: --resizer {resizer!r} is not a resizer; use haar, dct or db4.")
+    if stage_data is not None and stage_data not in (1, 2):
+        raise InputError(f"demo: --stage-data {stage_data} must be 1 (downsample latents) or 2 (resize pixels).")
+    if steps is not None and steps < 1:
+        raise InputError(f"demo: --steps {steps} must be at least 1.")
+    run_demo(out or Path("runs") / "demo", quick=quick, seed=seed, resizer=resizer, stage_data=stage_data,
+             finetune_steps=steps)
 
 
 SchedulesOpt = Annotated[Optional[str], typer.Option(

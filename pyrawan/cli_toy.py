@@ -26,13 +26,16 @@ def make_dataset(
     height: Annotated[int, typer.Option("--height", help="Pixel height (a multiple of 64 for a 3-stage pyramid).")] = 128,
     width: Annotated[int, typer.Option("--width", help="Pixel width (a multiple of 64 for a 3-stage pyramid).")] = 128,
     fps: Annotated[int, typer.Option("--fps", help="Frames per second of the mp4s.")] = 16,
+    short_captions: Annotated[float, typer.Option(
+        "--short-captions", help="Fraction of videos captioned with only some attributes ('a red square moving left').")] = 0.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Render seeded toy scenes (a shape moving over a background) as mp4s with captions."""
     from pyrawan.commands.toy import run_make_dataset
 
-    run_make_dataset(out, n, seed, layout, frames, height, width, fps, overwrite, progress=not quiet)
+    run_make_dataset(out, n, seed, layout, frames, height, width, fps, overwrite, progress=not quiet,
+                     short_captions=short_captions)
 
 
 @toy_app.command("bench")

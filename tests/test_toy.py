@@ -72,6 +72,25 @@ def test_captions_parse_back_to_the_scene():
         world.parse_caption("a small red blue thing slowly moving up on a plain white background")
 
 
+def test_short_captions_name_the_shape_and_only_true_attributes(tmp_path):
+    rng = np.random.default_rng(0)
+    shorts = [(scene, world.short_caption(scene, rng)) for scene in scenes(1, 200)]
+    for scene, text in shorts:
+        words = set(text.replace("-", "_").split())
+        assert scene.shape in words
+        full = set(world.caption(scene).replace("-", "_").split())
+        assert words <= full | {"a", "on", "moving"}, (text, world.caption(scene))
+    assert len({text for _, text in shorts}) > 150
+    assert any(text == f"a {s.colour} {s.shape} moving {s.direction}" for s, text in shorts)
+    records = world.make_dataset(tmp_path, 40, seed=3, frames=17, height=64, width=64, short_captions=0.5)
+    full = [world.caption(s) for s in scenes(3, 40)]
+    kept = sum(c == f for (_, c), f in zip(records, full))
+    assert 10 <= kept <= 30                                       # about half stay full
+    assert all(s.shape in c for (_, c), s in zip(records, scenes(3, 40)))   # same scenes as without
+    with pytest.raises(InputError, match="short-captions 1.5"):
+        world.make_dataset(tmp_path / "x", 1, short_captions=1.5)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_make_dataset_writes_every_layout(tmp_path, layout):
     records = world.make_dataset(tmp_path, 2, seed=3, layout=layout, frames=17, height=64, width=64)

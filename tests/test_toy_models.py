@@ -12,6 +12,12 @@ from pyrawan.models import toy
 from pyrawan.models.presets import TRANSFORMER_ARCHS, build_preset
 
 
+# Measured on the shipped weights (docs/toy-world.md); the floors leave room for float differences
+# between machines. The old base_dim-8 VAE scored colour 0.00, a random one fails detection.
+VAE_FLOOR = {"detection": 0.95, "colour": 0.75, "shape": 0.3, "direction": 0.9}   # measured 1.00 / 0.89 / 0.50 / 1.00
+TEACHER_FLOOR = {"detection": 0.9, "colour": 0.4}   # measured 1.00 / 0.57 (3 prompts, 20 steps)
+
+
 def test_shipped_weights_match_manifest():
     index = toy.weights_index()
     assert "text_encoder" in index and "vae" in index
@@ -53,3 +59,81 @@ def test_quick_demo_runs(tmp_path, monkeypatch):
     assert all(0.0 <= r["overall"] <= 1.0 for r in rows)
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert len(saved["rows"]) == 4
+
+
+def test_quick_demo_takes_resizer_and_definition(tmp_path):
+    from pyrawan.commands import demo
+
+    rows = demo.run(tmp_path / "demo", quick=True, resizer="dct", stage_data=1, finetune_steps=2)
+    assert len(rows) == 4
+    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert saved["sizes"]["resizer"] == "dct" and saved["sizes"]["stage_data"] == 1
+    assert saved["sizes"]["finetune_steps"] == 2
+    for model in ("pyramid", "finetuned"):
+        spec = json.loads((tmp_path / "demo" / model / "pyramid.json").read_text())
+        assert spec["resizer"] == "dct" and spec["stage_data"] == 1, spec
+    calibration = json.loads((tmp_path / "demo" / "calibration" / "calibration.json").read_text())
+    assert calibration["definition"] == 1
+
+
+def test_demo_options_are_checked(tmp_path):
+    from typer.testing import CliRunner
+
+    from pyrawan.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "--resizer", "lanczos", "-o", str(tmp_path / "d")])
+    assert result.exit_code != 0 and "haar, dct or db4" in result.output
+    assert not (tmp_path / "d").exists()
+
+
+def test_shipped_vae_keeps_colour_and_shape():
+    """The shipped VAE's reconstructions of unseen toy clips pass ToyBench (the teacher's ceiling)."""
+    from pyrawan.toy.bench import score_set
+    from pyrawan.toy.train_vae import render_pool
+
+    vae = build_preset("toy").vae
+    videos, captions, _ = render_pool(8, seed=7)
+    with torch.no_grad():
+        recon = vae.decode(vae.encode(videos).latent_dist.mode()).sample.clamp(-1, 1)
+    scores = score_set(list(((recon + 1) / 2).permute(0, 2, 1, 3, 4)), captions)["scores"]
+    assert scores["detection"] >= VAE_FLOOR["detection"], scores
+    assert scores["colour"] >= VAE_FLOOR["colour"], scores
+    assert scores["shape"] >= VAE_FLOOR["shape"], scores
+    assert scores["direction"] >= VAE_FLOOR["direction"], scores
+
+
+def test_default_model_is_the_toy_teacher_and_follows_prompts(tmp_path):
+    """`pyrawan sample` with no --model samples the shipped teacher; ToyBench finds what was asked."""
+    from typer.testing import CliRunner
+
+    from pyrawan.cli import app
+    from pyrawan.data.video import read_video
+    from pyrawan.toy.bench import score_set
+
+    prompts = ["a large red square slowly moving right on a plain black background",
+               "a large yellow circle quickly moving down on a plain gray background",
+               "a medium blue triangle slowly moving up on a plain white background"]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    result = CliRunner().invoke(app, ["sample", "--prompts", str(tmp_path / "prompts.txt"), "--schedule", "20",
+                                      "-o", str(tmp_path / "s"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (tmp_path / "s" / "samples.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in records] == prompts
+    videos = [read_video(tmp_path / "s" / r["video"])[0] for r in records]
+    scores = score_set(videos, prompts)["scores"]
+    assert scores["detection"] >= TEACHER_FLOOR["detection"], scores
+    assert scores["colour"] >= TEACHER_FLOOR["colour"], scores
+
+
+def test_vae_training_batches_centre_the_object():
+    from pyrawan.toy.train_vae import random_batch, render_pool
+
+    pool, _, tracks = render_pool(6, seed=3)
+    gen = torch.Generator().manual_seed(0)
+    centred = random_batch(pool, tracks, 16, 5, gen, crop=32, centred=1.0)
+    assert centred.shape == (16, 3, 5, 32, 32)
+    background = centred.flatten(-2).median(-1).values[..., None, None]
+    object_pixels = ((centred - background).abs().amax(1) > 0.3).flatten(1).sum(1)
+    assert bool((object_pixels > 0).all())                 # every centred crop shows the object
+    whole = random_batch(pool, tracks, 4, 17, gen, crop=64)
+    assert whole.shape == (4, 3, 17, 64, 64)

@@ -25,12 +25,12 @@ from pyrawan.recipe import CalibrateRecipe, find_recipe, resolve_recipe, validat
 from pyrawan.recipe_io import apply_overrides, read_yaml
 
 CALIBRATION_FORMAT = "pyrawan.calibration/1"
-DEFAULT_RECIPE = "tiny"  # the built-in default model's settings
+DEFAULT_RECIPE = "toy"  # the built-in default model's settings
 READS_AS_CALIBRATE = ("convert", "finetune")
 
 
 def load_calibrate_recipe(data_dir: Path, recipe: str | None, overrides: Sequence[str]) -> CalibrateRecipe:
-    """The recipe for calibrating ``data_dir``: ``recipe`` (default: shipped ``tiny``) read as kind calibrate.
+    """The recipe for calibrating ``data_dir``: ``recipe`` (default: shipped ``toy``) read as kind calibrate.
 
     A convert or finetune recipe is read as a calibrate recipe (its keys that calibrate has no use
     for, such as ``train``, are left out); ``data.root`` is set to ``data_dir``.

@@ -31,6 +31,14 @@ DEMO_PROMPTS = (
     "a large magenta triangle quickly moving down-left on a plain black background",
     "a medium red circle quickly moving up-left on a gray gradient background",
     "a large cyan square slowly moving down-right on a plain gray background",
+    "a large blue square quickly moving up on a plain black background",
+    "a medium yellow triangle slowly moving right on a plain white background",
+    "a large green circle slowly moving down on a plain gray background",
+    "a medium magenta square quickly moving left on a gray gradient background",
+    "a large red triangle quickly moving down-right on a plain white background",
+    "a small cyan circle slowly moving left on a plain black background",
+    "a large yellow square quickly moving up-left on a black gradient background",
+    "a medium blue circle quickly moving right on a white gradient background",
 )
 
 
@@ -41,10 +49,12 @@ class DemoSizes:
     videos: int = 96          # toy dataset size (17x64x64)
     finetune_steps: int = 400
     batch_size: int = 24      # finetune samples per step (split over the 3 stages)
-    prompts: int = 8          # prompts sampled per row
+    prompts: int = 16         # prompts sampled per row
     teacher_steps: int = 50   # the full-resolution baseline
     schedule: str = "20-20-10"
     cheap: str = "4-4-2"
+    resizer: str = "haar"     # the pyramid's orthogonal transform (haar | dct | db4)
+    stage_data: int = 2       # coarse training data: Definition 1 (downsample latents) or 2 (resize pixels)
 
     @classmethod
     def quick(cls) -> DemoSizes:
@@ -71,11 +81,12 @@ def build_models(out: Path, sizes: DemoSizes, seed: int, t0: float) -> dict[str,
     make_dataset(out / "data", sizes.videos, seed=seed, frames=17, height=64, width=64)
     _step(f"dataset: {sizes.videos} toy videos", t0)
     holdout = max(1, min(8, sizes.videos // 4))
-    common = [f"data.cache={out / 'cache'}", f"seed={seed}"]
+    pyramid = [f"pyramid.resizer={sizes.resizer}", f"pyramid.stage_data={sizes.stage_data}"]
+    common = [f"data.cache={out / 'cache'}", f"seed={seed}", *pyramid]
     cal = calibrate.load_calibrate_recipe(out / "data", "toy-finetune", common + ["calibrate.plots=false"])
     calibrate.run(cal, out / "calibration", progress=False)
     _step("calibrate: latent cache + boundaries", t0)
-    conv = load_recipe("toy", [f"sampling.schedule={sizes.schedule}"], kind="convert")
+    conv = load_recipe("toy", [f"sampling.schedule={sizes.schedule}", *pyramid], kind="convert")
     convert.run(conv, out / "pyramid", calibration=out / "calibration")
     _step("convert: toy teacher -> 3-stage pyramid", t0)
     ft = load_recipe("toy-finetune", common + [
@@ -112,10 +123,10 @@ def sample_and_score(out: Path, models: dict[str, str], sizes: DemoSizes, seed: 
     return rows
 
 
-def results_table(rows: list[dict]) -> Table:
+def results_table(rows: list[dict], title: str = "pyrawan demo: toy world, 17×64×64") -> Table:
     """The demo's results: one row per model and schedule."""
     table = Table("model", "schedule", "GFLOPs", "× teacher", "ToyBench", "detect", "colour", "shape", "direction",
-                  "speed", "sharp", "FD", title="pyrawan demo: toy world, 17×64×64")
+                  "speed", "sharp", "FD", title=title)
     for r in rows:
         table.add_row(r["row"], r["schedule"], f"{1000 * r['tflops']:.2f}", f"{r['flops_ratio']:.2f}",
                       f"{r['overall']:.3f}", *(f"{r[k]:.2f}" for k in ("detection", "colour", "shape", "direction",
@@ -123,8 +134,12 @@ def results_table(rows: list[dict]) -> Table:
     return table
 
 
-def run(out: Path, quick: bool = False, seed: int = 0, overwrite: bool = True) -> list[dict]:
-    """Run the whole demo into ``out`` and print the results table; returns its rows."""
+def run(out: Path, quick: bool = False, seed: int = 0, overwrite: bool = True, **changes) -> list[dict]:
+    """Run the whole demo into ``out`` and print the results table; returns its rows.
+
+    ``changes`` override ``DemoSizes`` fields (e.g. ``resizer="dct"``, ``stage_data=1``,
+    ``finetune_steps=800``); ``None`` values are ignored.
+    """
     if out.exists():
         earlier = (out / "data").is_dir() or (out / "results.json").is_file() or not any(out.iterdir())
         if not (overwrite and earlier):
@@ -133,12 +148,16 @@ def run(out: Path, quick: bool = False, seed: int = 0, overwrite: bool = True) -
         shutil.rmtree(out)
     out.mkdir(parents=True)
     sizes = DemoSizes.quick() if quick else DemoSizes()
+    for key, value in changes.items():
+        if value is not None:
+            setattr(sizes, key, value)
     t0 = time.time()
     models = build_models(out, sizes, seed, t0)
     rows = sample_and_score(out, models, sizes, seed, t0)
     elapsed = time.time() - t0
     (out / "results.json").write_text(json.dumps({"sizes": sizes.__dict__, "seconds": elapsed, "rows": rows},
                                                  indent=1) + "\n")
-    Console(width=150).print(results_table(rows))
+    title = f"pyrawan demo: toy world, 17×64×64, {sizes.resizer}, Definition {sizes.stage_data}"
+    Console(width=150).print(results_table(rows, title))
     console.print(f"demo: done in {elapsed:.0f} s; everything is in [bold]{out}[/] (results.json)")
     return rows

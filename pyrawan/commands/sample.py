@@ -52,7 +52,7 @@ class SampleSettings:
     """What the user asked for; ``None`` means: take the model's default (``pyramid.json``)."""
 
     prompts: list[str]
-    model: str = "tiny"
+    model: str = "toy"
     negative_prompt: str | None = None
     schedule: str | None = None
     guidance: float | None = None

@@ -29,7 +29,7 @@ METRIC_NOTES = {  # score -> (raw key shown beside it, what the raw number is)
 
 
 def run_make_dataset(out: Path, n: int, seed: int, layout: str, frames: int, height: int, width: int, fps: int,
-                     overwrite: bool = False, progress: bool = True) -> list[tuple[str, str]]:
+                     overwrite: bool = False, progress: bool = True, short_captions: float = 0.0) -> list[tuple[str, str]]:
     """Write a toy dataset artifact (videos, captions in ``layout``, manifest) to ``out``."""
     from pyrawan.toy.layouts import check_layout
     from pyrawan.toy.world import check_size, make_dataset
@@ -37,9 +37,13 @@ def run_make_dataset(out: Path, n: int, seed: int, layout: str, frames: int, hei
     started = time.time()
     check_layout(layout)
     check_size(frames, height, width)
+    if not 0.0 <= short_captions <= 1.0:
+        raise InputError(f"toy make-dataset: --short-captions {short_captions} is not a fraction; give a number in [0, 1].")
     with artifact_dir(out, overwrite=overwrite) as tmp, progress_bar("toy videos", n, progress) as advance:
-        records = make_dataset(tmp, n, seed, layout, frames, height, width, fps, on_video=advance)
+        records = make_dataset(tmp, n, seed, layout, frames, height, width, fps, on_video=advance,
+                               short_captions=short_captions)
         resolved = {"kind": "toy-dataset", "n": n, "seed": seed, "layout": layout, "fps": fps,
+                    "short_captions": short_captions,
                     "video": {"frames": frames, "height": height, "width": width}}
         write_manifest(tmp, "toy-dataset", resolved, [], {"videos": len(records)}, started)
     console.print(f"toy make-dataset: wrote {len(records)} videos ({frames}x{height}x{width}, {layout}) to [bold]{out}[/]")

@@ -1,6 +1,6 @@
 """The ``toy`` preset: a small Wan2.1 stack trained on the toy world, with weights shipped in the package.
 
-Architecture (17×64×64 pixels ↔ latents [16, 5, 8, 8]): a small ``AutoencoderKLWan`` (base_dim 8),
+Architecture (17×64×64 pixels ↔ latents [16, 5, 8, 8]): a small ``AutoencoderKLWan`` (base_dim 16),
 a tiny UMT5 text encoder (randomly initialised from a fixed seed and then frozen; the teacher learns
 to read its embeddings), a word-level offline tokenizer that holds every word of the toy grammar,
 and a small ``WanTransformer3DModel`` teacher. The shipped weights live in ``pyrawan/toy/weights/``
@@ -30,7 +30,7 @@ TOY_TRANSFORMER: dict[str, Any] = TRANSFORMER_ARCHS["toy"]
 
 # Spatial factor 8 (four levels), temporal 4, as in the real Wan VAE; 16 latent channels.
 TOY_VAE: dict[str, Any] = dict(
-    base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+    base_dim=16, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
     temperal_downsample=[False, True, True], scale_factor_temporal=4, scale_factor_spatial=8,
 )
 

@@ -98,6 +98,23 @@ def caption(scene: Attributes) -> str:
             f"on a {ground} background")
 
 
+def short_caption(scene: Attributes, rng: np.random.Generator) -> str:
+    """A caption that names the shape and a random subset of the other attributes (each kept with p = 1/2).
+
+    E.g. ``a red square moving left`` or ``a large circle quickly moving up``. Training on a mix of
+    full and short captions lets a teacher follow prompts that leave attributes out.
+    """
+    keep = {name: bool(rng.uniform() < 0.5) for name in ("size", "colour", "speed", "direction", "background")}
+    words = ["a"] + [getattr(scene, name) for name in ("size", "colour") if keep[name]] + [scene.shape]
+    if keep["speed"] or keep["direction"]:
+        words += ([SPEED_WORDS[scene.speed]] if keep["speed"] else []) + ["moving"]
+        words += [scene.direction] if keep["direction"] else []
+    if keep["background"]:
+        ground = f"plain {scene.background}" if scene.style == "plain" else f"{scene.background} gradient"
+        words += ["on", "a", ground, "background"]
+    return " ".join(words)
+
+
 def vocabulary() -> dict[str, tuple[str, ...]]:
     """The values of each captioned attribute except style."""
     return {"shape": SHAPES, "colour": tuple(COLOURS), "size": tuple(SIZES), "direction": tuple(DIRECTIONS),
@@ -222,13 +239,15 @@ def scene_dict(scene: Scene) -> dict:
 
 def make_dataset(folder: str | Path, n: int, seed: int = 0, layout: str = "metadata.csv", frames: int = 17,
                  height: int = 128, width: int = 128, fps: int = 16,
-                 on_video: Callable[[], object] | None = None) -> list[tuple[str, str]]:
+                 on_video: Callable[[], object] | None = None, short_captions: float = 0.0) -> list[tuple[str, str]]:
     """Write ``n`` scenes drawn with ``seed`` as mp4s plus captions in ``layout`` under ``folder``.
 
     Returns the (video path relative to ``folder``, caption) pairs in order. The same arguments
     always give the same scenes, captions and rendered pixels (the mp4 encoding is not
-    bit-reproducible between runs). ``on_video``
-    is called after each video (e.g. to advance a progress bar).
+    bit-reproducible between runs). A fraction ``short_captions`` of the videos (drawn from a
+    separate generator, so the scenes do not change) gets a ``short_caption`` instead of the full
+    one; ToyBench judges full captions only. ``on_video`` is called after each video (e.g. to
+    advance a progress bar).
     """
     from pyrawan.data.video import write_video
     from pyrawan.toy.layouts import check_layout, clip_name, write_captions
@@ -237,15 +256,19 @@ def make_dataset(folder: str | Path, n: int, seed: int = 0, layout: str = "metad
     check_size(frames, height, width)
     if n < 1:
         raise InputError(f"make-dataset: --n {n} asks for no videos; give a positive number of videos.")
+    if not 0.0 <= short_captions <= 1.0:
+        raise InputError(f"make-dataset: --short-captions {short_captions} is not a fraction; give a number in [0, 1].")
     folder = Path(folder)
     rng = np.random.default_rng(seed)
+    caption_rng = np.random.default_rng([seed, 1])
     records = []
     for index in range(n):
         scene = sample_scene(rng)
         name = clip_name(layout, index)
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         write_video(folder / name, render(scene, frames, height, width), fps=fps)
-        records.append((name, caption(scene)))
+        short = caption_rng.uniform() < short_captions
+        records.append((name, short_caption(scene, caption_rng) if short else caption(scene)))
         if on_video is not None:
             on_video()
     write_captions(folder, layout, records)
