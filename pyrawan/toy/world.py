@@ -91,11 +91,15 @@ def sample_scene(rng: np.random.Generator) -> Scene:
 
 # ---- captions ------------------------------------------------------------------------------------
 
+def ground_words(scene: Attributes) -> str:
+    """The background as a caption says it: ``plain gray`` or ``gray gradient``."""
+    return f"plain {scene.background}" if scene.style == "plain" else f"{scene.background} gradient"
+
+
 def caption(scene: Attributes) -> str:
     """``a small red circle slowly moving up-left on a plain gray background``."""
-    ground = f"plain {scene.background}" if scene.style == "plain" else f"{scene.background} gradient"
     return (f"a {scene.size} {scene.colour} {scene.shape} {SPEED_WORDS[scene.speed]} moving {scene.direction} "
-            f"on a {ground} background")
+            f"on a {ground_words(scene)} background")
 
 
 def short_caption(scene: Attributes, rng: np.random.Generator) -> str:
@@ -110,8 +114,7 @@ def short_caption(scene: Attributes, rng: np.random.Generator) -> str:
         words += ([SPEED_WORDS[scene.speed]] if keep["speed"] else []) + ["moving"]
         words += [scene.direction] if keep["direction"] else []
     if keep["background"]:
-        ground = f"plain {scene.background}" if scene.style == "plain" else f"{scene.background} gradient"
-        words += ["on", "a", ground, "background"]
+        words += ["on", "a", ground_words(scene), "background"]
     return " ".join(words)
 
 
