@@ -1,7 +1,7 @@
 """Train the toy preset's small ``AutoencoderKLWan`` on toy-world clips (a plain loop, CPU-sized).
 
     python -m pyrawan.toy.train_vae --out runs/toy-vae [--minutes 12] [--steps 100000] [--seed 0] [--init DIR]
-        [--decoder-only] [--base-dim 8] [--crop 32] [--device auto] [--save-every 0]
+        [--decoder-only] [--base-dim 16] [--crop 32] [--device auto] [--save-every 0]
 
 Data: a pool of rendered toy scenes (17×64×64). Each step trains on a batch of random 5-, 9- or
 17-frame windows (the first frame plus one, two or four 4-frame chunks of Wan's causal VAE; without
@@ -152,12 +152,10 @@ def save(vae: AutoencoderKLWan, config: dict, out: Path) -> None:
     """Write ``out/vae.safetensors`` and ``out/config.json`` (constructor kwargs), each atomically."""
     from safetensors.torch import save_file
 
-    from pyrawan.fsutil import atomic_write_text
+    from pyrawan.fsutil import atomic_path, atomic_write_text
 
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "vae.safetensors.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}, str(tmp))
-    tmp.replace(out / "vae.safetensors")
+    with atomic_path(out / "vae.safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}, str(tmp))
     atomic_write_text(out / "config.json", json.dumps(config, indent=1))
 
 
@@ -188,14 +186,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     pool, _, tracks = render_pool(args.pool, args.seed)
     pool = pool.to(device)
-    arch = {**TOY_VAE, "base_dim": args.base_dim}
+    arch = {**TOY_VAE, "base_dim": args.base_dim} if args.init is None else {
+        k: v for k, v in json.loads((args.init / "config.json").read_text()).items()
+        if k not in ("latents_mean", "latents_std")}
     vae = AutoencoderKLWan(**arch)
     if args.init is not None:
         from safetensors.torch import load_file
 
-        arch = {k: v for k, v in json.loads((args.init / "config.json").read_text()).items()
-                if k not in ("latents_mean", "latents_std")}
-        vae = AutoencoderKLWan(**arch)
         vae.load_state_dict(load_file(str(args.init / "vae.safetensors")))
     vae.to(device)
     if args.decoder_only:
