@@ -26,7 +26,7 @@ from typer.core import TyperGroup
 from pyrawan import __version__
 from pyrawan import manifest as mf
 from pyrawan import recipe as rc
-from pyrawan.errors import InputError, PyrawanError, RunError
+from pyrawan.errors import InputError, PyrawanError, RunError, io_fault_message
 from pyrawan.recipe_io import read_yaml
 
 RUN_PANEL = "Run"
@@ -46,8 +46,28 @@ def stderr() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+# What Ctrl-C leaves behind, per command (the default: nothing, since outputs appear only when complete).
+INTERRUPTED = {
+    "finetune": "the checkpoints already written under OUT.run/checkpoints/ are kept (one every "
+                "train.checkpoint.every steps); the model folder OUT was not written. Continue with the same "
+                "command plus --resume.",
+    "calibrate": "the latent-cache shards already encoded are kept; the same command continues the cache from the "
+                 "first missing shard. The calibration folder was not written.",
+    "sample": "the videos already finished are kept (in OUT.partial/); continue with the same command plus "
+              "--resume.",
+    "demo": "the demo folder holds the steps finished so far; running the demo again starts over in that folder.",
+}
+INTERRUPTED_DEFAULT = ("nothing was published (outputs are written under a temporary name and renamed only when "
+                       "complete, and its temporary files were removed); run the command again.")
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells expect
+
+
 class PyrawanGroup(TyperGroup):
     """Root command group: turns exceptions into a red paragraph and the right exit code."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _polish_help(self)
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
@@ -57,10 +77,85 @@ class PyrawanGroup(TyperGroup):
         except PyrawanError as err:
             _report(ctx, str(err))
             raise typer.Exit(err.exit_code) from None
+        except KeyboardInterrupt:
+            command = ctx.invoked_subcommand or "pyrawan"
+            stderr().print(f"\ninterrupted: {command}: {INTERRUPTED.get(command, INTERRUPTED_DEFAULT)}",
+                           style="yellow", markup=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except Exception as err:
+            fault = io_fault_message(err)
+            if fault is not None:
+                _report(ctx, fault)
+                raise typer.Exit(1) from None
             _report(ctx, f"unexpected {type(err).__name__}: {err}. This is a bug or an unhandled case; "
                          f"rerun with --debug to see the traceback.")
             raise typer.Exit(1) from None
+        finally:
+            mf.release_claims()
+
+
+# One example per command, shown at the end of its --help (keyed by the command path after `pyrawan`).
+EXAMPLES = {
+    "calibrate": "pyrawan calibrate data/toy -o runs/calibration",
+    "convert": "pyrawan convert toy --calibration runs/calibration -o runs/pyramid",
+    "finetune": "pyrawan finetune toy-finetune base=runs/pyramid -o runs/finetuned",
+    "sample": "pyrawan sample --model runs/finetuned --prompt 'a red square moving left' -o runs/samples",
+    "demo": "pyrawan demo --quick -o runs/demo-quick",
+    "verify": "pyrawan verify runs/pyramid",
+    "lineage": "pyrawan lineage runs/finetuned",
+    "env": "pyrawan env --json",
+    "recipe validate": "pyrawan recipe validate toy sampling.schedule=2-2-1",
+    "recipe show": "pyrawan recipe show toy --json",
+    "recipe schema": "pyrawan recipe schema finetune",
+    "recipe ls": "pyrawan recipe ls",
+    "recipe cp": "pyrawan recipe cp toy my-recipe.yaml",
+    "eval flops": "pyrawan eval flops toy --schedules 0-0-50,20-20-10",
+    "eval latency": "pyrawan eval latency --model tiny-random --device cpu --repeats 3",
+    "toy make-dataset": "pyrawan toy make-dataset data/toy --n 64",
+    "toy bench": "pyrawan toy bench runs/samples --reference data/toy",
+}
+
+
+# The real default of -o/--out where the shared option's text ("runs/KIND-RECIPE") does not say it.
+OUT_DEFAULTS = {"calibrate": "runs/calibrate-DATA_DIR", "demo": "runs/demo"}
+
+
+def _polish_help(group: Any, prefix: str = "") -> None:
+    """Readable --help for ``group`` and every command below it: an example, literal ``[default: ...]``
+    and ``[...]`` text (not rich markup), and no ``<bool>`` type column for flags (``--help`` included)."""
+    _polish_params(group, prefix.strip())
+    for name, command in (getattr(group, "commands", None) or {}).items():
+        path = f"{prefix}{name}"
+        if hasattr(command, "commands"):
+            _polish_help(command, f"{path} ")
+            continue
+        if command.help and path in EXAMPLES and "Example:" not in command.help:
+            command.help = f"{command.help.rstrip()}\n\nExample: {EXAMPLES[path]}"
+        _polish_params(command, path)
+
+
+def _polish_params(command: Any, path: str) -> None:
+    _quiet_help_flag(command)
+    for param in command.params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+        if not getattr(param, "help", None) or "\\[" in param.help:
+            continue
+        if param.name == "out" and path in OUT_DEFAULTS:
+            param.help = param.help.replace("runs/KIND-RECIPE", OUT_DEFAULTS[path])
+        param.help = param.help.replace("[", "\\[")
+
+
+def _quiet_help_flag(command: Any) -> None:
+    """Show ``--help`` without a type."""
+    original = command.get_help_option
+
+    def get_help_option(ctx: Any) -> Any:
+        option = original(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+    command.get_help_option = get_help_option
 
 
 def _report(ctx: typer.Context, message: str) -> None:
@@ -360,10 +455,28 @@ def finetune(
 
 
 @app.command("distill", rich_help_panel=RUN_PANEL)
-def distill(recipe: RecipeArg, overrides: OverridesArg = None, out: OutOpt = None,
-            overwrite: OverwriteOpt = False) -> None:
-    """Step distillation into a few-step pyramidal model (not built yet)."""
-    _not_built("distill", recipe, overrides, "distill")
+def distill(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue from the latest complete checkpoint in OUT.run/checkpoints/.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the plan: generator, teacher, fake score, both optimisers, memory per GPU; "
+        "load no weights.")] = False,
+) -> None:
+    """DMD step distillation into a few-step pyramidal model (DMD-OT, DMD-PT, DMD-PT*, Wan-DMD baseline).
+
+    Example: pyrawan distill toy-dmd-ptstar data.cache=runs/cache -o runs/dmd
+    """
+    from pyrawan.commands import distill as cmd
+
+    opts = run_options(recipe, overrides, "distill", out, overwrite)
+    if dry_run:
+        cmd.dry_run(opts.recipe)
+        return
+    cmd.run(opts.recipe, opts.out, resume=resume, overwrite=opts.overwrite)
 
 
 # convert, sample and eval live in cli_run.py (imported here so they register on `app`).
@@ -372,6 +485,10 @@ from pyrawan import cli_toy  # noqa: E402,F401
 
 
 def main() -> None:
-    """Console entry point (``pyrawan = "pyrawan.cli:main"``)."""
-    app(prog_name="pyrawan")
+    """Console entry point (``pyrawan = "pyrawan.cli:main"``); Ctrl-C outside a command also exits 130."""
+    try:
+        app(prog_name="pyrawan")
+    except KeyboardInterrupt:
+        stderr().print(f"\ninterrupted: {INTERRUPTED_DEFAULT}", style="yellow", markup=False)
+        raise SystemExit(EXIT_INTERRUPTED) from None
 

@@ -64,8 +64,14 @@ def sample(
     fewstep: Annotated[Optional[bool], typer.Option("--fewstep/--multistep", help="Few-step (distilled) or multi-step Euler sampler [default: the model's].")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32 or bfloat16 [default: bfloat16 on GPU].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", help="Prompts sampled and decoded together (the same videos for any value) [default: 16].")] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the transformer (slow start, faster steps).")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Keep the finished videos of an interrupted run (in OUT.partial/) and do the rest.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    out: OutOpt = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "-o", "--out", help="Output artifact folder [default: the next free runs/samples-NNN].")] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Generate videos: one mp4 per prompt, the final latents and a manifest (torchrun shards prompts)."""
@@ -86,12 +92,13 @@ def sample(
     elif overrides:
         raise InputError("key=value overrides need a recipe: pass --recipe FILE, or use the sample options (see --help).")
     given = dict(negative_prompt=negative_prompt, schedule=schedule, guidance=guidance, shift=shift, seed=seed,
-                 frames=frames, height=height, width=width, fps=fps, fewstep=fewstep, device=device, dtype=dtype)
+                 frames=frames, height=height, width=width, fps=fps, fewstep=fewstep, device=device, dtype=dtype,
+                 batch_size=batch_size)
     for key, value in given.items():
         if value is not None:
             setattr(settings, key, value)
-    settings.overwrite, settings.progress = overwrite, not quiet
-    run(settings, out or Path("runs") / "samples")
+    settings.overwrite, settings.progress, settings.resume, settings.compile = overwrite, not quiet, resume, compile_
+    run(settings, out)
 
 
 @app.command("demo", rich_help_panel=RUN_PANEL)
@@ -101,6 +108,8 @@ def demo(
     resizer: Annotated[Optional[str], typer.Option("--resizer", help="Pyramid transform: haar, dct or db4 [default: haar].")] = None,
     stage_data: Annotated[Optional[int], typer.Option("--stage-data", help="Coarse training data: 1 = downsample latents, 2 = resize pixels [default: 2].")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Finetuning steps [default: 400; --quick: 3].")] = None,
+    seed_sets: Annotated[Optional[int], typer.Option("--seed-sets", help="Seed sets per row (own prompts and noise) [default: 3; --quick: 1].")] = None,
+    prompts: Annotated[Optional[int], typer.Option("--prompts", help="Prompts per seed set [default: 16; --quick: 2].")] = None,
     out: OutOpt = None,
 ) -> None:
     """The main job on the toy world: dataset → calibrate → convert → finetune → sample → ToyBench + FLOPs table."""
@@ -110,10 +119,16 @@ def demo(
         raise InputError(f"demo: --resizer {resizer!r} is not a resizer; use haar, dct or db4.")
     if stage_data is not None and stage_data not in (1, 2):
         raise InputError(f"demo: --stage-data {stage_data} must be 1 (downsample latents) or 2 (resize pixels).")
-    if steps is not None and steps < 1:
-        raise InputError(f"demo: --steps {steps} must be at least 1.")
+    from pyrawan.recipe import MAX_SEED
+    from pyrawan.train.config import MAX_STEPS
+
+    limits = {"--steps": (steps, 1, MAX_STEPS), "--seed": (seed, 0, MAX_SEED), "--seed-sets": (seed_sets, 1, 100),
+              "--prompts": (prompts, 1, 10_000)}
+    for flag, (value, low, high) in limits.items():
+        if value is not None and not low <= value <= high:
+            raise InputError(f"demo: {flag} {value} must be between {low} and {high}.")
     run_demo(out or Path("runs") / "demo", quick=quick, seed=seed, resizer=resizer, stage_data=stage_data,
-             finetune_steps=steps)
+             finetune_steps=steps, seed_sets=seed_sets, prompts=prompts)
 
 
 SchedulesOpt = Annotated[Optional[str], typer.Option(
@@ -167,3 +182,7 @@ def eval_latency(
 
     run_latency(model, _schedules(schedules), out, frames, height, width, stages, guidance, device, dtype,
                 repeats, warmup, overwrite)
+
+
+# eval quality, compare, report, schedules and vbench live in cli_eval.py (imported so they register on eval_app).
+from pyrawan import cli_eval  # noqa: E402,F401

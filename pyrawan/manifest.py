@@ -8,7 +8,6 @@ interrupted command never leaves a folder that looks complete.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import json
 import math
@@ -25,7 +24,7 @@ from typing import Any
 
 from pyrawan import __version__
 from pyrawan.errors import InputError, RunError
-from pyrawan.fsutil import atomic_write_text, sha256_file, temp_sibling
+from pyrawan.fsutil import atomic_write_text, sha256_file
 from pyrawan.recipe import recipe_sha256
 
 SCHEMA = "pyrawan.artifact/1"
@@ -197,7 +196,11 @@ class Finding:
 
 
 def check_artifact(art_dir: str | Path) -> list[Finding]:
-    """Every listed file is present with its size and sha256; unlisted files are warnings."""
+    """Every listed file is present with its size and sha256.
+
+    A file the manifest does not list is an error inside a folder that holds listed files (a model
+    component such as ``transformer/``, whose folder is loaded as a whole) and a warning elsewhere.
+    """
     art_dir = Path(art_dir)
     outputs = read_manifest(art_dir).get("outputs")
     if not isinstance(outputs, list) or not all(isinstance(o, dict) and {"path", "bytes", "sha256"} <= o.keys()
@@ -205,9 +208,18 @@ def check_artifact(art_dir: str | Path) -> list[Finding]:
         raise InputError(f"{art_dir / MANIFEST}: 'outputs' must be a list of {{path, bytes, sha256}}; the manifest "
                          f"is damaged, rerun the command that made it.")
     findings = [f for entry in outputs if (f := _check_file(art_dir, entry)) is not None]
-    listed = {entry["path"] for entry in outputs}
-    findings += [Finding(rel, "unlisted", "not listed in the manifest (added after it was written)", fatal=False)
-                 for rel in _artifact_files(art_dir) if rel not in listed]
+    listed = {str(entry["path"]) for entry in outputs}
+    loaded = {PurePosixPath(rel).parts[0] for rel in listed if len(PurePosixPath(rel).parts) > 1}
+    for rel in _artifact_files(art_dir):
+        if rel in listed:
+            continue
+        top = PurePosixPath(rel).parts[0] if len(PurePosixPath(rel).parts) > 1 else None
+        if top in loaded:
+            findings.append(Finding(rel, "unlisted", f"not listed in the manifest but inside {top}/, a folder whose "
+                                    f"files are loaded (added after the manifest was written); remove it"))
+        else:
+            findings.append(Finding(rel, "unlisted", "not listed in the manifest (added after it was written)",
+                                    fatal=False))
     return findings
 
 
@@ -284,7 +296,7 @@ def _visit(path: Path, entry: dict | None, parent: int | None, nodes: list[dict]
         node["status"] = "missing"
         return
     node["manifest_sha256"] = manifest_sha256(path)
-    if entry is not None and entry["manifest_sha256"] != node["manifest_sha256"]:
+    if entry is not None and entry.get("manifest_sha256") != node["manifest_sha256"]:
         node["status"] = "changed"
     key = path.resolve()
     if key in ancestors or key in seen:
@@ -293,66 +305,20 @@ def _visit(path: Path, entry: dict | None, parent: int | None, nodes: list[dict]
     seen.add(key)
     manifest = read_manifest(path)
     node["kind"] = manifest.get("kind")
-    for child in manifest.get("inputs") or []:
+    children = manifest.get("inputs") or []
+    if not isinstance(children, list) or not all(isinstance(c, dict) and isinstance(c.get("path"), str) and c["path"]
+                                                 for c in children):
+        raise InputError(f"{path / MANIFEST}: 'inputs' must be a list of {{path, kind, manifest_sha256}} entries; the "
+                         f"manifest is damaged, rerun the command that made {path}.")
+    for child in children:
         child_path = Path(child["path"])
         child_path = child_path if child_path.is_absolute() else path / child_path
         _visit(child_path, child, index, nodes, ancestors | {key}, seen)
 
 
-# ---- writing an artifact folder safely -----------------------------------------------------------
+# ---- writing an artifact folder safely: in pyrawan.outputs, re-exported here -----------------------
 
-@contextlib.contextmanager
-def artifact_dir(out: str | Path, overwrite: bool = False, require_manifest: bool = True) -> Iterator[Path]:
-    """Yield a temporary sibling folder ``.{name}.tmp-XXXX`` to write into; rename it to ``out`` on success.
-
-    If the body raises, the temporary folder is removed and ``out`` is untouched. An existing,
-    non-empty ``out`` is an ``InputError`` unless ``overwrite`` (and it is a pyrawan artifact), in
-    which case it is replaced only after the new one is complete. With ``require_manifest`` the
-    body must have written ``manifest.json`` (so every finished artifact has one).
-    """
-    out = Path(out)
-    check_output(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(out, is_dir=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        if require_manifest and not (tmp / MANIFEST).is_file():
-            raise RunError(f"the command finished without writing {MANIFEST}, so {out} was not created "
-                           f"(a bug in the command: it must call write_manifest last).")
-        _swap_in(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def check_output(out: Path, overwrite: bool) -> None:
-    """Refuse to clobber: a file, a non-empty folder without --overwrite, or a non-artifact folder."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output {out} exists and is a file; choose another -o/--out folder.")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise InputError(f"output {out} already exists and is not empty; choose another -o/--out, or pass "
-                         f"--overwrite to replace it (the old one is kept until the new one is complete).")
-    if not (out / MANIFEST).is_file():
-        raise InputError(f"output {out} is not a pyrawan artifact (no {MANIFEST}); refusing to replace it even "
-                         f"with --overwrite. Choose another -o/--out.")
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an old ``out`` is moved aside first and restored if the rename fails."""
-    old = None
-    if out.is_dir():
-        if any(out.iterdir()):
-            old = temp_sibling(out, is_dir=True)
-            os.replace(out, old)
-        else:
-            out.rmdir()
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+from pyrawan.outputs import (  # noqa: E402  (outputs reads manifests, so it is imported last)
+    FOLDER_MARKER, artifact_dir, check_output, claim_output, fresh_folder, place_problem, release_claims,
+    replace_problem, unlisted_files,
+)

@@ -23,6 +23,7 @@ from pydantic_core import PydanticCustomError
 from pyrawan.data.config import Calibrate, Data
 from pyrawan.errors import InputError
 from pyrawan.train.config import Train, train_problems
+from pyrawan.train.distill_config import Distill, distill_problems
 from pyrawan.recipe_io import apply_overrides, error_lines, problems_error, read_yaml
 
 SCHEMA_VERSIONS = (1,)
@@ -37,30 +38,34 @@ def _fail(message: str) -> PydanticCustomError:
 class Section(BaseModel):
     """Base of every recipe model: unknown keys are errors and values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# Caps: far above any real run, low enough that a typo fails at once instead of allocating terabytes.
+MAX_FRAMES, MAX_PIXELS_SIDE, MAX_STAGES, MAX_TOTAL_STEPS, MAX_SEED = 1025, 8192, 8, 10_000, 2**32 - 1
 
 
 class Video(Section):
     """Pixel size and frame rate of the videos a model makes or trains on."""
 
-    frames: int = Field(81, ge=1, description="Pixel frames; 4k+1 for Wan's VAE (81 -> 21 latent frames).")
-    height: int = Field(448, ge=1, description="Pixel height; must halve cleanly at every pyramid stage.")
-    width: int = Field(832, ge=1, description="Pixel width; must halve cleanly at every pyramid stage.")
-    fps: int = Field(16, ge=1, description="Frames per second (16 for Wan2.1).")
+    frames: int = Field(81, ge=1, le=MAX_FRAMES, description="Pixel frames; 4k+1 for Wan's VAE (81 -> 21 latent frames).")
+    height: int = Field(448, ge=1, le=MAX_PIXELS_SIDE, description="Pixel height; must halve cleanly at every pyramid stage.")
+    width: int = Field(832, ge=1, le=MAX_PIXELS_SIDE, description="Pixel width; must halve cleanly at every pyramid stage.")
+    fps: int = Field(16, ge=1, le=240, description="Frames per second (16 for Wan2.1).")
 
 
 class Text(Section):
     """Text encoder settings."""
 
-    max_sequence_length: int = Field(512, ge=1, description="Prompt tokens given to umT5 (Wan: 512).")
+    max_sequence_length: int = Field(512, ge=1, le=4096, description="Prompt tokens given to umT5 (Wan: 512).")
 
 
 class Pyramid(Section):
     """The pyramid: how many stages, where they meet, and how resolutions are changed."""
 
-    stages: int = Field(3, ge=1, description="Number of resolution stages, full resolution included.")
+    stages: int = Field(3, ge=1, le=MAX_STAGES, description="Number of resolution stages, full resolution included.")
     boundaries: tuple[float, ...] | None = Field(
-        None, description="Inner boundaries b_1..b_{S-1} in global sigma, strictly increasing in (0, 1); "
+        None, max_length=MAX_STAGES - 1, description="Inner boundaries b_1..b_{S-1} in global sigma, strictly increasing in (0, 1); "
         "null = uniform split.")
     resizer: Literal["haar", "dct", "db4"] = Field("haar", description="Orthogonal down/up-sampling operator.")
     keep_time: bool = Field(False, description="Spatial-only pyramid: keep every frame at every stage.")
@@ -71,24 +76,22 @@ class Pyramid(Section):
 class Sampling(Section):
     """Default sampling settings (used by sample, eval and the teacher in distill)."""
 
-    schedule: str = Field("20-20-10", description="Steps per stage, coarsest first, e.g. '20-20-10'.")
+    schedule: str = Field("20-20-10", max_length=200, description="Steps per stage, coarsest first, e.g. '20-20-10'.")
     shift: float | tuple[float, ...] = Field(
         1.0, description="Timestep shift k > 0: one number for all stages or one per stage, coarsest first.")
-    guidance: float = Field(5.0, ge=1.0, description="Classifier-free guidance scale; 1 = no guidance.")
-    negative_prompt: str = Field("", description="Prompt for the unconditional branch of guidance.")
+    guidance: float = Field(5.0, ge=1.0, le=100.0, description="Classifier-free guidance scale; 1 = no guidance.")
+    negative_prompt: str = Field("", max_length=10_000, description="Prompt for the unconditional branch of guidance.")
     fewstep_levels: tuple[tuple[float, ...], ...] | None = Field(
-        None, description="Few-step models: per stage (coarsest first) the local levels rho in [0, 1] of "
+        None, max_length=MAX_STAGES, description="Few-step models: per stage (coarsest first) the local levels rho in [0, 1] of "
         "each step, decreasing; the first level of the first stage with steps is 1.0.")
 
     @field_validator("schedule", mode="before")
     @classmethod
     def _schedule_text(cls, value: Any) -> Any:
         """Accept ``50`` and ``[20, 20, 10]`` as well as ``"20-20-10"``."""
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        if isinstance(value, (list, tuple)) and all(type(v) is int for v in value):
-            return "-".join(map(str, value))
-        return value
+        from pyrawan.pyramid.schedule import schedule_text
+
+        return schedule_text(value)
 
     @field_validator("shift", mode="wrap")
     @classmethod
@@ -96,11 +99,25 @@ class Sampling(Section):
         """One readable error instead of one per union member; every shift must be > 0."""
         try:
             shift = handler(value)
-        except ValidationError:
-            raise _fail("expected a number > 0, or a list of numbers > 0 with one per stage (coarsest first)")
-        if min(shift if isinstance(shift, tuple) else (shift,), default=1.0) <= 0:
-            raise _fail("every shift must be > 0 (1 = no shift; Wan's own sampler uses 3 to 5)")
+        except ValidationError as err:
+            finite = any(e["type"] == "finite_number" for e in err.errors())
+            raise _fail(("must be a finite number: " if finite else "") + "expected a number > 0, or a list of "
+                        "numbers > 0 with one per stage (coarsest first)")
+        values = shift if isinstance(shift, tuple) else (shift,)
+        if min(values, default=1.0) <= 0 or max(values, default=1.0) > 1000:
+            raise _fail("every shift must be > 0 and at most 1000 (1 = no shift; Wan's own sampler uses 3 to 5)")
+        if len(values) > MAX_STAGES:
+            raise _fail(f"at most {MAX_STAGES} shifts (one per stage)")
         return shift
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_total(cls, value: str) -> str:
+        """A schedule of absurd length is a typo (its form is checked against the pyramid later)."""
+        counts = [int(part) for part in re.findall(r"\d+", value)]
+        if any(len(part) > 6 for part in re.findall(r"\d+", value)) or sum(counts) > MAX_TOTAL_STEPS:
+            raise _fail(f"at most {MAX_TOTAL_STEPS} steps in all (e.g. 20-20-10); got {value!r}")
+        return value
 
     @field_validator("fewstep_levels")
     @classmethod
@@ -118,7 +135,7 @@ class RecipeBase(Section):
     kind: str
     base: str = Field(min_length=1, description="Preset name (tiny), hub id, local diffusers folder or .safetensors file.")
     calibration: Path | None = Field(None, description="A `pyrawan calibrate` artifact folder (relative to the working directory).")
-    seed: int = Field(0, ge=0, description="Seed for every random draw (noise is drawn on the CPU).")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed for every random draw (noise is drawn on the CPU).")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weight and compute dtype.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
     video: Video = Video()
@@ -130,7 +147,7 @@ class RecipeBase(Section):
     @classmethod
     def _device(cls, value: str) -> str:
         """Only devices pyrawan knows how to run on."""
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", value):
             raise _fail("use auto, cpu, cuda or cuda:N (e.g. cuda:0)")
         return value
 
@@ -185,9 +202,16 @@ class FinetuneRecipe(RecipeBase):
 
 
 class DistillRecipe(RecipeBase):
-    """Step distillation into a few-step pyramidal model (``pyrawan distill``)."""
+    """Step distillation into a few-step pyramidal model (``pyrawan distill``).
+
+    ``train:`` drives the generator (student): steps = iterations, its optimiser, LoRA, EMA, engine
+    and checkpoints; ``distill:`` the method, the student's schedule and the real and fake scores.
+    """
 
     kind: Literal["distill"] = "distill"
+    data: Data = Data()
+    train: Train = Train()
+    distill: Distill = Distill()
 
 
 class SampleRecipe(RecipeBase):
@@ -241,8 +265,11 @@ def cross_field_problems(r: RecipeBase, skip: frozenset[str] = frozenset()) -> l
     ]
     problems = []
     train = getattr(r, "train", None)
-    if train is not None and not skip.intersection(("train", "pyramid")):
+    if train is not None and r.kind == "finetune" and not skip.intersection(("train", "pyramid")):
         problems += train_problems(train, p.stages)
+    distill = getattr(r, "distill", None)
+    if distill is not None and not skip.intersection(("distill", "pyramid")):
+        problems += distill_problems(distill, p.stages)
     for key, needs, check in checks:
         if skip.intersection(needs):
             continue
@@ -313,10 +340,13 @@ def _check_folder(key: str, path: Path | None) -> None:
 
 def _check_base(base: str) -> None:
     """Local files and folders named as the base must exist (hub ids and presets are checked on load)."""
-    local = base.endswith(".safetensors") or base.startswith(("/", "./", "../", "~"))
+    first = base.split("/", 1)[0]
+    local = base.endswith(".safetensors") or base.startswith(("/", "./", "../", "~")) or (
+        "/" in base and not base.startswith("hf://") and Path(first).is_dir())
     if local and not Path(base).expanduser().exists():
-        raise InputError(f"base = '{base}' does not exist; give a preset name (tiny), a hub id such as "
-                         f"Wan-AI/Wan2.1-T2V-1.3B-Diffusers, a diffusers folder or a .safetensors file.")
+        raise InputError(f"base = '{base}': no such folder or file; give a preset name (tiny), a hub id such as "
+                         f"Wan-AI/Wan2.1-T2V-1.3B-Diffusers (or hf://owner/name), a diffusers folder or a .safetensors "
+                         f"file.")
 
 
 # ---- validation ----------------------------------------------------------------------------------

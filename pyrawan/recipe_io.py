@@ -18,8 +18,22 @@ from pydantic import BaseModel, ValidationError
 from pyrawan.errors import InputError
 
 
+MAX_OVERRIDE_CHARS = 10_000
+MAX_RECIPE_BYTES = 1_000_000  # a recipe is a page of settings; anything bigger is a mistake (or an attack)
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one)."""
+    """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one) and aliases.
+
+    Aliases (``*name``) are refused: a few of them nested can expand a small file into gigabytes.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"YAML aliases (*{event.anchor}) are not allowed in "
+                                              "recipes; write the value out in full", event.start_mark)
+        return super().compose_node(parent, index)
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -39,13 +53,23 @@ def read_yaml(path: Path, shown: str | None = None) -> dict:
     """The YAML mapping in ``path``; syntax errors name the file, line and column."""
     shown = shown or str(path)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        size = path.stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise InputError(f"{shown}: {size} bytes is too big for a recipe (at most {MAX_RECIPE_BYTES}); give the "
+                             f"YAML recipe file, not a data file.")
+        data = yaml.load(path.read_bytes().decode("utf-8"), Loader=_UniqueKeyLoader)
     except OSError as err:
         raise InputError(f"{shown}: cannot read the recipe ({err.strerror or err}).") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"{shown}: not UTF-8 text (byte {err.start} is {err.object[err.start:err.start + 1]!r}); a "
+                         f"recipe is a UTF-8 YAML file: re-save it as UTF-8, or check that this is the recipe.") from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InputError(f"{shown}{where}: YAML syntax error: {err.problem or err.context}. Check the indentation "
+        problem = err.problem or err.context
+        if "aliases" in str(problem):
+            raise InputError(f"{shown}{where}: {problem}.") from None
+        raise InputError(f"{shown}{where}: YAML syntax error: {problem}. Check the indentation "
                          f"there and quote values that contain ': ' or ' #'.") from None
     except yaml.YAMLError as err:
         raise InputError(f"{shown}: YAML error: {err}.") from None
@@ -64,9 +88,13 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> tuple[dict, dict[st
         if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key):
             raise InputError(f"override '{token}' is not key.path=value; write e.g. sampling.schedule=2-2-1, "
                              f"pyramid.stages=2 or pyramid.boundaries=[0.4].")
+        if len(token) > MAX_OVERRIDE_CHARS:
+            raise InputError(f"override '{token[:40]}...' is {len(token)} characters long (at most "
+                             f"{MAX_OVERRIDE_CHARS}); put long values in the recipe file.")
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = yaml.load(text, Loader=_UniqueKeyLoader) if text.strip() else ""
         except yaml.YAMLError as err:
+            err = getattr(err, "problem", None) or err
             raise InputError(f"override '{token}': cannot read {text!r} as a YAML value ({err}); quote strings "
                              f"that contain ': ', '#' or brackets.") from None
         _set_path(data, key.split("."), value, token)

@@ -119,6 +119,7 @@ ensure_cache(recipe, pool_components(build_preset("tiny")), Path(sys.argv[2]), p
 """
 
 
+@pytest.mark.slow
 def test_a_killed_build_resumes_without_redoing_finished_shards(tmp_path, data_root, pool):
     folder = tmp_path / "killed"
     env = {**os.environ, KILL_ENV: "2", "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}

@@ -140,3 +140,29 @@ def test_main_runs_as_a_process():
     proc = subprocess.run([sys.executable, "-m", "pyrawan", "recipe", "validate", "tiny", "pyramid.stages=0"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.startswith("error: shipped recipe 'tiny': pyramid.stages = 0")
+
+
+def _leaf_commands(group, prefix: str = "") -> list[str]:
+    found = []
+    for name, command in group.commands.items():
+        if command.hidden:
+            continue
+        found += _leaf_commands(command, f"{prefix}{name} ") if hasattr(command, "commands") else [f"{prefix}{name}"]
+    return found
+
+
+def test_every_help_has_an_example_and_no_markup_noise():
+    import typer.main
+
+    from pyrawan.cli import EXAMPLES
+
+    commands, helps = _leaf_commands(typer.main.get_command(app)), {}
+    assert {"convert", "calibrate", "finetune", "sample", "demo", "eval flops", "recipe validate"} <= set(commands)
+    for path in commands:
+        text = flat(CliRunner().invoke(app, [*path.split(), "--help"], env={"COLUMNS": "200"}).output)
+        assert text.count("Example: pyrawan ") == 1, (path, text)                # one example per command
+        assert "<bool>" not in text and " . " not in text and not text.endswith(" ."), (path, text)
+        helps[path] = text
+    assert f"Example: {EXAMPLES['convert']}" in helps["convert"]
+    assert "[default: runs/KIND-RECIPE]" in helps["convert"]                  # rich no longer eats defaults
+    assert "[default: runs/calibrate-DATA_DIR]" in helps["calibrate"]

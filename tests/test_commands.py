@@ -103,6 +103,12 @@ def test_sample_rejects_bad_options_and_unverifiable_models_before_loading(conve
     assert "already exists" in bad.stderr and (tmp_path / "S" / "keep.txt").read_text() == "mine"
 
 
+def test_sample_refuses_to_overwrite_its_own_model(converted):
+    bad = pyrawan("sample", "--model", "A", "--prompt", "x", "-o", "A", "--overwrite", cwd=converted, check_rc=2)
+    assert "input" in bad.stderr and "Traceback" not in bad.stderr
+    pyrawan("verify", "A", cwd=converted)                                # the model is untouched
+
+
 def test_sample_with_a_recipe_takes_its_sampling_section(converted, tmp_path):
     pyrawan("sample", "--recipe", "recipes/tiny.yaml", "sampling.shift=2.5", "sampling.schedule=1-1-1", "--model", "A",
             "--prompt", "x", "-q", "-o", tmp_path / "S", cwd=converted)
@@ -176,6 +182,7 @@ def test_eval_flops_reproduces_the_paper_table(tmp_path):
     assert rows["2-2-1"] == pytest.approx(282, rel=0.01) and rows["0-0-2"] == pytest.approx(504, rel=0.01)
 
 
+@pytest.mark.slow
 def test_sample_shards_prompts_across_torchrun_ranks(converted, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red square moving left\na blue circle moving up\na green triangle\n")

@@ -24,7 +24,7 @@ from pyrawan.train import checkpoint as ckpt
 from pyrawan.train.config import train_problems
 from pyrawan.train.data import StageDataset, position_item, train_batch
 from pyrawan.train.engine import lr_at
-from pyrawan.train.loss import batch_timesteps
+from pyrawan.models.denoiser import batch_timesteps
 from pyrawan.train.plan import activation_elements
 from pyrawan.train.synthetic import for_recipe
 
@@ -72,11 +72,11 @@ def test_learning_rate_warms_up_then_follows_cosine_or_constant():
 
 def test_per_sample_levels_become_per_token_timesteps():
     sigma = torch.tensor([[0.5, 0.5, 0.5], [0.2, 0.4, 0.4]])
-    t = batch_timesteps(sigma, (4, 4), (1, 2, 2))
+    t = batch_timesteps(sigma, 2, (4, 4), (1, 2, 2))
     assert t.shape == (2, 12)
     assert torch.equal(t[0], torch.full((12,), 500.0)) and torch.equal(t[1, :4], torch.full((4,), 200.0))
     assert torch.equal(t[1, 4:], torch.full((8,), 400.0))
-    assert torch.equal(batch_timesteps(sigma[:1].repeat(2, 1), (4, 4), (1, 2, 2)), torch.tensor([500.0, 500.0]))
+    assert torch.equal(batch_timesteps(sigma[:1].repeat(2, 1), 2, (4, 4), (1, 2, 2)), torch.tensor([500.0, 500.0]))
 
 
 def test_micro_batches_depend_only_on_the_global_index():

@@ -32,7 +32,7 @@ BASE = ["tiny-finetune", "train.steps=20", "train.optimizer.schedule=constant", 
         "train.validation.every=10"]
 
 
-def launch(*args: str, cwd: Path, procs: int = 1, module: str = "pyrawan.train.synthetic", timeout: int = 400,
+def launch(*args: str, cwd: Path, procs: int = 1, module: str = "pyrawan.commands.synthetic", timeout: int = 400,
            rc: int = 0) -> subprocess.CompletedProcess:
     """``python -m MODULE ARGS``, under ``torch.distributed.run --standalone`` for several processes."""
     cmd = [sys.executable, "-m", module, *args]
@@ -68,7 +68,7 @@ def reference(tmp_path_factory) -> Path:
 
 def test_a_killed_run_resumes_to_the_same_weights(reference, tmp_path):
     args = [*BASE, "train.grad_accum=2", "-o", "B"]
-    proc = subprocess.Popen([sys.executable, "-m", "pyrawan.train.synthetic", *args], cwd=tmp_path, env=ENV,
+    proc = subprocess.Popen([sys.executable, "-m", "pyrawan.commands.synthetic", *args], cwd=tmp_path, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = tmp_path / "B.run" / "checkpoints" / "step-00000010" / "checkpoint.json"
     deadline = time.time() + 300

@@ -155,8 +155,16 @@ def _roundtrip_checks(loaded, components, text):
     assert _same_weights(loaded.components.text_encoder, components.text_encoder)
 
 
+def tiny_spec():
+    """The pyramid.json of the shipped ``tiny`` recipe."""
+    from pyrawan.models.pyramid_spec import define_pyramid
+    from pyrawan.recipe import load_recipe
+
+    return define_pyramid(load_recipe("tiny"), None)
+
+
 def test_artifact_roundtrip_preset(tmp_path, tiny_components, tiny_text):
-    pyramid = {"stages": 3, "note": "opaque"}
+    pyramid = tiny_spec()
     written = save_model(tmp_path / "art", tiny_components, pyramid)
     names = {p.relative_to(tmp_path / "art").as_posix() for p in written}
     assert {"pyramid.json", "components.json", "transformer/config.json",
@@ -166,7 +174,7 @@ def test_artifact_roundtrip_preset(tmp_path, tiny_components, tiny_text):
     assert refs["transformer"] == {"saved": "transformer"}
     assert refs["vae"] == {"preset": "tiny", "seed": 0, "sha256": state_dict_sha256(tiny_components.vae)}
     loaded = load_model(str(tmp_path / "art"))
-    assert loaded.pyramid == pyramid and loaded.path == (tmp_path / "art").resolve()
+    assert loaded.spec == pyramid and loaded.pyramid == pyramid.to_dict() and loaded.path == (tmp_path / "art").resolve()
     _roundtrip_checks(loaded, tiny_components, tiny_text[0][:1])
     # Tampering with a recorded hash is detected.
     refs["vae"]["sha256"] = "0" * 64
@@ -180,7 +188,7 @@ def test_artifact_references_local_folder(tmp_path, tiny_pipeline_dir, tiny_text
     src = tmp_path / "src"
     shutil.copytree(tiny_pipeline_dir, src)
     components = load_components(str(src))
-    save_model(tmp_path / "art", components, {"stages": 3})
+    save_model(tmp_path / "art", components, tiny_spec())
     refs = json.loads((tmp_path / "art" / "components.json").read_text())["components"]
     vae_file = "vae/diffusion_pytorch_model.safetensors"
     assert refs["vae"]["path"] == str(src.resolve())
@@ -195,7 +203,7 @@ def test_artifact_references_local_folder(tmp_path, tiny_pipeline_dir, tiny_text
 
 def test_artifact_references_hub_snapshot(tmp_path, fake_hub, tiny_text):
     components = load_components(fake_hub)
-    save_model(tmp_path / "art", components, {"stages": 3})
+    save_model(tmp_path / "art", components, tiny_spec())
     ref = json.loads((tmp_path / "art" / "components.json").read_text())["components"]["text_encoder"]
     assert ref["repo_id"] == fake_hub and ref["revision"] == COMMIT and ref["files"]
     _roundtrip_checks(load_model(tmp_path / "art"), components, tiny_text[0][:1])
@@ -207,6 +215,15 @@ def test_load_model_plain_spec_and_incomplete_artifact(tmp_path):
     (tmp_path / "pyramid.json").write_text("{}")
     with pytest.raises(InputError, match="components.json"):
         load_model(tmp_path)
+
+
+def test_damaged_pyramid_json_names_the_key(tmp_path, tiny_components):
+    save_model(tmp_path / "art", tiny_components, tiny_spec())
+    data = json.loads((tmp_path / "art" / "pyramid.json").read_text())
+    data["sampling"]["guidance"] = "strong"
+    (tmp_path / "art" / "pyramid.json").write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r"pyramid\.json.*sampling\.guidance"):
+        load_model(tmp_path / "art")
 
 
 # --- prompts and velocity ------------------------------------------------------------------------

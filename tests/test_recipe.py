@@ -166,7 +166,9 @@ def test_calibration_and_local_base_must_exist(tmp_path, monkeypatch):
     assert "calibration = 'nowhere' is not an existing folder" in error_of("tiny", ["calibration=nowhere"])
     (tmp_path / "calib").mkdir()
     assert load_recipe("tiny", ["calibration=calib"]).calibration == Path("calib")
-    assert "base = './missing.safetensors' does not exist" in error_of("tiny", ["base=./missing.safetensors"])
+    assert "base = './missing.safetensors': no such folder" in error_of("tiny", ["base=./missing.safetensors"])
+    (tmp_path / "runs").mkdir()  # `runs/pyr` is a local path once runs/ exists, never a hub id
+    assert "base = 'runs/pyr': no such folder" in error_of("tiny", ["base=runs/pyr"])
 
 
 def test_resolve_fills_defaults_and_hash_is_canonical(tmp_path):

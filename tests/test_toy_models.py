@@ -48,6 +48,7 @@ def test_corrupted_weights_are_refused(tmp_path):
         toy.load_shipped("text_encoder", entry, tmp_path)
 
 
+@pytest.mark.slow
 def test_quick_demo_runs(tmp_path, monkeypatch):
     from pyrawan.commands import demo
 
@@ -57,10 +58,42 @@ def test_quick_demo_runs(tmp_path, monkeypatch):
     assert rows[0]["flops_ratio"] == pytest.approx(1.0)
     assert all(r["flops_ratio"] < 0.5 for r in rows[1:])
     assert all(0.0 <= r["overall"] <= 1.0 for r in rows)
+    for r in rows:                                    # quick: one seed set of two prompts per row
+        ci = r["intervals"]["overall"]
+        assert ci["n"] == 2 and ci["low"] <= r["overall"] <= ci["high"]
+    assert [r["vs_teacher"] for r in rows] == ["—", "n/a", "n/a", "n/a"]   # too few videos to call a difference
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert len(saved["rows"]) == 4
+    assert len(saved["rows"]) == 4 and saved["figures"] == ["quality_vs_flops.png", "frames.png"]
+    for name in saved["figures"]:
+        assert (tmp_path / "demo" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_demo_calls_a_row_better_or_worse_only_on_disjoint_intervals():
+    from pyrawan.commands.demo import MIN_VERDICT_VIDEOS, verdict
+
+    def row(mean, low, high, n=32):
+        return {"intervals": {"overall": {"mean": mean, "low": low, "high": high, "n": n}}}
+
+    teacher = row(0.60, 0.55, 0.65)
+    assert verdict(teacher, teacher) == "—"
+    assert verdict(row(0.40, 0.35, 0.45), teacher) == "worse"
+    assert verdict(row(0.75, 0.70, 0.80), teacher) == "better"
+    assert verdict(row(0.52, 0.45, 0.58), teacher) == "≈"            # overlapping: not called worse
+    assert verdict(row(0.40, 0.35, 0.45, n=MIN_VERDICT_VIDEOS - 1), teacher) == "n/a"
+
+
+def test_demo_prompts_differ_between_seed_sets_and_parse():
+    from pyrawan.commands.demo import DEMO_PROMPTS, demo_prompts
+    from pyrawan.toy.world import parse_caption
+
+    first, second = demo_prompts(32, 0), demo_prompts(32, 1)
+    assert first[:16] == list(DEMO_PROMPTS) and len(set(first)) > 28 and len(set(second)) > 28
+    assert first != second and demo_prompts(32, 1) == second
+    for prompt in first + second:
+        parse_caption(prompt)
+
+
+@pytest.mark.slow
 def test_quick_demo_takes_resizer_and_definition(tmp_path):
     from pyrawan.commands import demo
 
@@ -137,3 +170,59 @@ def test_vae_training_batches_centre_the_object():
     assert bool((object_pixels > 0).all())                 # every centred crop shows the object
     whole = random_batch(pool, tracks, 4, 17, gen, crop=64)
     assert whole.shape == (4, 3, 17, 64, 64)
+
+
+def test_vae_training_resumes_and_refuses_changed_arguments(tmp_path):
+    from pyrawan.errors import InputError
+    from pyrawan.toy.train_vae import STATE_FILE, main
+
+    args = ["--out", str(tmp_path / "v"), "--init", "shipped", "--decoder-only", "--pool", "2", "--batch", "1",
+            "--crop", "32", "--holdout", "1", "--loss", "l1", "--decode", "mode", "--edge-weight", "1", "--lr", "1e-4"]
+    main(args + ["--steps", "2"])
+    state = torch.load(tmp_path / "v" / STATE_FILE, weights_only=True)
+    assert state["step"] == 2 and [e["step"] for e in state["log"]] == [0, 1]
+    main(args + ["--steps", "4", "--resume"])
+    state = torch.load(tmp_path / "v" / STATE_FILE, weights_only=True)
+    assert [e["step"] for e in state["log"]] == [0, 1, 2, 3]
+    report = json.loads((tmp_path / "v" / "report.json").read_text())
+    assert report["steps"] == 4 and len(report["reconstruction"]["per_video"]) == 1
+    config = json.loads((tmp_path / "v" / "config.json").read_text())
+    assert config["latents_mean"] == toy.weights_index()["vae"]["config"]["latents_mean"]   # encoder frozen: same stats
+    with pytest.raises(InputError, match="--lr 0.0001 -> 0.001"):
+        main([*args[:-1], "1e-3", "--steps", "6", "--resume"])
+    with pytest.raises(InputError, match="holds no resumable"):
+        main(["--out", str(tmp_path / "none"), "--resume"])
+
+
+def test_probe_sees_the_shipped_teacher_read_colour_from_its_caption():
+    """Changing the caption's colour raises the teacher's loss on held-out clips; the probe's captions parse."""
+    from pyrawan.toy import world
+    from pyrawan.toy.probe import altered, caption_sensitivity
+
+    scene = world.Scene("circle", "red", "small", "up-left", "slow", "gray", "plain")
+    for what, expect in (("direction", "down-right"), ("speed", "quickly"), ("colour", "cyan")):
+        text = altered(scene, what)
+        assert expect in text and world.parse_caption(text) != scene.attributes()
+    loss = caption_sensitivity(build_preset("toy"), n=8, sigmas=(0.8,))["0.8"]
+    assert loss["colour"] > 1.3 * loss["true"] and loss["empty"] > loss["true"], loss
+
+
+def test_write_base_gives_a_loadable_toy_stack_with_another_patch(tmp_path):
+    """A base for pretraining a 1x1-patch teacher: shipped VAE and text encoder, the asked transformer weights."""
+    from diffusers import WanTransformer3DModel
+    from safetensors.torch import save_file
+
+    from pyrawan.models.loading import load_components
+    from pyrawan.toy.ship import write_base
+
+    config = {**toy.TOY_TRANSFORMER, "patch_size": (1, 1, 1)}
+    torch.manual_seed(3)
+    state = WanTransformer3DModel(**config).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "ema.safetensors"))
+    stack = load_components(str(write_base(tmp_path / "base", patch=1, weights=tmp_path / "ema.safetensors")))
+    assert tuple(stack.transformer.config.patch_size) == (1, 1, 1)
+    assert all(torch.equal(v, state[k]) for k, v in stack.transformer.state_dict().items())
+    shipped = build_preset("toy")
+    assert all(torch.equal(v, shipped.vae.state_dict()[k]) for k, v in stack.vae.state_dict().items())
+    text = "a small red circle slowly moving up-left on a plain gray background"
+    assert stack.tokenizer(text).input_ids == shipped.tokenizer(text).input_ids

@@ -18,9 +18,9 @@ from rich.table import Table
 from pyrawan.commands.common import console, progress_bar, resolve_device, resolve_dtype
 from pyrawan.data.cache import INDEX, LatentCache, ensure_cache
 from pyrawan.data.calibration import SpectralAnalysis
-from pyrawan.data.datasets import apply_policy, scan_dataset
+from pyrawan.data.datasets import check_dataset
 from pyrawan.fsutil import atomic_write_text, sha256_file
-from pyrawan.manifest import artifact_dir, verify_if_artifact, write_manifest
+from pyrawan.manifest import artifact_dir, check_output, verify_if_artifact, write_manifest
 from pyrawan.recipe import CalibrateRecipe, find_recipe, resolve_recipe, validate_recipe
 from pyrawan.recipe_io import apply_overrides, read_yaml
 
@@ -50,7 +50,10 @@ def run(recipe: CalibrateRecipe, out: Path, overwrite: bool = False, components=
     """Calibrate on ``recipe.data.root`` and write the artifact ``out``; ``components`` replaces loading ``base``."""
     started = time.time()
     root = Path(recipe.data.root)
-    apply_policy(scan_dataset(root, recipe.data), recipe.data.on_bad_sample)  # fail early, before any model loads
+    sources = [root, recipe.data.cache, recipe.base]
+    check_output(out, overwrite, inputs=sources, kind="calibrate")  # before any work
+    v = recipe.video
+    check_dataset(root, recipe.data, v.frames, v.fps)  # fail early (every bad entry at once), before any model loads
     inputs = [root]
     if components is None:
         components = _load_components(recipe, inputs)
@@ -59,7 +62,7 @@ def run(recipe: CalibrateRecipe, out: Path, overwrite: bool = False, components=
     result = analyse(cache, recipe, progress)
     result.update({"format": CALIBRATION_FORMAT, "dataset": cache.dataset,
                    "cache": {"folder": str(folder.resolve()), "index_sha256": sha256_file(folder / INDEX)}})
-    with artifact_dir(out, overwrite=overwrite) as tmp:
+    with artifact_dir(out, overwrite=overwrite, inputs=sources, kind="calibrate") as tmp:
         result["plots"] = write_plots(result, tmp, recipe) if recipe.calibrate.plots else []
         atomic_write_text(tmp / "calibration.json", json.dumps(result, indent=1, ensure_ascii=False) + "\n")
         metrics = {"boundaries": result["boundaries"], "boundaries_raw": result["boundaries_raw"],
@@ -128,3 +131,6 @@ def report(result: dict, out: Path) -> None:
     console.print(f"calibrate: wrote [bold]{out}[/] ({result['videos']} videos, resizer {result['resizer']}, "
                   f"boundaries {[round(b, 4) for b in result['boundaries']]}); use it with "
                   f"`pyrawan convert RECIPE --calibration {out}`")
+    if result.get("plots"):
+        console.print(f"calibrate: spectra plots (each stage's spectrum, the band a transition removes and the noise "
+                      f"floor at its boundary): {', '.join(str(out / name) for name in result['plots'])}", markup=False)

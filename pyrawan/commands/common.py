@@ -1,16 +1,11 @@
 """Small pieces every command shares: device and dtype choice, progress bars."""
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pyrawan.errors import InputError
+from pyrawan.ui import console, progress_bar  # noqa: F401  (re-exported for the commands)
 
-console = Console(stderr=True)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -33,16 +28,3 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise InputError(f"dtype = {name!r} is not supported; choose one of {', '.join(DTYPES)}.")
     return DTYPES[name]
-
-
-@contextlib.contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[callable]:
-    """A rich progress bar; yields ``advance(n=1)``. Silent when ``enabled`` is False."""
-    if not enabled:
-        yield lambda n=1: None
-        return
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(task, n)

@@ -8,7 +8,6 @@ the finished model is the artifact ``OUT``.
 """
 from __future__ import annotations
 
-import gc
 import json
 import math
 import os
@@ -22,17 +21,20 @@ import torch
 from pyrawan import dist
 from pyrawan.commands.common import console, resolve_device
 from pyrawan.errors import InputError, RunError
-from pyrawan.manifest import artifact_dir, write_manifest
+from pyrawan.manifest import artifact_dir, check_output, write_manifest
+from pyrawan.models.pyramid_spec import PyramidSpec, define_pyramid
 from pyrawan.pyramid.config import PyramidConfig
 from pyrawan.pyramid.geometry import pixel_to_latent
-from pyrawan.recipe import FinetuneRecipe, recipe_sha256, resolve_recipe
-from pyrawan.train import checkpoint as ckpt
+from pyrawan.recipe import FinetuneRecipe, resolve_recipe
 from pyrawan.train.config import train_problems
+from pyrawan.train.curves import plot_curves, read_records
 from pyrawan.train.data import LatentSource, StageDataset, split_holdout, train_batch, validation_batches
-from pyrawan.train.engine import Context, Ema, TorchEngine, lr_at, make_engine, setup
+from pyrawan.train.engine import Context, Ema, EngineSpec, TorchEngine, lr_at, make_engine, setup
 from pyrawan.train.loss import predict, stage_losses
 from pyrawan.train.metrics import MetricsLog, progress
 from pyrawan.train.model import Base, build_student, export_model, load_base
+from pyrawan.train.run import (Trainable, describe_nonfinite, ema_state, nonfinite, restore_checkpoint,
+                               resume_point, run_folder, save_checkpoint, teardown)
 
 # Keys that may change between a run and its resume (everything else must match the checkpoint).
 RESUMABLE_CHANGES = ("train.steps", "train.checkpoint.every", "train.checkpoint.keep", "train.validation.every")
@@ -61,10 +63,9 @@ class Loop:
     def patch(self) -> tuple[int, int, int]:
         return tuple(self.base.config["patch_size"])
 
-
-def run_folder(out: Path) -> Path:
-    """Where checkpoints and metrics of the run that makes ``out`` live."""
-    return out.with_name(out.name + ".run")
+    @property
+    def trainable(self) -> Trainable:
+        return Trainable(self.engine, self.ema)
 
 
 def check_recipe(recipe: FinetuneRecipe, out: Path, overwrite: bool, need_data: bool) -> None:
@@ -73,40 +74,9 @@ def check_recipe(recipe: FinetuneRecipe, out: Path, overwrite: bool, need_data: 
     if need_data and recipe.data.root is None and recipe.data.cache is None:
         problems.append("no training data: set data.root (a folder of videos and captions, cached on the fly) or "
                         "data.cache (a latent cache folder written by `pyrawan calibrate`)")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        problems.append(f"output {out} already exists; choose another -o/--out or pass --overwrite")
     if problems:
         raise InputError("finetune recipe: " + "; ".join(problems) + ".")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def resume_point(run: Path, resolved: dict, resume: bool, overwrite: bool) -> Path | None:
-    """Rank 0: the checkpoint to resume from (None = start fresh), after checking the recipe matches."""
-    root = run / "checkpoints"
-    if not resume:
-        if root.is_dir() and any(root.iterdir()) and not overwrite:
-            raise InputError(f"{root} holds checkpoints of an earlier run; pass --resume to continue it, or "
-                             "--overwrite to start over (deletes them).")
-        shutil.rmtree(root, ignore_errors=True)                          # only what a run writes there
-        shutil.rmtree(run / "tensorboard", ignore_errors=True)
-        return None
-    found = ckpt.latest(root, report=lambda m: console.print(f"finetune: {m}", markup=False))
-    if found is None:
-        console.print(f"finetune: no complete checkpoint in {root}; starting from step 0", markup=False)
-        return None
-    old, new = _flat(ckpt.read_state(found)["recipe"]), _flat(resolved)
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
-    if changed:
-        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
-        raise InputError(f"--resume: the recipe differs from the one of checkpoint {found} ({shown}); only "
-                         f"{', '.join(RESUMABLE_CHANGES)} may change. Restore the recipe or start over with --overwrite.")
-    return found
+    check_output(out, overwrite, inputs=[recipe.base, recipe.data.root, recipe.data.cache], kind="finetune")
 
 
 def open_source(recipe: FinetuneRecipe, base: Base, ctx: Context) -> tuple[LatentSource, Path]:
@@ -194,7 +164,8 @@ def validate(loop: Loop) -> list[float]:
         for stage in range(loop.pyramid.num_stages):
             total, count = 0.0, 0
             for batch in validation_batches(loop.held_out, stage, val.levels, loop.recipe.seed, val.batch_size):
-                mse, _ = stage_losses(module, batch, loop.pyramid, loop.patch, loop.ctx.device, engine.input_dtype)
+                mse, _ = stage_losses(module, batch, loop.pyramid, loop.patch, loop.ctx.device, engine.input_dtype,
+                                      process=loop.recipe.train.process)
                 total, count = total + float(mse.sum()), count + len(mse)
             losses.append(total / count)
     module.train()
@@ -219,7 +190,7 @@ def train_step(loop: Loop) -> dict:
         with engine.micro_step(last):
             with engine.autocast():
                 mse, align = stage_losses(engine.model, batch, loop.pyramid, loop.patch, ctx.device,
-                                          engine.input_dtype, loop.teacher)
+                                          engine.input_dtype, loop.teacher, t.process)
                 objective = mse.sum() + (t.align_weight * align.sum() if align is not None else 0.0)
             engine.backward(objective / (t.batch_size * t.grad_accum), last)
         items += [loop.data.name(j) for j, ok in zip(batch.items, torch.isfinite(mse.detach()).tolist()) if not ok]
@@ -242,45 +213,15 @@ def train_step(loop: Loop) -> dict:
 
 def _nonfinite(loop: Loop, loss: float, norm: float, items: list[str]) -> None:
     """Stop (keeping the last good checkpoint) or report a skipped step, by ``train.on_nonfinite``."""
-    step, run = loop.step + 1, run_folder(loop.out)
-    last = ckpt.latest(run / "checkpoints", report=lambda m: None)
-    what = f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} (loss {loss}, gradient norm {norm})"
-    if loop.recipe.train.on_nonfinite == "skip":
-        console.print(f"finetune: step {step}: {what}; step skipped (train.on_nonfinite = skip; items "
-                      f"{', '.join(items[:12]) or 'on other ranks'})", markup=False)
-        return
-    kept = f"the last good checkpoint is {last} (continue with --resume)" if last else "no checkpoint was written yet"
-    where = (f"items with a non-finite loss on rank {loop.ctx.rank}: {', '.join(items[:12])}" if items else
-             f"no item of rank {loop.ctx.rank} has a non-finite loss")
-    raise RunError(f"finetune stopped at step {step}: {what}; {where}. {kept}. Fix: check those items' latents, "
-                   "lower train.optimizer.lr or train.max_grad_norm, or set train.on_nonfinite: skip to skip such steps.")
+    nonfinite("finetune", run_folder(loop.out), loop.step + 1, describe_nonfinite(loss, norm), items, loop.ctx.rank,
+              loop.recipe.train.on_nonfinite, "check those items' latents, lower train.optimizer.lr or "
+              "train.max_grad_norm, or set train.on_nonfinite: skip to skip such steps.")
 
 
-def save_checkpoint(loop: Loop, resolved: dict) -> None:
-    """Collective: every rank writes its part of checkpoint ``loop.step``."""
-    def write(folder: Path) -> None:
-        loop.engine.save(folder)
-        if loop.ema is not None and loop.ctx.rank == 0:
-            ckpt.save_tensors(folder / "ema.safetensors", loop.ema.shadow)
-    state = {"step": loop.step, "consumed": loop.consumed, "world_size": loop.ctx.world, "engine": loop.ctx.kind,
-             "recipe_sha256": recipe_sha256(resolved), "recipe": resolved}
-    ckpt.save(run_folder(loop.out) / "checkpoints", loop.step, write, state, loop.recipe.train.checkpoint.keep)
-
-
-def restore(loop: Loop, folder: Path) -> None:
-    """Load engine state, EMA, generator states and the data position from a verified checkpoint."""
-    state = ckpt.read_state(folder)
-    if loop.ctx.kind == "deepspeed" and state["world_size"] != loop.ctx.world:
-        raise InputError(f"checkpoint {folder} was written by {state['world_size']} DeepSpeed processes but this run "
-                         f"has {loop.ctx.world}; resume with the same number of processes.")
-    loop.engine.load(folder)
-    if loop.ema is not None:
-        loop.ema.shadow = {k: v.to(loop.ctx.device) for k, v in ckpt.load_tensors(folder / "ema.safetensors").items()}
-    ckpt.restore_rng(folder, loop.ctx.rank)
-    loop.step, loop.consumed = state["step"], state["consumed"]
-    loop.validated = {loop.step}
-    if loop.ctx.rank == 0:
-        console.print(f"finetune: resumed from {folder} (step {loop.step})", markup=False)
+def save(loop: Loop, resolved: dict) -> None:
+    """Collective: checkpoint ``loop.step`` (model, optimiser, EMA, RNG, data position)."""
+    save_checkpoint(run_folder(loop.out), loop.step, [loop.trainable], loop.ctx, resolved,
+                    {"consumed": loop.consumed}, loop.recipe.train.checkpoint.keep)
 
 
 def maybe_validate(loop: Loop) -> None:
@@ -298,10 +239,11 @@ def export(loop: Loop, out: Path, overwrite: bool, resolved: dict, cache_folder:
     """Write the finetuned model artifact (rank 0) after gathering the weights (collective)."""
     state = loop.engine.full_state_dict()
     if loop.ctx.rank == 0:
-        if loop.ema is not None:
-            state.update({k: v.to(state[k].dtype).cpu() for k, v in loop.ema.shadow.items()})
+        state = ema_state(state, loop.trainable)
         inputs = loop.base.inputs + ([cache_folder] if cache_folder else [])       # the cache: artifact or data
         dtype = torch.bfloat16 if loop.recipe.dtype == "bfloat16" else torch.float32
+        if loop.recipe.train.process == "multires":
+            loop.base.pyramid = plain_pyramid(loop.recipe)
         with artifact_dir(out, overwrite=overwrite) as tmp:
             export_model(tmp, loop.base, state, loop.recipe.train, dtype)
             shutil.copyfile(loop.log.path, tmp / "metrics.jsonl")
@@ -314,6 +256,13 @@ def export(loop: Loop, out: Path, overwrite: bool, resolved: dict, cache_folder:
     dist.barrier()
 
 
+def plain_pyramid(recipe: FinetuneRecipe) -> PyramidSpec:
+    """The ``pyramid.json`` of a multi-resolution finetune: a plain one-stage model (full-resolution defaults)."""
+    one = recipe.pyramid.model_copy(update={"stages": 1, "boundaries": None})
+    sampling = recipe.sampling.model_copy(update={"schedule": "50", "fewstep_levels": None})
+    return define_pyramid(recipe.model_copy(update={"pyramid": one, "sampling": sampling}), None)
+
+
 def run(recipe: FinetuneRecipe, out: Path, resume: bool = False, overwrite: bool = False,
         source: LatentSource | None = None, show_progress: bool = True) -> Path:
     """Finetune ``recipe.base`` into the model artifact ``out``. ``source`` replaces the recipe's data (tests)."""
@@ -321,37 +270,55 @@ def run(recipe: FinetuneRecipe, out: Path, resume: bool = False, overwrite: bool
     check_recipe(recipe, out, overwrite, need_data=source is None)
     ctx = setup(recipe.train, resolve_device(recipe.device), recipe.dtype)
     resolved = resolve_recipe(recipe)
-    run = run_folder(out)
-    found = resume_point(run, resolved, resume, overwrite) if ctx.rank == 0 else None
+    run_dir = run_folder(out)
+    found = (resume_point("finetune", run_dir, resolved, resume, overwrite, RESUMABLE_CHANGES)
+             if ctx.rank == 0 else None)
     found = dist.broadcast(found)
     base = load_base(recipe, ctx.device)
     cache_folder = None
     if source is None:
         source, cache_folder = open_source(recipe, base, ctx)
-    pyramid = PyramidConfig.from_dict(base.pyramid)
+    pyramid = base.pyramid.config()
     check_source(source, pyramid, recipe, base.components)
     train_idx, held_idx = split_holdout(source, recipe.train.validation.holdout)
     student = build_student(base, recipe.train, recipe.seed, ctx.bf16)
     groups = sum(1 for n in recipe.train.split(pyramid.num_stages) if n)
-    engine = make_engine(student, recipe.train, ctx, recipe.train.grad_accum * groups)
+    engine = make_engine(student, EngineSpec.of(recipe.train), ctx, recipe.train.grad_accum * groups)
     ema_cfg = recipe.train.ema
     loop = Loop(recipe, ctx, engine, pyramid, StageDataset(source, train_idx, pyramid),
                 StageDataset(source, held_idx, pyramid), base, log=None, out=out,
                 ema=Ema(engine.named, ema_cfg.decay, ema_cfg.start_step) if ema_cfg.enabled else None)
     loop.teacher = make_teacher(loop)
     if found is not None:
-        restore(loop, Path(found))
-    loop.log = MetricsLog(run, ctx.rank == 0, resume_step=loop.step if found is not None else None)
+        state = restore_checkpoint("finetune", Path(found), [loop.trainable], ctx)
+        loop.step, loop.consumed, loop.validated = state["step"], state["consumed"], {state["step"]}
+    loop.log = MetricsLog(run_dir, ctx.rank == 0, resume_step=loop.step if found is not None else None)
     train_loop(loop, resolved, show_progress and ctx.rank == 0)
     export(loop, out, overwrite, resolved, cache_folder, started)
-    loop.log.close()
-    loop.engine.close()
+    if ctx.rank == 0:
+        summarise(loop.log.path, out)
+    teardown([loop.trainable], loop.log.close)
     del loop
-    gc.collect()
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
     return out
+
+
+def summarise(metrics: Path, out: Path) -> None:
+    """Print final and validation losses and where the curves are; write ``curves.png`` in the run folder."""
+    png = plot_curves(metrics, metrics.parent / "curves.png",
+                      [("train", "loss", "train loss"), ("validation", "val_loss", "validation loss"),
+                       ("train", "grad_norm", "gradient norm")], f"finetune {out.name}")
+    records = read_records(metrics)
+    train = [r for r in records if r.get("kind") == "train"]
+    val = [r for r in records if r.get("kind") == "validation"]
+    lines = [f"finetune: {train[-1]['step']} steps, final train loss {train[-1]['loss']:.4g}" if train else
+             "finetune: no training step was logged"]
+    if val:
+        lines.append(f"  validation loss per stage: {[round(v, 4) for v in val[0]['val_loss_stage']]} (step "
+                     f"{val[0]['step']}) -> {[round(v, 4) for v in val[-1]['val_loss_stage']]} (step {val[-1]['step']})")
+    board = metrics.parent / "tensorboard"
+    lines.append(f"  curves: {png or 'none'}; metrics: {metrics}" + (f"; TensorBoard: {board}" if board.is_dir() else ""))
+    for line in lines:
+        console.print(line, markup=False)
 
 
 def train_loop(loop: Loop, resolved: dict, show_progress: bool) -> None:
@@ -369,7 +336,7 @@ def train_loop(loop: Loop, resolved: dict, show_progress: bool) -> None:
             update(record["loss"])
             maybe_validate(loop)
             if every and (loop.step % every == 0 or loop.step == t.steps):
-                save_checkpoint(loop, resolved)
+                save(loop, resolved)
 
 
 def dry_run(recipe: FinetuneRecipe) -> dict:

@@ -1,17 +1,20 @@
 """``pyrawan sample``: text to video with the pyramidal sampler (or plain Wan with one stage).
 
 Writes one mp4 per prompt (PyAV, the model's fps), the final normalised latents as safetensors,
-``samples.jsonl`` (prompt, seed, files) and the manifest. Under torchrun the prompts are sharded
-round robin across ranks; rank 0 writes the index and the one manifest at the end.
+``samples.jsonl`` (prompt, seed, files) and the manifest. Prompts run ``--batch-size`` at a time
+through every stage and the VAE decode (``pyrawan.models.generate``). Each finished video is kept
+at once in ``OUT.partial/`` (video and latents written atomically, then a record with their
+hashes), so an interrupted run continues with ``--resume``; the artifact ``OUT`` appears only when
+every prompt is done. Under torchrun the prompts still to do are sharded round robin across
+ranks; rank 0 writes the index and the one manifest at the end.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
+import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,141 +24,18 @@ from pyrawan import dist
 from pyrawan.commands.common import console, progress_bar, resolve_device, resolve_dtype
 from pyrawan.data.video import write_video
 from pyrawan.errors import InputError
-from pyrawan.fsutil import atomic_path, atomic_write_text
-from pyrawan.manifest import artifact_dir, check_output, verify_if_artifact, write_manifest
+from pyrawan.fsutil import atomic_path, atomic_write_text, sha256_file
+from pyrawan.manifest import artifact_dir, check_output, manifest_sha256, verify_if_artifact, write_manifest
 from pyrawan.models.artifact import LoadedModel, load_model
-from pyrawan.models.denoiser import Velocity, encode_prompts
-from pyrawan.models.vae import decode_latents
-from pyrawan.pyramid.config import PyramidConfig
-from pyrawan.pyramid.geometry import check_sizes, pixel_to_latent
-from pyrawan.pyramid.sampler import active_stages, default_fewstep_levels, sample_fewstep, sample_multistep
-from pyrawan.pyramid.schedule import parse_schedule
+from pyrawan.models.generate import (  # noqa: F401  (SampleSettings, Plan, make_plan: the command's API)
+    DEFAULT_BATCH_SIZE, Plan, SampleSettings, check_batch_size, compiled, generate_batches, make_plan,
+)
 
-VIDEO_KEYS = ("frames", "height", "width", "fps")
-
-# Sampling defaults of a plain (non-pyramidal) model: Wan2.1 at 480p, the CI-sized preset and the toy teacher.
-PLAIN_DEFAULTS = {
-    "wan": {"video": {"frames": 81, "height": 480, "width": 832, "fps": 16},
-            "sampling": {"schedule": "50", "shift": 3.0, "guidance": 5.0, "negative_prompt": "",
-                         "fewstep_levels": None, "max_sequence_length": 512}},
-    "tiny": {"video": {"frames": 17, "height": 64, "width": 64, "fps": 16},
-             "sampling": {"schedule": "8", "shift": 3.0, "guidance": 3.0, "negative_prompt": "",
-                          "fewstep_levels": None, "max_sequence_length": 16}},
-    "toy": {"video": {"frames": 17, "height": 64, "width": 64, "fps": 16},
-            "sampling": {"schedule": "50", "shift": 3.0, "guidance": 3.0, "negative_prompt": "",
-                         "fewstep_levels": None, "max_sequence_length": 16}},
-}
-
-
-@dataclass
-class SampleSettings:
-    """What the user asked for; ``None`` means: take the model's default (``pyramid.json``)."""
-
-    prompts: list[str]
-    model: str = "toy"
-    negative_prompt: str | None = None
-    schedule: str | None = None
-    guidance: float | None = None
-    shift: float | None = None
-    seed: int = 0
-    frames: int | None = None
-    height: int | None = None
-    width: int | None = None
-    fps: int | None = None
-    fewstep: bool | None = None
-    fewstep_levels: list[list[float]] | None = None
-    max_sequence_length: int | None = None
-    device: str | None = None
-    dtype: str | None = None
-    overwrite: bool = False
-    progress: bool = True
-    command: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Plan:
-    """Everything resolved before the first forward."""
-
-    pyramid: PyramidConfig
-    steps: tuple[int, ...]
-    shift: float | list[float]
-    guidance: float
-    negative_prompt: str
-    levels: list[list[float]] | None
-    video: dict
-    max_sequence_length: int
-
-    @property
-    def nfe(self) -> int:
-        return sum(self.steps)
-
-    def as_dict(self) -> dict:
-        return {"pyramid": self.pyramid.to_dict(), "schedule": "-".join(map(str, self.steps)), "shift": self.shift,
-                "guidance": self.guidance, "negative_prompt": self.negative_prompt, "fewstep_levels": self.levels,
-                "video": self.video, "max_sequence_length": self.max_sequence_length}
-
-
-def model_defaults(model: LoadedModel, spec: str) -> tuple[PyramidConfig, dict, dict]:
-    """(pyramid, sampling defaults, video defaults) of a pyramidal artifact or a plain model."""
-    if model.pyramid is None:
-        plain = PLAIN_DEFAULTS[spec if spec in PLAIN_DEFAULTS else "wan"]
-        return PyramidConfig(num_stages=1), plain["sampling"], plain["video"]
-    try:
-        p = model.pyramid
-        return PyramidConfig.from_dict(p), dict(p["sampling"]), {k: int(p["video"][k]) for k in VIDEO_KEYS}
-    except (KeyError, TypeError, ValueError) as err:
-        raise InputError(f"{model.path}/pyramid.json is damaged or from another tool ({type(err).__name__}: {err}); "
-                         f"re-create the model with `pyrawan convert`.") from None
-
-
-def make_plan(settings: SampleSettings, model: LoadedModel) -> Plan:
-    """Resolve schedule, levels and sizes against the model; every check happens before sampling."""
-    pyramid, defaults, video = model_defaults(model, settings.model)
-    for key in VIDEO_KEYS:
-        value = getattr(settings, key)
-        if value is not None and value <= 0:
-            raise InputError(f"--{key} = {value} must be a positive number.")
-    video = {k: video[k] if getattr(settings, k) is None else getattr(settings, k) for k in VIDEO_KEYS}
-    check_sizes({k: video[k] for k in ("frames", "height", "width")}, pyramid.num_stages, pyramid.keep_time,
-                frame_unit=4, space_unit=8, what="--frames/--height/--width:")
-    steps = parse_schedule(settings.schedule or defaults["schedule"], pyramid.num_stages, key="--schedule")
-    levels = settings.fewstep_levels if settings.fewstep_levels is not None else defaults.get("fewstep_levels")
-    fewstep = settings.fewstep if settings.fewstep is not None else levels is not None
-    if fewstep:
-        levels = [list(r) for r in levels] if levels and [len(r) for r in levels] == list(steps) else default_fewstep_levels(steps)
-    shift = settings.shift if settings.shift is not None else defaults["shift"]
-    if min(shift if isinstance(shift, (list, tuple)) else [shift]) <= 0:
-        raise InputError(f"--shift = {shift} must be > 0 (1 = no shift; Wan's own sampler uses 3 to 5).")
-    return Plan(pyramid=pyramid, steps=steps, shift=list(shift) if isinstance(shift, (list, tuple)) else float(shift),
-                guidance=float(settings.guidance if settings.guidance is not None else defaults["guidance"]),
-                negative_prompt=settings.negative_prompt if settings.negative_prompt is not None else defaults["negative_prompt"],
-                levels=levels if fewstep else None, video=video,
-                max_sequence_length=int(settings.max_sequence_length or defaults.get("max_sequence_length", 512)))
-
-
-def initial_noise(plan: Plan, seed: int) -> tuple[torch.Tensor, torch.Generator]:
-    """Pure noise ``[1, 16, T, H, W]`` at the first stage that has steps, from a CPU generator."""
-    generator = torch.Generator("cpu").manual_seed(seed)
-    full = pixel_to_latent(plan.video["frames"], plan.video["height"], plan.video["width"])
-    first_stage = active_stages(plan.steps)[0][0]
-    shape = plan.pyramid.shapes(full)[first_stage]
-    return torch.randn((1, 16, *shape), generator=generator, dtype=torch.float32), generator
-
-
-def generate(model: LoadedModel, plan: Plan, prompt: str, seed: int, advance=lambda n=1: None) -> torch.Tensor:
-    """Normalised latents ``[1, 16, T, H, W]`` at full resolution for one prompt."""
-    comps = model.components
-    device = next(comps.transformer.parameters()).device
-    negative = [plan.negative_prompt] if plan.guidance > 1 else None
-    cond, uncond = encode_prompts(comps, [prompt], negative, plan.max_sequence_length)
-    velocity = Velocity(comps.transformer, cond, uncond, plan.guidance)
-    noise, generator = initial_noise(plan, seed)
-    noise = noise.to(device)
-    step = lambda stage, j, x: advance()  # noqa: E731
-    with torch.inference_mode():
-        if plan.levels is not None:
-            return sample_fewstep(velocity, noise, plan.pyramid, plan.levels, generator, step)
-        return sample_multistep(velocity, noise, plan.pyramid, plan.steps, plan.shift, generator, step)
+PARTIAL_SCHEMA = "pyrawan.sample-partial/1"
+RUN_FILE = "run.json"
+SEED_MAX = 2**63 - 1          # torch.Generator.manual_seed takes a 64-bit seed; prompt i uses seed + i
+FLAG_NAMES = {"negative_prompt": "--negative-prompt", "fewstep_levels": "sampling.fewstep_levels",
+              "max_sequence_length": "text.max_sequence_length"}
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -163,25 +43,167 @@ def slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
 
 
-def render(model: LoadedModel, plan: Plan, prompts: list[str], indices: list[int], seed: int, folder: Path,
-           progress: bool) -> list[dict]:
-    """Sample, decode and write the prompts at ``indices``; returns one record per prompt."""
+def sample_name(index: int, prompt: str) -> str:
+    return f"{index:04d}-{slug(prompt)}"
+
+
+def partial_folder(out: Path) -> Path:
+    """Where the finished videos of an unfinished run of ``out`` are kept: ``OUT.partial``."""
+    return out.with_name(out.name + ".partial")
+
+
+def default_out(resume: bool, root: Path = Path("runs"), stem: str = "samples") -> Path:
+    """``runs/samples-001``, ``-002``, ...: the next free number, or with ``resume`` the newest unfinished one."""
+    numbers = sorted(int(m[1]) for p in (root.iterdir() if root.is_dir() else [])
+                     if (m := re.fullmatch(rf"{stem}-(\d+)(\.partial)?", p.name)))
+    if resume:
+        unfinished = [n for n in numbers if partial_folder(root / f"{stem}-{n:03d}").is_dir()]
+        if not unfinished:
+            raise InputError(f"--resume without -o: no unfinished run under {root}/ (no {stem}-NNN.partial folder); "
+                             f"give the -o folder of the run to continue, or drop --resume.")
+        return root / f"{stem}-{unfinished[-1]:03d}"
+    return root / f"{stem}-{(numbers[-1] if numbers else 0) + 1:03d}"
+
+
+# ---- flags ---------------------------------------------------------------------------------------
+
+def check_flags(s: SampleSettings) -> None:
+    """Validate the settings with the recipe's own models (one set of rules for flags and recipes)."""
+    from pydantic import ValidationError
+
+    from pyrawan.recipe import SampleRecipe, Sampling, Text, Video
+
+    sections = [
+        (Sampling, ("schedule", "shift", "guidance", "negative_prompt", "fewstep_levels")),
+        (Video, ("frames", "height", "width", "fps")), (Text, ("max_sequence_length",)),
+        (SampleRecipe, ("seed", "device", "dtype")),
+    ]
+    problems = []
+    for model, keys in sections:
+        given = {k: getattr(s, k) for k in keys if getattr(s, k) is not None}
+        if model is SampleRecipe:
+            given.update(schema_version=1, base="tiny")
+        try:
+            model.model_validate(given)
+        except ValidationError as err:
+            for e in err.errors():
+                key = str(e["loc"][0]) if e["loc"] else "?"
+                flag = FLAG_NAMES.get(key, f"--{key}")
+                problems.append(f"{flag} = {getattr(s, key, e.get('input'))!r}: {e['msg']}")
+    if s.seed + max(len(s.prompts) - 1, 0) > SEED_MAX:
+        problems.append(f"--seed = {s.seed}: prompt i uses seed + i, which must stay <= {SEED_MAX}")
+    if s.batch_size is not None:
+        try:
+            check_batch_size(s.batch_size)
+        except InputError as err:
+            problems.append(str(err).rstrip("."))
+    if problems:
+        raise InputError("sample: " + "; ".join(problems) + ". Fix these values (see `pyrawan sample --help`).")
+
+
+# ---- the unfinished run: OUT.partial/ -----------------------------------------------------------
+
+def fingerprint(settings: SampleSettings, plan: Plan, model: LoadedModel) -> dict:
+    """What must not change between a run and its ``--resume`` (the model, its hash, the plan, the seed)."""
+    path = Path(settings.model)
+    digest = manifest_sha256(path) if model.path is not None and (path / "manifest.json").is_file() else None
+    return {"model": settings.model, "model_manifest_sha256": digest, "seed": settings.seed, **plan.as_dict()}
+
+
+def _record_ok(folder: Path, record: dict, prompt: str, seed: int) -> bool:
+    """A record of this prompt and seed whose files are present with their recorded hashes."""
+    if record.get("prompt") != prompt or record.get("seed") != seed:
+        return False
+    try:
+        return all(sha256_file(folder / record[key]) == record["sha256"][key] for key in ("video", "latents"))
+    except (OSError, KeyError, TypeError):
+        return False
+
+
+def open_partial(partial: Path, run_info: dict, prompts: list[str], seed: int, resume: bool,
+                 overwrite: bool) -> dict[int, dict]:
+    """Rank 0: prepare ``OUT.partial`` and return the verified records of the prompts already done."""
+    if partial.exists() and not (partial / RUN_FILE).is_file():
+        raise InputError(f"{partial} exists but was not written by `pyrawan sample` (no {RUN_FILE}); move it away "
+                         f"or choose another -o/--out.")
+    if partial.is_dir() and not resume:
+        if not overwrite:
+            raise InputError(f"{partial} holds the finished videos of an interrupted run of this output; pass --resume "
+                             f"to keep them and continue, or --overwrite to start over (deletes them).")
+        shutil.rmtree(partial)
+    if not partial.is_dir():
+        (partial / "done").mkdir(parents=True)
+        atomic_write_text(partial / RUN_FILE, json.dumps({"schema": PARTIAL_SCHEMA, "run": run_info}, indent=2) + "\n")
+        return {}
+    try:
+        old = json.loads((partial / RUN_FILE).read_text(encoding="utf-8"))["run"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError(f"{partial / RUN_FILE} is damaged; start over with --overwrite.") from None
+    changed = sorted(k for k in old.keys() | run_info.keys() if old.get(k) != run_info.get(k))
+    if changed:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {run_info.get(k)!r}" for k in changed[:4])
+        raise InputError(f"--resume: this run differs from the interrupted one in {partial} ({shown}); resume with the "
+                         f"same model and settings, or start over with --overwrite.")
+    done = {}
+    for file in sorted((partial / "done").glob("*.json")):
+        try:
+            record = json.loads(file.read_text(encoding="utf-8"))
+            index = int(record["index"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if 0 <= index < len(prompts) and _record_ok(partial, record, prompts[index], seed + index):
+            done[index] = record
+    return done
+
+
+def write_sample(partial: Path, index: int, prompt: str, seed: int, latents: torch.Tensor, video: torch.Tensor,
+                 plan: Plan) -> dict:
+    """Write one video and its latents atomically into ``partial``, then its record (which marks it done)."""
+    name = sample_name(index, prompt)
+    write_video(partial / "videos" / f"{name}.mp4", video, fps=plan.video["fps"])
+    meta = {"pyrawan.prompt": prompt, "pyrawan.seed": str(seed), "pyrawan.schedule": "-".join(map(str, plan.steps)),
+            "pyrawan.normalised": "true"}
+    with atomic_path(partial / "latents" / f"{name}.safetensors") as tmp:
+        save_file({"latents": latents[None].float().contiguous()}, str(tmp), metadata=meta)
+    record = {"index": index, "prompt": prompt, "seed": seed, "video": f"videos/{name}.mp4",
+              "latents": f"latents/{name}.safetensors", "frames": int(video.shape[0])}
+    record["sha256"] = {key: sha256_file(partial / record[key]) for key in ("video", "latents")}
+    atomic_write_text(partial / "done" / f"{index:04d}.json", json.dumps(record) + "\n")
+    return record
+
+
+def render(model: LoadedModel, plan: Plan, prompts: list[str], indices: list[int], seed: int, partial: Path,
+           batch_size: int, progress: bool) -> list[dict]:
+    """Sample, decode and keep the prompts at ``indices``, ``batch_size`` at a time; one record per prompt."""
     records = []
     with progress_bar("sample", total=len(indices) * plan.nfe, enabled=progress) as advance:
-        for i in indices:
-            latents = generate(model, plan, prompts[i], seed + i, advance)
-            with torch.inference_mode():
-                video = decode_latents(model.components, latents)[0]                 # [F, 3, H, W]
-            name = f"{i:04d}-{slug(prompts[i])}"
-            write_video(folder / "videos" / f"{name}.mp4", video, fps=plan.video["fps"])
-            meta = {"pyrawan.prompt": prompts[i], "pyrawan.seed": str(seed + i),
-                    "pyrawan.schedule": "-".join(map(str, plan.steps)), "pyrawan.normalised": "true"}
-            with atomic_path(folder / "latents" / f"{name}.safetensors") as tmp:
-                save_file({"latents": latents.float().cpu().contiguous()}, str(tmp), metadata=meta)
-            records.append({"index": i, "prompt": prompts[i], "seed": seed + i, "video": f"videos/{name}.mp4",
-                            "latents": f"latents/{name}.safetensors", "frames": int(video.shape[0])})
+        batches = generate_batches(model, plan, [prompts[i] for i in indices], [seed + i for i in indices],
+                                   batch_size, advance=advance)
+        for positions, latents, videos in batches:
+            for p, z, video in zip(positions, latents, videos):
+                i = indices[p]
+                records.append(write_sample(partial, i, prompts[i], seed + i, z, video, plan))
     return records
 
+
+def publish(partial: Path, out: Path, records: list[dict], overwrite: bool, inputs: list[Path], resolved: dict,
+            metrics: dict, started: float) -> None:
+    """Rank 0: make the artifact ``out`` from the kept videos, then remove ``OUT.partial``."""
+    with artifact_dir(out, overwrite=overwrite, inputs=inputs, kind="sample") as tmp:
+        for record in records:
+            for key in ("video", "latents"):
+                (tmp / record[key]).parent.mkdir(exist_ok=True)
+                try:
+                    os.link(partial / record[key], tmp / record[key])      # the kept copy stays until the end
+                except OSError:
+                    shutil.copyfile(partial / record[key], tmp / record[key])
+        rows = [{k: v for k, v in r.items() if k != "sha256"} for r in records]
+        atomic_write_text(tmp / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        write_manifest(tmp, "sample", resolved, inputs, metrics, started)
+    shutil.rmtree(partial, ignore_errors=True)
+
+
+# ---- the command ---------------------------------------------------------------------------------
 
 def load_for_sampling(settings: SampleSettings) -> tuple[LoadedModel, list[Path]]:
     """The model (verified when it is a pyrawan artifact) and the parent artifacts to record."""
@@ -199,33 +221,50 @@ def load_for_sampling(settings: SampleSettings) -> tuple[LoadedModel, list[Path]
     return load_model(settings.model, device=device, dtype=dtype), inputs
 
 
-def run(settings: SampleSettings, out: Path) -> Path:
-    """Render every prompt into the artifact folder ``out``."""
+def run(settings: SampleSettings, out: Path | None = None) -> Path:
+    """Render every prompt into the artifact folder ``out`` (None: the next ``runs/samples-NNN``)."""
     started = time.time()
     if not settings.prompts:
         raise InputError("no prompt given: pass --prompt TEXT (repeatable) or --prompts FILE (one prompt per line).")
-    if dist.world()[0] == 0:
-        check_output(Path(out), settings.overwrite)   # before minutes of loading
+    check_flags(settings)
+    rank, size = dist.world()
+    out = Path(out) if out is not None else Path(dist.broadcast(str(default_out(settings.resume)) if rank == 0 else None))
+    partial = partial_folder(out)
+    if rank == 0:
+        check_output(out, settings.overwrite, inputs=[settings.model], kind="sample")   # before minutes of loading
     model, inputs = load_for_sampling(settings)
     plan = make_plan(settings, model)
-    rank, size = dist.world()
-    with contextlib.ExitStack() as stack:
-        folder = stack.enter_context(artifact_dir(out, overwrite=settings.overwrite)) if rank == 0 else None
-        folder = Path(dist.broadcast(str(folder) if folder else None))
-        mine = dist.shard(settings.prompts, rank, size)
-        records = render(model, plan, settings.prompts, mine, settings.seed, folder, settings.progress and rank == 0)
-        everything = sorted((r for part in dist.gather(records) for r in part), key=lambda r: r["index"])
-        dist.barrier()
-        if rank == 0:
-            atomic_write_text(folder / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in everything))
-            resolved = {"kind": "sample", "model": settings.model, "prompts": settings.prompts, "seed": settings.seed,
-                        **plan.as_dict()}
-            metrics = {"videos": len(everything), "nfe_per_video": plan.nfe,
-                       "forwards_per_video": plan.nfe * (2 if plan.guidance > 1 else 1), "world_size": size,
-                       "seconds": round(time.time() - started, 3)}
-            write_manifest(folder, "sample", resolved, inputs, metrics, started)
+    if settings.compile:
+        model = compiled(model)
+    done = open_partial(partial, fingerprint(settings, plan, model), settings.prompts, settings.seed,
+                        settings.resume, settings.overwrite) if rank == 0 else None
+    done = {int(k): v for k, v in dist.broadcast(done).items()}
+    todo = [i for i in range(len(settings.prompts)) if i not in done]
+    if rank == 0 and done:
+        console.print(f"sample: --resume: {len(done)} of {len(settings.prompts)} video(s) already done in {partial}; "
+                      f"rendering {len(todo)}", markup=False)
+    batch_size = settings.batch_size or DEFAULT_BATCH_SIZE
+    mine = [todo[k] for k in dist.shard(todo, rank, size)]
+    try:
+        records = render(model, plan, settings.prompts, mine, settings.seed, partial, batch_size,
+                         settings.progress and rank == 0)
+    except KeyboardInterrupt:
+        kept = len(list((partial / "done").glob("*.json")))
+        console.print(f"sample: interrupted; {kept} of {len(settings.prompts)} video(s) are kept in {partial}; "
+                      f"continue with the same command plus --resume.", markup=False)
+        raise
+    everything = sorted([*done.values(), *(r for part in dist.gather(records) for r in part)], key=lambda r: r["index"])
+    dist.barrier()
+    if rank == 0:
+        resolved = {"kind": "sample", "model": settings.model, "prompts": settings.prompts, "seed": settings.seed,
+                    **plan.as_dict()}
+        metrics = {"videos": len(everything), "nfe_per_video": plan.nfe,
+                   "forwards_per_video": plan.nfe * (2 if plan.guidance > 1 else 1), "world_size": size,
+                   "batch_size": batch_size, "resumed_videos": len(done), "compiled": bool(settings.compile),
+                   "seconds": round(time.time() - started, 3)}
+        publish(partial, out, everything, settings.overwrite, inputs, resolved, metrics, started)
     dist.barrier()
     if rank == 0:
         console.print(f"sample: wrote {len(settings.prompts)} video(s) to [bold]{out}[/] "
-                      f"(schedule {'-'.join(map(str, plan.steps))}, guidance {plan.guidance})")
+                      f"(schedule {'-'.join(map(str, plan.steps))}, guidance {plan.guidance}, batch {batch_size})")
     return out

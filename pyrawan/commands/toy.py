@@ -66,7 +66,7 @@ def _check_prompts(paths: list[Path], prompts: list[str]) -> None:
 
     for path, prompt in zip(paths, prompts):
         try:
-            parse_caption(prompt)
+            parse_caption(prompt, partial=True)
         except InputError as err:
             raise InputError(f"{path}: {err}") from None
 
@@ -87,20 +87,36 @@ def _number(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
 
 
+def _interval(entry: dict | None) -> str:
+    """``low–high`` of an ``intervals`` entry, or n/a."""
+    if not entry or entry.get("low") is None:
+        return "n/a"
+    return f"{entry['low']:.3f}–{entry['high']:.3f}"
+
+
+def _count(entry: dict | None) -> str:
+    """How many videos a score was averaged over (short prompts leave some scores out)."""
+    return str(entry["n"]) if entry else ""
+
+
 def render_bench_table(report: dict) -> Table:
-    """Rich table of a ToyBench report: each score (mean over videos) beside its raw measurement."""
+    """Rich table of a ToyBench report: each score (mean over videos, 95 % interval) beside its raw measurement."""
     fd = report.get("fd")
+    ci = report.get("intervals", {})
     table = Table(title=f"ToyBench: {report['videos']} videos from {report['source']}",
                   caption=("Scores in [0, 1]; overall = geometric mean (docs/toy-world.md). "
                            + (f"FD to {report['reference_videos']} reference videos: {_number(fd, 2)}."
                               if fd is not None else "No --reference: no Fréchet distance.")))
-    for name, justify in (("metric", "left"), ("score", "right"), ("raw (mean)", "right"), ("raw measures", "left")):
+    for name, justify in (("metric", "left"), ("score", "right"), ("95% interval", "right"), ("videos", "right"),
+                          ("raw (mean)", "right"), ("raw measures", "left")):
         table.add_column(name, justify=justify)
     for name, (raw_key, meaning) in METRIC_NOTES.items():
-        table.add_row(name, _number(report["scores"][name]), _number(report["raw"].get(raw_key)), meaning)
-    table.add_row("temporal_flickering", "", _number(report["raw"]["temporal_flickering"], 4),
+        table.add_row(name, _number(report["scores"][name]), _interval(ci.get(name)), _count(ci.get(name)),
+                      _number(report["raw"].get(raw_key)), meaning)
+    table.add_row("temporal_flickering", "", "", "", _number(report["raw"]["temporal_flickering"], 4),
                   "VBench (255 - mean |Δ|) / 255, not in overall")
-    table.add_row("[bold]overall[/]", f"[bold]{_number(report['overall'])}[/]", "", "")
+    table.add_row("[bold]overall[/]", f"[bold]{_number(report['overall'])}[/]", _interval(ci.get("overall")),
+                  _count(ci.get("overall")), "", "")
     return table
 
 

@@ -27,6 +27,7 @@ import json
 import os
 import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,13 +36,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as save_tensors
 
-from pyrawan.commands.common import console, progress_bar
+from pyrawan.ui import console, progress_bar
 from pyrawan.data.datasets import BadEntry, Dataset, apply_policy, describe_summary, probe_dataset, scan_dataset
 from pyrawan.data.encode import (caption_embeddings, check_shapes, normalisation, pad_rows, stage_latents,
                                  text_encoder_fingerprint, vae_sha256)
 from pyrawan.data.frames import load_clip
 from pyrawan.errors import InputError
-from pyrawan.fsutil import atomic_write_bytes, atomic_write_text
+from pyrawan.fsutil import atomic_write_bytes, atomic_write_text, sha256_file
 from pyrawan.pyramid.geometry import pixel_to_latent, stage_shapes
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ INDEX = "index.json"
 RECORDS = "records.jsonl"
 SHARDS = "shards"
 DEFAULT_ROOT = Path("runs") / "cache"
+HASH_THREADS = min(8, os.cpu_count() or 1)
 KILL_ENV = "PYRAWAN_CACHE_KILL_AFTER_SHARDS"  # test hook: SIGKILL this process after N shards
 
 
@@ -70,7 +72,7 @@ class LatentCache:
     ``{"id", "caption", "video"}`` (video relative to the dataset root).
     """
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, verify: bool = True):
         self.folder = Path(folder)
         index = read_index(self.folder)
         if index is None:
@@ -79,7 +81,7 @@ class LatentCache:
         if not index.get("complete"):
             raise InputError(f"the latent cache {self.folder} is incomplete ({len(finished_shards(self.folder))} "
                              f"of {num_shards(index)} shards); run the command again to resume building it.")
-        check_shard_files(self.folder, index["shards"])
+        check_shard_files(self.folder, index["shards"], hashes=verify)
         settings = index["settings"]
         self.settings: dict = settings
         self.num_stages: int = settings["stages"]
@@ -163,12 +165,28 @@ def finished_shards(folder: Path) -> list[dict]:
     return entries
 
 
-def check_shard_files(folder: Path, entries: list[dict]) -> None:
-    """Every finished shard exists with the size recorded in its entry."""
+def check_shard_files(folder: Path, entries: list[dict], hashes: bool = False) -> None:
+    """Every finished shard exists with the size (and, with ``hashes``, the sha256) recorded in its entry.
+
+    Hashing reads every shard once (cost: docs/calibration.md, "Latent cache").
+    """
     for entry in entries:
+        if not isinstance(entry, dict) or not {"file", "bytes", "sha256"} <= entry.keys():
+            raise InputError(f"the latent cache {folder} is damaged: {INDEX} has a malformed shard entry; delete "
+                             f"{folder} to rebuild it.")
         if not shard_ok(folder, entry):
-            raise InputError(f"the latent cache {folder} is damaged: {entry['file']} is missing or has changed; "
+            raise InputError(f"the latent cache {folder} is damaged: {entry['file']} is missing or has changed size; "
                              f"delete {folder} to rebuild it.")
+    if not hashes:
+        return
+    workers = min(HASH_THREADS, len(entries)) or 1   # hashlib releases the GIL: shards hash in parallel
+    with ThreadPoolExecutor(workers) as pool:
+        digests = list(pool.map(lambda e: sha256_file(folder / e["file"]), entries))
+    for entry, digest in zip(entries, digests):
+        if digest != entry["sha256"]:
+            raise InputError(f"the latent cache {folder} is damaged: the contents of {entry['file']} changed (its "
+                             f"sha256 differs from the one recorded when it was written); delete {folder} to "
+                             f"rebuild it.")
 
 
 # ---- settings ------------------------------------------------------------------------------------

@@ -206,8 +206,12 @@ def metadata_entries(root: Path, layout: str, data: Data) -> tuple[list[Entry], 
     rows: list[tuple[str, dict | None]] = []
     if layout == "metadata.csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        rows = [(f"{layout} line {reader.line_num}", row) for row in reader]
-        keys = list(reader.fieldnames or [])
+        try:
+            rows = [(f"{layout} line {reader.line_num}", row) for row in reader]
+            keys = list(reader.fieldnames or [])
+        except csv.Error as err:
+            raise InputError(f"{path}: not a readable CSV file at line {reader.line_num} ({err}); save it as plain "
+                             f"comma-separated UTF-8 text with a header row (e.g. video,caption).") from None
     elif layout == "metadata.json":
         rows = [(f"{layout} item {i}", item if isinstance(item, dict) else None) for i, item in
                 enumerate(_json_list(path, text))]
@@ -381,3 +385,15 @@ def apply_policy(dataset: Dataset, policy: str) -> Dataset:
         raise InputError(f"{dataset.describe()}: no usable video is left; fix the entries above or point "
                          f"data.root at another folder.")
     return dataset
+
+
+def check_dataset(root: Path, data: Data, frames: int, fps: float) -> Dataset:
+    """Scan ``root`` and apply ``data.on_bad_sample`` before any model loads; returns the scanned dataset.
+
+    Under ``fail``, when the scan already found bad entries, the remaining videos are probed too, so
+    that one message lists every bad entry (missing files and unreadable or short videos together).
+    """
+    scanned = scan_dataset(root, data)
+    if scanned.bad and data.on_bad_sample == "fail":
+        apply_policy(probe_dataset(scanned, frames, fps), "fail")
+    return apply_policy(scanned, data.on_bad_sample)

@@ -34,7 +34,7 @@ def plot_resizer(result: dict, name: str, path: Path, threshold: float) -> Path:
 
 def _transition_panel(ax, rapsd: list[dict], t: dict, b: float, threshold: float) -> None:
     """Stage i and i+1 RAPSD against frequency in cycles per full-resolution latent pixel."""
-    from matplotlib.ticker import NullFormatter
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullLocator
 
     i = t["from_stage"]
     for stage in (i, i + 1):
@@ -54,8 +54,10 @@ def _transition_panel(ax, rapsd: list[dict], t: dict, b: float, threshold: float
     ax.set_xlabel("cycles / full-res latent pixel", fontsize=8)
     ax.set_ylabel("power per coefficient (orthonormal)", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.legend(fontsize=6, loc="lower left")
+    ax.xaxis.set_major_locator(LogLocator(base=2))          # 1/2, 1/4, ...: labelled even when the range is
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))   # less than a decade (toy sizes: 4 frequencies)
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.legend(fontsize=6, loc="best")
 
 
 def _temporal_panel(ax, temporal: list[dict]) -> None:

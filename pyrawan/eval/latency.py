@@ -3,7 +3,9 @@
 ``measure_latency`` times the DiT forward at each stage's latent shape on random inputs (weights
 and inputs do not change the time). ``latency_report`` turns per-stage milliseconds into
 per-schedule totals: steps x stage time, x2 with classifier-free guidance (two forwards per step,
-batch not doubled). VAE decode, text encoder and scheduler overhead are not included.
+batch not doubled). The forward gets the sampler's timesteps (per token at the coarse stages).
+``measure_parts`` times the text encoder and the VAE decode beside it, for an end-to-end time per
+video; sampler arithmetic and jumps are not included.
 """
 from __future__ import annotations
 
@@ -17,9 +19,10 @@ from pyrawan.errors import InputError
 from pyrawan.eval.flops import DEFAULT_STEPS, baseline_schedule, default_schedules, num_tokens, schedule_flops
 
 LATENCY_NOTE = (
-    "Transformer (DiT) forwards only, timed on random inputs after warm-up; VAE decode, text encoder "
-    "and scheduler overhead are excluded. Schedule totals are steps x per-stage median"
-    " (x2 forwards per step with classifier-free guidance)."
+    "Transformer (DiT) forwards timed on random inputs after warm-up, with the sampler's timesteps (per "
+    "token at coarse stages). Schedule totals are steps x per-stage median (x2 forwards per step with "
+    "classifier-free guidance); end_to_end_ms, where given, adds the text encoder and the VAE decode of "
+    "one video (sampler arithmetic and jumps excluded)."
 )
 
 
@@ -50,14 +53,29 @@ def environment_info(device: Any = None, dtype: Any = None) -> dict:
     }
 
 
-def _inputs(transformer, shape: Sequence[int], text_len: int, batch: int, device, dtype, gen) -> dict:
-    """Random forward arguments for one latent shape."""
+def sampler_timestep(shape: Sequence[int], patch: Sequence[int], batch: int, per_token: bool) -> Any:
+    """The timestep the sampler passes at a stage: ``[B]`` when every frame has one level, else
+    ``[B, tokens]`` (``models.denoiser.frame_timesteps``): at a coarse stage of a pyramid that halves
+    time, latent frame 0 (a block of 4) sits at another natural level than the others (blocks of 8)."""
+    import torch
+
+    from pyrawan.models.denoiser import frame_timesteps
+
+    levels = torch.full((int(shape[0]),), 0.5, dtype=torch.float64)
+    if per_token:
+        levels[0] = 0.4
+    return frame_timesteps(levels, batch, (int(shape[1]), int(shape[2])), tuple(patch))
+
+
+def _inputs(transformer, shape: Sequence[int], text_len: int, batch: int, device, dtype, gen,
+            per_token: bool = False) -> dict:
+    """Random forward arguments for one latent shape (``per_token``: per-token timesteps, as the sampler)."""
     import torch
 
     cfg = transformer.config
     hidden = torch.randn(batch, cfg.in_channels, *shape, generator=gen).to(device, dtype)
     text = torch.randn(batch, text_len, cfg.text_dim, generator=gen).to(device, dtype)
-    timestep = torch.full((batch,), 500.0, device=device)
+    timestep = sampler_timestep(shape, cfg.patch_size, batch, per_token).to(device)
     return {"hidden_states": hidden, "timestep": timestep, "encoder_hidden_states": text, "return_dict": False}
 
 
@@ -98,8 +116,14 @@ def measure_latency(
     device: Any = None,
     dtype: Any = None,
     seed: int = 0,
+    sampler_timesteps: bool = True,
+    keep_time: bool = False,
 ) -> list[dict]:
     """Median/mean/min/max ms of one forward at each latent shape (index = stage, 0 = full).
+
+    ``sampler_timesteps``: time the forward the sampler runs, with per-token timesteps at the coarse
+    stages of a pyramid that halves time (``keep_time`` False) and one timestep per sample elsewhere;
+    False: one timestep per sample at every stage.
 
     ``device``/``dtype`` default to the module's own. If they differ the module is moved/cast in
     place (diffusers' fp32-kept modules stay fp32). Runs under ``torch.inference_mode()``.
@@ -125,14 +149,64 @@ def measure_latency(
         transformer.eval()
         for stage, shape in enumerate(latent_shapes):
             shape = tuple(int(v) for v in shape)
-            kwargs = _inputs(transformer, shape, text_len, batch, device, dtype, gen)
+            per_token = sampler_timesteps and stage > 0 and not keep_time and shape[0] > 1
+            kwargs = _inputs(transformer, shape, text_len, batch, device, dtype, gen, per_token)
             times = _time_shape(transformer, kwargs, repeats, warmup, cuda)
             rows.append({
                 "stage": stage, "latent": list(shape), "tokens": num_tokens(shape, patch), "batch": batch,
+                "timesteps": "per-token" if per_token else "per-sample",
                 "median_ms": statistics.median(times), "mean_ms": statistics.fmean(times),
                 "min_ms": min(times), "max_ms": max(times), "repeats": repeats, "warmup": warmup,
             })
     return rows
+
+
+def _median_ms(fn, repeats: int, warmup: int, cuda: bool) -> float:
+    """Median milliseconds of ``fn()`` (synchronised on CUDA) after ``warmup`` untimed calls."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def measure_parts(components, full_latent: Sequence[int], text_len: int = 512, repeats: int = 3,
+                  warmup: int = 1) -> dict:
+    """Median ms of what a video costs besides the transformer, batch 1: the text encoder for the
+    prompt alone and with the negative prompt (classifier-free guidance), and the VAE decode of
+    normalised latents ``[1, 16, T, H, W]`` (``full_latent`` = (T, H, W)) to pixels."""
+    import torch
+
+    from pyrawan.models.denoiser import encode_prompts
+    from pyrawan.models.vae import decode_latents
+
+    cuda = next(components.vae.parameters()).device.type == "cuda"
+    prompt = ["a large red square slowly moving left on a plain black background"]
+    latents = torch.randn(1, 16, *(int(v) for v in full_latent), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        return {
+            "text_encoder_ms": _median_ms(lambda: encode_prompts(components, prompt, None, text_len), repeats, warmup, cuda),
+            "text_encoder_cfg_ms": _median_ms(lambda: encode_prompts(components, prompt, [""], text_len), repeats, warmup,
+                                              cuda),
+            "vae_decode_ms": _median_ms(lambda: decode_latents(components, latents), repeats, warmup, cuda),
+            "vae_dtype": str(next(components.vae.parameters()).dtype).replace("torch.", ""),
+            "repeats": repeats, "warmup": warmup,
+        }
+
+
+def end_to_end_ms(row: dict, parts: dict) -> float:
+    """One video of a schedule row: text encoder (+ negative prompt with CFG) + transformer + VAE decode."""
+    text = parts["text_encoder_cfg_ms"] if row["cfg_factor"] > 1 else parts["text_encoder_ms"]
+    return text + row["total_ms"] + parts["vae_decode_ms"]
 
 
 def _per_stage_ms(per_stage: Sequence[float] | Sequence[dict]) -> list[float]:
@@ -145,8 +219,11 @@ def latency_report(
     schedules: Sequence[str] | None = None,
     guidance: bool = True,
     env: dict | None = None,
+    parts: dict | None = None,
 ) -> dict:
     """Per-schedule total ms from per-stage forward times (index = stage, 0 = full resolution).
+
+    ``parts`` (``measure_parts``): adds ``end_to_end_ms`` per schedule (text + transformer + decode).
 
     ``per_stage_ms`` may be plain milliseconds or the rows of ``measure_latency`` (their median is
     used and the rows are kept in the report). ``env`` is ``environment_info(...)`` of the
@@ -171,9 +248,12 @@ def latency_report(
         })
     stages = [dict(p) if isinstance(p, dict) else {"stage": i, "median_ms": m}
               for i, (p, m) in enumerate(zip(per_stage_ms, ms))]
+    if parts is not None:
+        for row in rows:
+            row["end_to_end_ms"] = end_to_end_ms(row, parts)
     return {
         "kind": "latency", "num_stages": num_stages, "guidance": bool(guidance),
         "environment": env if env is not None else environment_info(),
         "stages": stages, "baseline": baseline_schedule(num_stages), "baseline_ms": base,
-        "schedules": rows, "note": LATENCY_NOTE,
+        "schedules": rows, "note": LATENCY_NOTE, **({"parts": parts} if parts is not None else {}),
     }

@@ -75,10 +75,17 @@ def render_latency_table(report: dict) -> Table:
         table.add_column(name, justify="right")
     table.add_column("total ms", justify="right")
     table.add_column("vs baseline", justify="right")
+    parts = report.get("parts")
+    if parts:
+        table.add_column("+ text + decode ms", justify="right")
     for row in report["schedules"]:
         per_stage = [_fmt(p["ms"], 1) for p in reversed(row["per_stage"])]
         table.add_row(row["schedule"], str(row["forwards"]), *per_stage, _fmt(row["total_ms"], 1),
-                      f"{row['ratio_to_baseline']:.3f}")
+                      f"{row['ratio_to_baseline']:.3f}", *([_fmt(row["end_to_end_ms"], 1)] if parts else []))
+    if parts:
+        table.caption += (f" Per video: text encoder {_fmt(parts['text_encoder_ms'], 1)} ms "
+                          f"({_fmt(parts['text_encoder_cfg_ms'], 1)} with the negative prompt), VAE decode "
+                          f"{_fmt(parts['vae_decode_ms'], 1)} ms ({parts['vae_dtype']}).")
     return table
 
 

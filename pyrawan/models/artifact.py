@@ -4,7 +4,7 @@ Layout of ``out_dir``::
 
     transformer/{config.json, diffusion_pytorch_model.safetensors}   # each changed component
     components.json   # {"schema": ..., "components": {name: entry}}
-    pyramid.json      # the pyramid definition (opaque here)
+    pyramid.json      # the pyramid definition (``pyramid_spec.PyramidSpec``)
 
 A ``components.json`` entry is ``{"saved": "<subfolder>"}`` for a component stored in the artifact,
 or a reference with hashes: ``{"preset", "seed", "sha256"}`` (sha256 of the freshly built fp32
@@ -26,6 +26,7 @@ from pyrawan.errors import InputError
 from pyrawan.fsutil import atomic_path, atomic_write_text, sha256_tree
 from pyrawan.models.loading import load_component, load_components, resolve_hub
 from pyrawan.models.presets import COMPONENT_NAMES, WanComponents, build_preset
+from pyrawan.models.pyramid_spec import PyramidSpec
 
 COMPONENTS_SCHEMA = "pyrawan.components/1"
 PYRAMID_FILE = "pyramid.json"
@@ -37,8 +38,13 @@ class LoadedModel:
     """A loaded stack, its pyramid definition (``None`` for a plain model) and artifact folder."""
 
     components: WanComponents
-    pyramid: dict[str, Any] | None
+    spec: PyramidSpec | None
     path: Path | None
+
+    @property
+    def pyramid(self) -> dict[str, Any] | None:
+        """``pyramid.json`` as plain data (read-only view of ``spec``)."""
+        return None if self.spec is None else self.spec.to_dict()
 
 
 def state_dict_sha256(module: torch.nn.Module) -> str:
@@ -96,7 +102,7 @@ def _dump(obj: Any) -> str:
 def save_model(
     out_dir: Path,
     components: WanComponents,
-    pyramid: dict[str, Any],
+    pyramid: PyramidSpec,
     changed: tuple[str, ...] | list[str] = ("transformer",),
 ) -> list[Path]:
     """Write a pyramidal model artifact to ``out_dir``; returns the written files.
@@ -118,7 +124,7 @@ def save_model(
             written += _save_component(out_dir, name, getattr(components, name))
             ref = {"saved": name}
         entries[name] = ref
-    written.append(atomic_write_text(out_dir / PYRAMID_FILE, _dump(pyramid)))
+    written.append(atomic_write_text(out_dir / PYRAMID_FILE, _dump(pyramid.to_dict())))
     body = {"schema": COMPONENTS_SCHEMA, "components": entries}
     written.append(atomic_write_text(out_dir / COMPONENTS_FILE, _dump(body)))
     return written
@@ -219,6 +225,7 @@ def load_artifact(
     vae_dtype: torch.dtype | None = torch.float32,
 ) -> LoadedModel:
     """Load a saved pyramidal artifact folder (see module docstring)."""
+    spec = PyramidSpec.parse(_read_json(path / PYRAMID_FILE), str(path / PYRAMID_FILE))
     body = _read_json(path / COMPONENTS_FILE)
     body = body if isinstance(body, dict) else {}
     entries = body.get("components")
@@ -231,7 +238,7 @@ def load_artifact(
         comp_dtype = (vae_dtype or dtype) if name == "vae" else dtype
         _check_entry(path, name, entries[name])
         parts[name], parts["source"][name] = _load_reference(path, name, entries[name], device, comp_dtype)
-    return LoadedModel(WanComponents(**parts), _read_json(path / PYRAMID_FILE), path.resolve())
+    return LoadedModel(WanComponents(**parts), spec, path.resolve())
 
 
 def load_model(

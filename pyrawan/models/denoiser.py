@@ -5,10 +5,11 @@ Conventions: ``x_sigma = (1 - sigma) * x0 + sigma * noise``; the transformer pre
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+from diffusers import FlowMatchEulerDiscreteScheduler, ModelMixin, WanPipeline
 
 from pyrawan.errors import InputError
 from pyrawan.models.presets import WanComponents
@@ -67,12 +68,94 @@ def frame_timesteps(sigma_nat: torch.Tensor, batch: int, latent_hw: tuple[int, i
     return tokens.expand(batch, -1).contiguous()
 
 
+def batch_timesteps(sigma_nat: torch.Tensor, batch: int, latent_hw: tuple[int, int],
+                    patch: tuple[int, int, int]) -> torch.Tensor:
+    """Timesteps for levels ``[T]`` (shared by the batch) or ``[B, T]`` (one row per sample).
+
+    Each row goes through ``frame_timesteps``: ``[B]`` when every row has one level for all frames,
+    else ``[B, tokens]`` (rows with one level are expanded to every token).
+    """
+    if sigma_nat.ndim < 2:
+        return frame_timesteps(sigma_nat, batch, latent_hw, patch)
+    rows = [frame_timesteps(level, 1, latent_hw, patch) for level in sigma_nat]
+    if all(r.ndim == 1 for r in rows):
+        return torch.cat(rows)
+    tokens = next(r.shape[1] for r in rows if r.ndim == 2)
+    return torch.cat([r.view(1, 1).expand(1, tokens) if r.ndim == 1 else r for r in rows])
+
+
+def unwrap(model: Any) -> torch.nn.Module:
+    """The transformer inside a DDP or DeepSpeed wrapper (the module itself otherwise)."""
+    while not isinstance(model, ModelMixin) and isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model
+
+
+def _expand(text: torch.Tensor, batch: int) -> torch.Tensor:
+    if text.shape[0] == 1 and batch > 1:
+        return text.expand(batch, -1, -1)
+    if text.shape[0] != batch:
+        raise InputError(f"Text embeddings have batch {text.shape[0]} but the latents have batch {batch}; give one "
+                         "prompt per sample (or a single prompt).")
+    return text
+
+
+def denoise(
+    model: Any,
+    x: torch.Tensor,
+    sigma_nat: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None = None,
+    guidance: float = 1.0,
+    blocks: Sequence[int] = (),
+    dtype: torch.dtype | None = None,
+    attention_kwargs: dict[str, Any] | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    """One call of the transformer: the flow-matching velocity ``[B, C, T, H, W]`` (float32).
+
+    ``model``: a Wan transformer, or a DDP/DeepSpeed wrapper of one (gradients flow when enabled).
+    ``x`` ``[B, C, T, H, W]``; ``sigma_nat`` the natural level per frame, ``[T]`` or per sample ``[B, T]``
+    (or a scalar); ``cond``/``uncond`` text embeddings ``[B or 1, L, D]``. With ``guidance > 1`` and
+    ``uncond`` given, both branches run as one forward of batch 2B and the result is the standard
+    ``uncond + guidance * (cond - uncond)``. ``blocks``: indices of transformer blocks whose output
+    hidden states ``[B, tokens, D]`` (conditional branch) are returned too, as ``(v, hidden)``.
+    ``dtype``: the input dtype (default: the transformer's).
+    """
+    inner = unwrap(model)
+    b, _, frames, h, w = x.shape
+    param = next(inner.parameters())
+    dtype = dtype or getattr(inner, "dtype", param.dtype)                  # skips fp32-kept modules
+    sigma = torch.as_tensor(sigma_nat).to(param.device)
+    sigma = sigma.reshape(1).expand(frames) if sigma.numel() == 1 else sigma
+    if sigma.shape[-1] != frames:
+        raise InputError(f"sigma_nat has {sigma.shape[-1]} levels per sample but the latent has {frames} frames.")
+    cfg = uncond is not None and guidance > 1.0
+    reps = 2 if cfg else 1
+    timestep = batch_timesteps(sigma, b, (h, w), tuple(inner.config.patch_size)).to(param.device)
+    context = [_expand(cond, b)] + ([_expand(uncond, b)] if cfg else [])
+    hidden: dict[int, torch.Tensor] = {}
+    hooks = [inner.blocks[i].register_forward_hook(lambda _m, _a, out, i=i: hidden.__setitem__(i, out[:b]))
+             for i in blocks]
+    try:
+        out = model(hidden_states=x.to(param.device, dtype).repeat(reps, 1, 1, 1, 1),
+                    timestep=timestep.repeat(reps, *([1] * (timestep.ndim - 1))),
+                    encoder_hidden_states=torch.cat(context).to(param.device, dtype),
+                    attention_kwargs=attention_kwargs, return_dict=False)[0].float()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if cfg:
+        c, u = out.chunk(2)
+        out = u + guidance * (c - u)
+    return (out, [hidden[i] for i in blocks]) if blocks else out
+
+
 class Velocity:
     """Flow-matching velocity ``v(x, sigma)`` of a Wan transformer, with optional batched CFG.
 
     ``cond``/``uncond`` are [B, L, D] text embeddings (B = 1 broadcasts over the batch). With
     ``guidance > 1`` and ``uncond`` given, cond and uncond run as one forward of batch 2B and
-    the result is ``uncond + guidance * (cond - uncond)``.
+    the result is ``uncond + guidance * (cond - uncond)`` (``denoise``).
     """
 
     def __init__(
@@ -94,36 +177,7 @@ class Velocity:
         """True when a forward runs both the conditional and unconditional branch."""
         return self.uncond is not None and self.guidance > 1.0
 
-    def _context(self, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """Text context [B or 2B, L, D]: cond, then uncond when CFG is on."""
-        parts = [self.cond] + ([self.uncond] if self.uses_cfg else [])
-        parts = [p.expand(batch, -1, -1) if p.shape[0] == 1 else p for p in parts]
-        for p in parts:
-            if p.shape[0] != batch:
-                raise InputError(f"Text embeddings have batch {p.shape[0]} but the latents have batch "
-                                 f"{batch}; give one prompt per sample (or a single prompt).")
-        return torch.cat(parts).to(device=device, dtype=dtype)
-
     def __call__(self, x: torch.Tensor, sigma_nat: torch.Tensor) -> torch.Tensor:
-        """Velocity [B, C, T, H, W] (float32) for latents ``x`` [B, C, T, H, W] at levels [T] (or scalar)."""
-        b, _, frames, h, w = x.shape
-        sigma = sigma_nat.reshape(-1).to(x.device)
-        sigma = sigma.expand(frames) if sigma.numel() == 1 else sigma
-        if sigma.numel() != frames:
-            raise InputError(f"sigma_nat has {sigma.numel()} levels but the latent has {frames} frames.")
-        param = next(self.transformer.parameters())
-        dtype = getattr(self.transformer, "dtype", param.dtype)          # skips fp32-kept modules
-        reps = 2 if self.uses_cfg else 1
-        patch = tuple(self.transformer.config.patch_size)
-        timestep = frame_timesteps(sigma, b * reps, (h, w), patch).to(param.device)
-        out = self.transformer(
-            hidden_states=x.to(param.device, dtype).repeat(reps, 1, 1, 1, 1),
-            timestep=timestep,
-            encoder_hidden_states=self._context(b, dtype, param.device),
-            attention_kwargs=self.attention_kwargs,
-            return_dict=False,
-        )[0].float()
-        if not self.uses_cfg:
-            return out
-        cond, uncond = out.chunk(2)
-        return uncond + self.guidance * (cond - uncond)
+        """Velocity [B, C, T, H, W] (float32) for latents ``x`` [B, C, T, H, W] at levels [T], [B, T] or scalar."""
+        return denoise(self.transformer, x, sigma_nat, self.cond, self.uncond, self.guidance,
+                       attention_kwargs=self.attention_kwargs)

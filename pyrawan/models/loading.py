@@ -5,29 +5,34 @@ Reduced precision is applied at load time (``torch_dtype``), which keeps diffuse
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from transformers import AutoTokenizer, UMT5EncoderModel
 
-from pyrawan.errors import InputError, RunError
+from pyrawan.errors import InputError, RunError, io_fault_message
 from pyrawan.models.presets import COMPONENT_NAMES, PRESETS, WanComponents, build_preset
 
 HUB_ALLOW_PATTERNS = [
     "model_index.json", "*/config.json", "*.json", "*.safetensors", "tokenizer/*", "scheduler/*",
 ]
 HUB_IGNORE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.msgpack", "*.h5"]
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+HUB_SCHEME = "hf://"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 ACCEPTED_FORMS = (
     "a preset name ({presets}); a local diffusers pipeline folder containing model_index.json "
     "(as written by WanPipeline.save_pretrained); or a Hugging Face Hub id such as "
-    "'Wan-AI/Wan2.1-T2V-1.3B-Diffusers' (optionally '@revision'). A single transformer "
-    ".safetensors file is also accepted together with config_from (a folder or Hub id)"
+    "'Wan-AI/Wan2.1-T2V-1.3B-Diffusers' or 'hf://Wan-AI/Wan2.1-T2V-1.3B-Diffusers' (optionally '@revision'). "
+    "A single transformer .safetensors file is also accepted together with config_from (a folder or Hub id)"
 ).format(presets=", ".join(PRESETS))
 
 
@@ -49,6 +54,29 @@ def load_component(
             f"{name}. Pass a complete diffusers Wan2.1 pipeline folder (tokenizer/, text_encoder/, "
             "vae/, transformer/ and model_index.json), e.g. one written by WanPipeline.save_pretrained."
         )
+    try:
+        with _quiet_diffusers():  # its own "error occurred while trying to fetch" line; ours follows
+            return _from_pretrained(name, folder, subfolder, device, dtype)
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError, SafetensorError) as err:
+        if io_fault_message(err) is not None:
+            raise
+        raise unreadable_weights(folder / subfolder, name, err) from None
+
+
+@contextlib.contextmanager
+def _quiet_diffusers() -> Iterator[None]:
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity(dlogging.CRITICAL)
+    try:
+        yield
+    finally:
+        dlogging.set_verbosity(level)
+
+
+def _from_pretrained(name: str, folder: Path, subfolder: str, device: str | torch.device, dtype: torch.dtype) -> Any:
+    """``from_pretrained`` of one component, safetensors only."""
     if name == "tokenizer":
         return AutoTokenizer.from_pretrained(folder, subfolder=subfolder)
     if name == "text_encoder":
@@ -59,6 +87,16 @@ def load_component(
         cls = AutoencoderKLWan if name == "vae" else WanTransformer3DModel
         model = cls.from_pretrained(folder, subfolder=subfolder, use_safetensors=True, torch_dtype=dtype)
     return model.to(device).eval()
+
+
+def unreadable_weights(where: Path, name: str, err: BaseException) -> InputError:
+    """The InputError for a component folder whose files cannot be loaded (not safetensors, damaged, mismatched)."""
+    others = sorted(p.name for p in where.glob("*") if p.suffix in PICKLE_SUFFIXES) if where.is_dir() else []
+    pickles = (f" It holds {', '.join(others)}: pyrawan never loads pickled weights (.bin/.pt/.pth/.ckpt/.pkl); "
+               "convert them to safetensors with the tool that made them.") if others else ""
+    first = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
+    return InputError(f"cannot load the {name} from {where}: {first[:300]}.{pickles} Weights are read only from "
+                      f"valid .safetensors files with a matching config.json; re-create or re-download that folder.")
 
 
 def load_folder(
@@ -87,8 +125,29 @@ def load_folder(
 
 
 def looks_like_hub_id(spec: str) -> bool:
-    """True for ``owner/name`` or ``owner/name@revision`` that is not an existing local path."""
-    return bool(_HUB_ID.match(spec)) and not Path(spec).exists()
+    """True for ``hf://owner/name[@revision]``, or ``owner/name[@revision]`` whose ``owner`` is no local folder.
+
+    ``runs/pyr`` while ``runs/`` exists is a local path (that may not exist), never a Hub id.
+    """
+    if spec.startswith(HUB_SCHEME):
+        return bool(_HUB_ID.match(spec[len(HUB_SCHEME):]))
+    return bool(_HUB_ID.match(spec)) and not Path(spec).exists() and not Path(spec.split("/", 1)[0]).exists()
+
+
+def missing_local(spec: str) -> str | None:
+    """Why ``spec`` names a local path that does not exist (it starts like a path, or its first part
+    is an existing folder); None when it exists or is not a local path."""
+    if spec.startswith(HUB_SCHEME) or Path(spec).expanduser().exists():
+        return None
+    first = spec.split("/", 1)[0]
+    pathlike = spec.startswith(("/", "./", "../", "~")) or ("/" in spec and Path(first).is_dir())
+    if not pathlike:
+        return None
+    parent = Path(spec).expanduser().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return (f"no such folder: {spec} (the nearest existing folder is {parent}). Check the path; a Hugging Face "
+            f"Hub id is read as one only when it is written {HUB_SCHEME}owner/name or its owner is no local folder.")
 
 
 def resolve_hub(spec: str, allow_patterns: list[str] | None = None) -> tuple[Path, dict[str, str]]:
@@ -138,8 +197,11 @@ def resolve_folder(spec: str) -> tuple[Path, dict[str, str]]:
                 f"folder. Accepted model specs: {ACCEPTED_FORMS}."
             )
         return path.resolve(), {"path": str(path.resolve())}
+    missing = missing_local(spec)
+    if missing:
+        raise InputError(f"Model {missing}")
     if looks_like_hub_id(spec):
-        return resolve_hub(spec)
+        return resolve_hub(spec.removeprefix(HUB_SCHEME))
     raise InputError(f"Model {spec!r} was not found: it is not a preset, an existing folder or a Hub id. "
                      f"Accepted model specs: {ACCEPTED_FORMS}.")
 

@@ -53,14 +53,21 @@ def encode_video(
 
 
 @torch.no_grad()
-def decode_latents(components: WanComponents | AutoencoderKLWan, latents: torch.Tensor) -> torch.Tensor:
+def decode_latents(components: WanComponents | AutoencoderKLWan, latents: torch.Tensor,
+                   chunk: int | None = None) -> torch.Tensor:
     """Normalised latents [B, 16, T, H, W] -> video [B, 4(T-1)+1, 3, 8H, 8W] float32 in [0, 1].
 
-    Same steps as ``WanPipeline``: de-normalise, ``vae.decode``, ``(x + 1) / 2`` clamped.
+    Same steps as ``WanPipeline``: de-normalise, ``vae.decode``, ``(x + 1) / 2`` clamped, in the
+    VAE's dtype. ``chunk``: decode at most that many videos per ``vae.decode`` call (None: all at
+    once, which is fastest on a CPU; on a GPU one full-size video already fills it and bounds memory).
+    The result is on the VAE's device.
     """
     vae = getattr(components, "vae", components)
     param = next(vae.parameters())
-    z = denormalise_latents(vae, latents.to(param.device, param.dtype))
-    video = vae.decode(z, return_dict=False)[0]                      # [B, 3, F, H, W] in ~[-1, 1]
-    video = (video.float() / 2 + 0.5).clamp(0, 1)
-    return video.permute(0, 2, 1, 3, 4).contiguous()                # [B, F, 3, H, W]
+    step = chunk or latents.shape[0]
+    parts = []
+    for start in range(0, latents.shape[0], step):
+        z = denormalise_latents(vae, latents[start:start + step].to(param.device, param.dtype))
+        video = vae.decode(z, return_dict=False)[0]                  # [b, 3, F, H, W] in ~[-1, 1]
+        parts.append((video.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 1, 3, 4).contiguous())
+    return torch.cat(parts)                                          # [B, F, 3, H, W]

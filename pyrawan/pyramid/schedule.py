@@ -109,6 +109,15 @@ def parse_schedule(text: str | Sequence[int], num_stages: int | None = None, key
     return steps
 
 
+def schedule_text(value):
+    """Accept ``50`` and ``[20, 20, 10]`` as well as ``"20-20-10"`` (a recipe value before validation)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (list, tuple)) and all(type(v) is int for v in value):
+        return "-".join(map(str, value))
+    return value
+
+
 def shift_grid(rho: torch.Tensor, shift: float) -> torch.Tensor:
     """Wan's timestep shift ``k rho / (1 + (k - 1) rho)`` (identity for ``k = 1``)."""
     return shift * rho / (1 + (shift - 1) * rho)
@@ -131,8 +140,26 @@ def interpolate_level(rho: float | torch.Tensor, sigma_c: torch.Tensor, sigma_n:
 
 
 def default_boundaries(num_stages: int) -> tuple[float, ...]:
-    """Uniform split of global sigma, as Pyramid Flow's stage range (a default until calibrated)."""
+    """Uniform split of global sigma, ``b_i = i / S`` (a default until calibrated).
+
+    This is not Pyramid Flow's split: Pyramid Flow divides each stage's *natural* level uniformly
+    (``pyramid_flow_boundaries``), which in global sigma is about (0.586, 0.941) for S = 3, m = 8.
+    """
     return tuple(round(i / num_stages, 6) for i in range(1, num_stages))
+
+
+def pyramid_flow_boundaries(num_stages: int, m: float = 8.0) -> tuple[float, ...]:
+    """Boundaries equivalent to Pyramid Flow's stage ranges, in global sigma.
+
+    Pyramid Flow ends stage ``i`` (coarse side of the jump to stage ``i - 1``) at natural level
+    ``i / S``; with amplitude gain ``c = m ** (i / 2)`` that is global ``b_i = c s / (1 - s + c s)``.
+    For S = 3 and m = 8 (2x2x2 blocks): (0.586, 0.941); m = 4 (first frame): (0.5, 0.889).
+    """
+    out = []
+    for i in range(1, num_stages):
+        s, c = i / num_stages, m ** (i / 2)
+        out.append(round(c * s / (1 - s + c * s), 6))
+    return tuple(out)
 
 
 def natural_levels_table(boundaries: Sequence[float], num_frames_per_stage: Sequence[int], keep_time: bool = False) -> list[dict]:

@@ -76,25 +76,46 @@ def angle_degrees(a: np.ndarray, b: np.ndarray) -> float:
     return math.degrees(math.acos(float(np.clip(np.dot(a, b) / norm, -1.0, 1.0))))
 
 
-def prompt_errors(m: Measurements, asked: world.Attributes) -> dict[str, float | str]:
-    """The raw adherence and quality numbers of one measured video against what the prompt asked."""
+def asked_motion(m: Measurements, asked: world.Attributes) -> tuple[float, float]:
+    """``(direction error in degrees, speed ratio)`` against what the caption names; NaN where it names nothing.
+
+    Without a named speed the direction is measurable when the object moves at least MIN_MOTION of
+    the slow speed; without a named direction the speed ratio is |v| / the named speed.
+    """
+    frames, height, width = m.frames, m.height, m.width
+    moved = float(np.linalg.norm(m.velocity))
+    reference = float(np.linalg.norm(world.velocity("right", asked.speed or "slow", frames, height, width)))
+    ratio = moved / reference if asked.speed is not None else math.nan
+    direction = math.nan
+    if asked.direction is not None and moved >= MIN_MOTION * reference:
+        direction = angle_degrees(m.velocity, np.asarray(world.DIRECTIONS[asked.direction]))
+    return direction, ratio
+
+
+def prompt_errors(m: Measurements, asked: world.Attributes) -> dict[str, float | str | None]:
+    """The raw adherence and quality numbers of one measured video against what the prompt asked.
+
+    An attribute the prompt does not name (a short caption) gives ``None`` for its adherence number.
+    """
     o = m.objects
-    expected_v = world.velocity(asked.direction, asked.speed, m.frames, m.height, m.width)
-    speed_ratio = float(np.linalg.norm(m.velocity) / np.linalg.norm(expected_v))
+    direction_error, speed_ratio = asked_motion(m, asked)
     probabilities = shape_probabilities(o.fill, o.skew)
     found = o.found
     names = list(SHAPE_PROTOTYPES)
     predicted = np.argmax(np.stack([probabilities[n] for n in names]), axis=0)[found]
     side = o.extent.max(axis=1)
-    asked_side = 2 * world.half_extent(asked.size, m.height, m.width)
+    colour = world.COLOURS.get(asked.colour) if asked.colour is not None else None
     return {
         "detected": float(found.mean()),
-        "colour_error": float(np.linalg.norm(_nanmedian(o.colour, axis=0) - np.asarray(world.COLOURS[asked.colour]))),
-        "shape_probability": float(probabilities[asked.shape][found].mean()) if found.any() else 0.0,
+        "colour_error": None if colour is None else float(np.linalg.norm(_nanmedian(o.colour, axis=0) - np.asarray(colour))),
+        "shape_probability": None if asked.shape is None else (
+            float(probabilities[asked.shape][found].mean()) if found.any() else 0.0),
         "shape_seen": names[int(np.bincount(predicted, minlength=3).argmax())] if found.any() else "none",
-        "size_error": abs(math.log(max(_nanmedian(side), 1e-6) / asked_side)) if found.any() else math.nan,
-        "direction_error_deg": angle_degrees(m.velocity, expected_v) if speed_ratio >= MIN_MOTION else math.nan,
-        "speed_ratio": speed_ratio,
+        "size_error": None if asked.size is None else (
+            abs(math.log(max(_nanmedian(side), 1e-6) / (2 * world.half_extent(asked.size, m.height, m.width))))
+            if found.any() else math.nan),
+        "direction_error_deg": None if asked.direction is None else direction_error,
+        "speed_ratio": None if asked.speed is None else speed_ratio,
         "smoothness_error": max(m.residual, m.acceleration) * REFERENCE_SIDE / min(m.height, m.width),
         "temporal_flickering": m.temporal_flickering,
         "background_flicker": m.background_flicker,
@@ -103,16 +124,24 @@ def prompt_errors(m: Measurements, asked: world.Attributes) -> dict[str, float |
     }
 
 
-def scores_from_errors(errors: dict) -> dict[str, float]:
-    """Each of SCORES in [0, 1] from ``prompt_errors``."""
-    ratio = errors["speed_ratio"]
+def _speed_error(ratio: float) -> float:
+    """|log(speed ratio)|, NaN when the ratio is."""
+    return abs(math.log(max(ratio, 1e-3))) if math.isfinite(ratio) else math.nan
+
+
+def scores_from_errors(errors: dict) -> dict[str, float | None]:
+    """Each of SCORES in [0, 1] from ``prompt_errors``; ``None`` for an attribute the prompt does not name."""
+    def scored(key: str, name: str, transform=lambda e: e) -> float | None:
+        value = errors[key]
+        return None if value is None else tolerance_score(transform(value), name)
+
     return {
         "detection": tolerance_score(1.0 - errors["detected"], "detection"),
-        "colour": tolerance_score(errors["colour_error"], "colour"),
+        "colour": scored("colour_error", "colour"),
         "shape": errors["shape_probability"],
-        "size": tolerance_score(errors["size_error"], "size"),
-        "direction": tolerance_score(errors["direction_error_deg"], "direction"),
-        "speed": tolerance_score(abs(math.log(max(ratio, 1e-3))) if math.isfinite(ratio) else math.nan, "speed"),
+        "size": scored("size_error", "size"),
+        "direction": scored("direction_error_deg", "direction"),
+        "speed": scored("speed_ratio", "speed", _speed_error),
         "smoothness": tolerance_score(errors["smoothness_error"], "smoothness"),
         "flicker": tolerance_score(errors["background_flicker"], "flicker"),
         "noise": tolerance_score(errors["noise"], "noise"),
@@ -120,22 +149,25 @@ def scores_from_errors(errors: dict) -> dict[str, float]:
     }
 
 
-def overall_score(scores: dict[str, float]) -> float:
-    """Geometric mean of the SCORES, each floored at SCORE_FLOOR."""
-    return float(math.exp(np.mean([math.log(max(scores[k], SCORE_FLOOR)) for k in SCORES])))
+def overall_score(scores: dict[str, float | None]) -> float:
+    """Geometric mean of the SCORES the prompt lets ToyBench judge (not ``None``), each floored at SCORE_FLOOR."""
+    values = [max(scores[k], SCORE_FLOOR) for k in SCORES if scores[k] is not None]
+    return float(math.exp(np.mean(np.log(values))))
 
 
 def score_video(video: torch.Tensor | np.ndarray, prompt: str) -> dict:
     """ToyBench of one video [F, 3, H, W] (float in [0, 1] or uint8) against its toy-world prompt.
 
-    Returns ``{"prompt", "scores": {SCORES...}, "overall", "raw": {...}}``.
+    Returns ``{"prompt", "scores": {SCORES...}, "overall", "raw": {...}, "named": [...]}``. A short
+    prompt (``a red square moving left``) is judged on what it names: the scores of the attributes
+    it leaves out are ``None`` and ``overall`` is the geometric mean of the others.
     """
-    asked = world.parse_caption(prompt)
+    asked = world.parse_caption(prompt, partial=True)
     measured = measure_video(video)
     errors = prompt_errors(measured, asked)
     scores = scores_from_errors(errors)
     return {"prompt": prompt, "scores": scores, "overall": overall_score(scores), "raw": errors,
-            "features": feature_vector(measured).tolist()}
+            "named": list(world.named(asked)), "features": feature_vector(measured).tolist()}
 
 
 # ---- feature vectors and the Fréchet distance -------------------------------------------------------
@@ -207,9 +239,26 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
+def intervals(results: Sequence[dict], level: float = 0.95) -> dict[str, dict[str, float | int | None]]:
+    """Mean and ``level`` interval (``pyrawan.eval.stats.mean_ci``, bootstrap over videos) of overall and each score.
+
+    ``results`` are ``score_video`` outputs (of any number of seed sets); a score is averaged over the
+    videos whose prompt names it, and ``n`` says over how many (``mean`` is ``None`` when none do).
+    """
+    from pyrawan.eval.stats import mean_ci
+
+    out = {}
+    for name in ("overall", *SCORES):
+        values = [r["overall"] if name == "overall" else r["scores"][name] for r in results]
+        values = [v for v in values if v is not None]
+        mean, low, high = mean_ci(values, level) if values else (None, None, None)
+        out[name] = {"mean": mean, "low": low, "high": high, "n": len(values)}
+    return out
+
+
 def score_set(videos: Sequence[torch.Tensor | np.ndarray], prompts: Sequence[str],
               reference_videos: Sequence[torch.Tensor | np.ndarray] | None = None) -> dict:
-    """ToyBench of a set: per-video results, mean scores and raw numbers, and the FD to references.
+    """ToyBench of a set: per-video results, mean scores and raw numbers, 95 % intervals, and the FD to references.
 
     ``fd`` is the Fréchet distance between the judge features of ``videos`` and of
     ``reference_videos``, both standardised by the reference statistics (None without references).
@@ -229,5 +278,6 @@ def score_set(videos: Sequence[torch.Tensor | np.ndarray], prompts: Sequence[str
         "raw": {k: _mean([r["raw"][k] for r in results]) for k in raw_keys},
         "fd": fd,
         "reference_videos": None if reference_videos is None else len(reference_videos),
+        "intervals": intervals(results),
         "per_video": results,
     }

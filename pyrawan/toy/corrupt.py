@@ -81,12 +81,13 @@ def mp4_round_trip(video: torch.Tensor, folder: Path, name: str) -> torch.Tensor
 
 
 def validation_videos(n: int = 16, seed: int = 0, frames: int = 17, height: int = 64, width: int = 64,
-                      mp4: bool = True) -> tuple[list[str], dict[str, list[torch.Tensor]]]:
+                      mp4: bool = True, short: bool = False) -> tuple[list[str], dict[str, list[torch.Tensor]]]:
     """(captions, {"real" | corruption: videos}) for ``n`` scenes drawn with ``seed``.
 
-    ``real'`` holds ``n`` more scenes (seed + 1) for the real-vs-real Fréchet distance.
+    ``real'`` holds ``n`` more scenes (seed + 1) for the real-vs-real Fréchet distance. ``short``:
+    short captions (``world.short_caption``, drawn with seed + 2) instead of full ones.
     """
-    from pyrawan.toy.world import caption, render, sample_scene
+    from pyrawan.toy.world import caption, render, sample_scene, short_caption
 
     rng, other = np.random.default_rng(seed), np.random.default_rng(seed + 1)
     scenes, spare = [sample_scene(rng) for _ in range(n)], [sample_scene(other) for _ in range(n)]
@@ -97,15 +98,21 @@ def validation_videos(n: int = 16, seed: int = 0, frames: int = 17, height: int 
         with tempfile.TemporaryDirectory() as tmp:
             sets = {key: [mp4_round_trip(v, Path(tmp), f"{i}") for i, v in enumerate(videos)]
                     for key, videos in sets.items()}
+    if short:
+        shorts = np.random.default_rng(seed + 2)
+        return [short_caption(s, shorts) for s in scenes], sets
     return [caption(s) for s in scenes], sets
 
 
 def validate(n: int = 16, seed: int = 0, frames: int = 17, height: int = 64, width: int = 64,
-             mp4: bool = True) -> dict[str, dict]:
-    """``score_set`` of the real videos and of each corruption (FD against ``real'``), by condition."""
+             mp4: bool = True, short: bool = False) -> dict[str, dict]:
+    """``score_set`` of the real videos and of each corruption (FD against ``real'``), by condition.
+
+    ``short``: judge against short captions (each names the shape and about half the rest).
+    """
     from pyrawan.toy.bench import features_of, reference_fd, score_set
 
-    captions, sets = validation_videos(n, seed, frames, height, width, mp4)
+    captions, sets = validation_videos(n, seed, frames, height, width, mp4, short)
     reference = features_of(sets.pop("real'"))
     results = {key: score_set(videos, captions) for key, videos in sets.items()}
     for result in results.values():

@@ -3,6 +3,7 @@
     python -m pyrawan.toy.ship --text-encoder                      # the seeded text encoder (seed 0)
     python -m pyrawan.toy.ship --vae runs/toytrain/vae             # a train_vae.py output folder
     python -m pyrawan.toy.ship --transformer runs/toytrain/teacher # a `pyrawan finetune` artifact
+    python -m pyrawan.toy.ship --write-base runs/toytrain/base-p1 --patch 1   # a base to pretrain a teacher from
 
 Each call updates ``weights.json``: ``{component: {"file", "sha256", "bytes", "config", "source"}}``,
 where ``config`` is the full constructor config the loader builds the module from
@@ -59,13 +60,54 @@ def transformer_entry(artifact: Path) -> dict:
     return _record("transformer", state, config, f"pyrawan finetune recipes/toy-teacher.yaml ({artifact.name})")
 
 
+def write_base(folder: Path, patch: int | None = None, vae: Path | None = None,
+               weights: Path | None = None) -> Path:
+    """Write the toy stack as a diffusers pipeline folder whose transformer may have another patch size.
+
+    ``pyrawan finetune toy-teacher base=FOLDER`` (``from_scratch``) then pretrains a teacher of that
+    architecture; the transformer's weights in FOLDER are random (seed 0) and never used.
+    ``vae``: a ``train_vae.py`` output folder to use instead of the shipped VAE. ``weights``: a
+    transformer state in safetensors (e.g. a finetune checkpoint's ``ema.safetensors``), so a
+    checkpoint of a running teacher can be sampled with ``pyrawan sample --model FOLDER``.
+    """
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    from pyrawan.fsutil import atomic_path
+    from pyrawan.models.denoiser import pipeline_for
+    from pyrawan.models.presets import build_preset, seeded
+    from pyrawan.models.toy import default_config
+
+    stack = build_preset("toy")
+    config = dict(default_config("transformer"))
+    if patch is not None:
+        config["patch_size"] = (1, patch, patch)
+    with seeded(0):
+        stack.transformer = WanTransformer3DModel(**config).eval()
+    if weights is not None:
+        stack.transformer.load_state_dict(load_file(str(weights)), strict=True)
+    if vae is not None:
+        stack.vae = AutoencoderKLWan(**json.loads((vae / "config.json").read_text())).eval()
+        stack.vae.load_state_dict(load_file(str(vae / "vae.safetensors")))
+    with atomic_path(folder, is_dir=True) as tmp:
+        pipeline_for(stack).save_pretrained(str(tmp), safe_serialization=True)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI entry: update the shipped toy weights."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--text-encoder", action="store_true")
     ap.add_argument("--vae", type=Path)
     ap.add_argument("--transformer", type=Path)
+    ap.add_argument("--write-base", type=Path, help="write a diffusers folder of the toy stack (no shipping)")
+    ap.add_argument("--patch", type=int, default=None, help="with --write-base: the transformer's spatial patch")
+    ap.add_argument("--base-vae", type=Path, default=None, help="with --write-base: a train_vae.py output folder")
+    ap.add_argument("--base-weights", type=Path, default=None,
+                    help="with --write-base: transformer weights (a finetune checkpoint's ema.safetensors)")
     args = ap.parse_args(argv)
+    if args.write_base is not None:
+        print(write_base(args.write_base, args.patch, args.base_vae, args.base_weights))
+        return
     index = weights_index()
     if args.text_encoder:
         index["text_encoder"] = text_encoder_entry()

@@ -81,40 +81,66 @@ def object_weight(x: torch.Tensor, boost: float) -> torch.Tensor:
     return weight / weight.mean()
 
 
+def edge_error(recon: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted mean |∇recon − ∇x| over horizontal and vertical pixel differences ([B, 3, F, H, W] inputs).
+
+    Blurred edges have smaller gradients than the sharp targets, so this term is large exactly where
+    ToyBench's sharpness and shape measures look (the object's outline).
+    """
+    dx = ((recon.diff(dim=-1) - x.diff(dim=-1)).abs() * weight[..., :, 1:]).mean()
+    dy = ((recon.diff(dim=-2) - x.diff(dim=-2)).abs() * weight[..., 1:, :]).mean()
+    return dx + dy
+
+
+def learning_rate(lr: float, step: int, elapsed: float, minutes: float) -> float:
+    """50 warm-up steps, then a cosine over the time budget down to 10 % of ``lr``."""
+    cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / minutes)))
+    return lr * min(1.0, (step + 1) / 50) * cosine
+
+
 def train(vae: AutoencoderKLWan, pool: torch.Tensor, tracks: torch.Tensor, minutes: float, steps: int, batch: int,
           lr: float, kl_weight: float, seed: int, object_boost: float = 0.0, crop: int = 32,
-          checkpoint=None, save_every: float = 0.0, loss: str = "mse") -> list[dict]:
-    """Train in place until ``steps`` or ``minutes`` run out; returns the loss log.
+          checkpoint=None, save_every: float = 0.0, loss: str = "mse", decode: str = "sample",
+          edge_weight: float = 0.0, state: dict | None = None) -> list[dict]:
+    """Train in place until ``steps`` or ``minutes`` (both counted over all resumes) run out; returns the loss log.
 
     ``loss`` is the pixel error, ``mse`` or ``l1`` (sharper edges: its gradient does not vanish
     with the error, so thin corners are not averaged away); the log's ``mse`` is always the MSE.
+    ``decode``: decode a posterior ``sample`` (trains the decoder to tolerate latent noise) or the
+    posterior ``mode`` (what the decoder sees at use: the teacher generates clean latents).
+    ``edge_weight`` adds ``edge_error``.
 
-    ``checkpoint()``, when given, is called every ``save_every`` minutes (a long run keeps its
-    latest weights if it is stopped).
+    ``checkpoint(opt, gen, log, minutes)``, when given, is called every ``save_every`` minutes and
+    at the end (a stopped run keeps its latest weights and can be resumed). ``state`` (from
+    ``load_state``) continues such a run: optimiser moments, step, minutes spent, data RNG and log.
     """
     gen = torch.Generator().manual_seed(seed)
-    saved_at = 0.0
     opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    log, start = [], time.time()
+    log, spent, first = [], 0.0, 0
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        log, spent, first = state["log"], float(state["minutes"]), int(state["step"])
+    saved_at, start = spent, time.time()
     vae.train()
-    for step in range(steps):
-        elapsed = (time.time() - start) / 60
+    elapsed = spent
+    for step in range(first, steps):
+        elapsed = spent + (time.time() - start) / 60
         if elapsed > minutes:
             break
-        for group in opt.param_groups:   # 50 warm-up steps, then cosine over the time budget, floor 10 %
-            cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / minutes)))
-            group["lr"] = lr * min(1.0, (step + 1) / 50) * cosine
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(lr, step, elapsed, minutes)
         if checkpoint is not None and save_every > 0 and elapsed - saved_at >= save_every:
-            checkpoint()
+            checkpoint(opt, gen, log, elapsed)
             saved_at = elapsed
         x = random_batch(pool, tracks, batch, WINDOWS[step % len(WINDOWS)], gen, crop)
         post = vae.encode(x).latent_dist
-        recon = vae.decode(post.sample(gen)).sample
+        recon = vae.decode(post.sample(gen) if decode == "sample" else post.mode()).sample
         weight = object_weight(x, object_boost)
         mse = (weight * (recon - x) ** 2).mean()
         error = mse if loss == "mse" else (weight * (recon - x).abs()).mean()
         kl = post.kl().mean() / post.mean[0].numel()
-        total = error + kl_weight * kl
+        total = error + kl_weight * kl + (edge_weight * edge_error(recon, x, weight) if edge_weight else 0.0)
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -122,6 +148,8 @@ def train(vae: AutoencoderKLWan, pool: torch.Tensor, tracks: torch.Tensor, minut
         log.append({"step": step, "mse": mse.item(), "kl": kl.item(), "minutes": round(elapsed, 2)})
         if step % 100 == 0:
             print(json.dumps(log[-1]), flush=True)
+    if checkpoint is not None:
+        checkpoint(opt, gen, log, elapsed)
     return log
 
 
@@ -145,7 +173,9 @@ def bench_reconstructions(vae: AutoencoderKLWan, videos: torch.Tensor, captions:
                        for i in range(0, len(videos), 4)])
     frames = ((recon.clamp(-1, 1) + 1) / 2).permute(0, 2, 1, 3, 4)      # [n, F, 3, H, W]
     result = score_set(list(frames), captions)
-    return {"mse": float(((recon.clamp(-1, 1) - videos) ** 2).mean()), "scores": result["scores"]}
+    per_video = [{"overall": r["overall"], "scores": r["scores"]} for r in result["per_video"]]
+    return {"mse": float(((recon.clamp(-1, 1) - videos) ** 2).mean()), "scores": result["scores"],
+            "overall": result["overall"], "per_video": per_video}
 
 
 def save(vae: AutoencoderKLWan, config: dict, out: Path) -> None:
@@ -154,16 +184,91 @@ def save(vae: AutoencoderKLWan, config: dict, out: Path) -> None:
 
     from pyrawan.fsutil import atomic_path, atomic_write_text
 
+    out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "vae.safetensors") as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}, str(tmp))
     atomic_write_text(out / "config.json", json.dumps(config, indent=1))
+
+
+STATE_FILE = "train_state.pt"
+RESUMABLE_ARGS = ("minutes", "steps", "save_every", "resume", "device")   # may change between a run and its resume
+
+
+def save_state(out: Path, opt: torch.optim.Optimizer, gen: torch.Generator, log: list[dict], minutes: float,
+               args: dict) -> None:
+    """Write ``out/train_state.pt`` (tensors, numbers and strings only: it loads with ``weights_only``)."""
+    from pyrawan.fsutil import atomic_path
+
+    state = {"optimizer": opt.state_dict(), "generator": gen.get_state(), "log": log, "minutes": minutes,
+             "step": (log[-1]["step"] + 1) if log else 0, "args": args}
+    with atomic_path(out / STATE_FILE) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(out: Path, args: dict) -> dict:
+    """The saved state of the run in ``out``; an ``InputError`` when there is none or the arguments differ."""
+    from pyrawan.errors import InputError
+
+    path = out / STATE_FILE
+    if not path.is_file():
+        raise InputError(f"--resume: {path} does not exist, so {out} holds no resumable train_vae run. Drop "
+                         "--resume to start a new run, or give the --out folder of the run to continue.")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    changed = {k: (state["args"].get(k), v) for k, v in args.items()
+               if k not in RESUMABLE_ARGS and state["args"].get(k) != v}
+    if changed:
+        shown = ", ".join(f"--{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in changed.items())
+        raise InputError(f"--resume: the arguments differ from those of the run in {out} ({shown}). Only "
+                         f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE_ARGS[:3])} may change; "
+                         "repeat the run's command with --resume.")
+    return state
+
+
+def init_weights(init: Path | None, base_dim: int) -> tuple[dict, dict | None, dict | None]:
+    """``(constructor config, state dict or None, {latents_mean, latents_std} or None)`` to start from.
+
+    ``init``: None (random init of width ``base_dim``), ``shipped`` (the package's VAE, config from
+    ``weights.json``) or the ``--out`` folder of an earlier run.
+    """
+    from safetensors.torch import load_file
+
+    from pyrawan.models.toy import WEIGHTS_DIR, weights_index
+
+    if init is None:
+        return {**TOY_VAE, "base_dim": base_dim}, None, None
+    if str(init) == "shipped":
+        entry = weights_index()["vae"]
+        config, weights = dict(entry["config"]), WEIGHTS_DIR / entry["file"]
+    else:
+        config, weights = json.loads((init / "config.json").read_text()), init / "vae.safetensors"
+    stats = {k: config.pop(k) for k in ("latents_mean", "latents_std") if k in config}
+    return config, load_file(str(weights)), stats or None
+
+
+def bench_only(init: Path | None, out: Path, n: int, seed: int) -> dict:
+    """ToyBench (means and 95 % intervals) of ``init``'s reconstructions of ``n`` held-out scenes -> ``out/bench.json``."""
+    from pyrawan.fsutil import atomic_write_text
+    from pyrawan.toy.bench import intervals
+
+    arch, weights, stats = init_weights(init, TOY_VAE["base_dim"])
+    vae = AutoencoderKLWan(**arch)
+    vae.load_state_dict(weights)
+    held, captions, _ = render_pool(n, seed)
+    result = bench_reconstructions(vae, held, captions)
+    report = {"vae": str(init), "videos": n, "seed": seed, "mse": result["mse"],
+              "intervals": intervals(result["per_video"])}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "bench.json", json.dumps(report, indent=1))
+    print(json.dumps({k: [round(v["mean"], 3), round(v["low"], 3), round(v["high"], 3)]
+                      for k, v in report["intervals"].items()}), flush=True)
+    return report
 
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry: ``python -m pyrawan.toy.train_vae --out DIR``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--minutes", type=float, default=12.0)
+    ap.add_argument("--minutes", type=float, default=12.0, help="time budget over all resumes")
     ap.add_argument("--steps", type=int, default=100_000)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--pool", type=int, default=256)
@@ -175,44 +280,60 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--crop", type=int, default=32, help="training crop in pixels, a multiple of 8 up to 64")
     ap.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
     ap.add_argument("--loss", choices=("mse", "l1"), default="mse", help="pixel error")
+    ap.add_argument("--decode", choices=("sample", "mode"), default="sample", help="decode a posterior sample or its mode")
+    ap.add_argument("--edge-weight", type=float, default=0.0, help="weight of the L1 error of pixel gradients")
     ap.add_argument("--save-every", type=float, default=0.0, help="checkpoint every N minutes (0: at the end only)")
-    ap.add_argument("--init", type=Path, default=None, help="continue from OUT of an earlier run")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from OUT of an earlier run, or 'shipped' (the package's VAE)")
     ap.add_argument("--decoder-only", action="store_true",
                     help="freeze the encoder (keeps --init's latents and statistics; the teacher stays valid)")
+    ap.add_argument("--resume", action="store_true", help="continue the run in --out (same arguments)")
+    ap.add_argument("--holdout", type=int, default=16, help="held-out scenes scored by ToyBench at the end")
+    ap.add_argument("--bench-only", action="store_true",
+                    help="no training: score --init's reconstructions of --holdout held-out scenes into OUT/bench.json")
     args = ap.parse_args(argv)
+    if args.bench_only:
+        bench_only(args.init, args.out, args.holdout, args.seed + 1)
+        return
+    shown = {k: str(v) for k, v in vars(args).items()}
+    state = load_state(args.out, shown) if args.resume else None
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(args.seed)
     pool, _, tracks = render_pool(args.pool, args.seed)
     pool = pool.to(device)
-    arch = {**TOY_VAE, "base_dim": args.base_dim} if args.init is None else {
-        k: v for k, v in json.loads((args.init / "config.json").read_text()).items()
-        if k not in ("latents_mean", "latents_std")}
+    arch, weights, init_stats = init_weights(args.init, args.base_dim)
     vae = AutoencoderKLWan(**arch)
-    if args.init is not None:
+    if state is not None:
         from safetensors.torch import load_file
 
-        vae.load_state_dict(load_file(str(args.init / "vae.safetensors")))
+        weights = load_file(str(args.out / "vae.safetensors"))
+    if weights is not None:
+        vae.load_state_dict(weights)
     vae.to(device)
     if args.decoder_only:
         for module in (vae.encoder, vae.quant_conv):
             module.requires_grad_(False)
+
+    def checkpoint(opt: torch.optim.Optimizer, gen: torch.Generator, log: list[dict], minutes: float) -> None:
+        save(vae, arch, args.out)
+        save_state(args.out, opt, gen, log, minutes, shown)
+
     log = train(vae, pool, tracks, args.minutes, args.steps, args.batch, args.lr, args.kl_weight, args.seed,
-                args.object_boost, args.crop, checkpoint=lambda: save(vae, arch, args.out),
-                save_every=args.save_every, loss=args.loss)
-    if args.decoder_only:
-        init = json.loads((args.init / "config.json").read_text())
-        mean, std = init["latents_mean"], init["latents_std"]
+                args.object_boost, args.crop, checkpoint=checkpoint, save_every=args.save_every, loss=args.loss,
+                decode=args.decode, edge_weight=args.edge_weight, state=state)
+    if args.decoder_only and init_stats is not None:
+        mean, std = init_stats["latents_mean"], init_stats["latents_std"]
     else:
         mean, std = latent_stats(vae, pool[:64])
     vae.register_to_config(latents_mean=mean, latents_std=std)
-    held, captions, _ = render_pool(16, args.seed + 1)
-    report = {"args": {k: str(v) for k, v in vars(args).items()}, "device": str(device), "steps": len(log),
-              "final": log[-1], "reconstruction": bench_reconstructions(vae, held, captions)}
+    held, captions, _ = render_pool(args.holdout, args.seed + 1)
+    report = {"args": shown, "device": str(device), "steps": len(log), "final": log[-1] if log else None,
+              "reconstruction": bench_reconstructions(vae, held, captions)}
     save(vae, {**arch, "latents_mean": mean, "latents_std": std}, args.out)
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
-    print(json.dumps(report["reconstruction"]), flush=True)
+    print(json.dumps(report["reconstruction"]["scores"]), flush=True)
 
 
 if __name__ == "__main__":

@@ -46,19 +46,22 @@ SYNONYMS = {"grey": "gray", "slowly": "slow", "quickly": "fast", "quick": "fast"
 
 @dataclass(frozen=True)
 class Attributes:
-    """What a caption says about a scene (and what the judge checks); InputError for unknown values."""
+    """What a caption says about a scene (and what the judge checks); InputError for unknown values.
 
-    shape: str
-    colour: str
-    size: str
-    direction: str
-    speed: str
-    background: str
-    style: str
+    A short caption leaves attributes out: those are ``None`` (``parse_caption(text, partial=True)``).
+    """
+
+    shape: str | None
+    colour: str | None
+    size: str | None
+    direction: str | None
+    speed: str | None
+    background: str | None
+    style: str | None
 
     def __post_init__(self) -> None:
         for name, values in {**vocabulary(), "style": STYLES}.items():
-            if getattr(self, name) not in values:
+            if getattr(self, name) is not None and getattr(self, name) not in values:
                 raise InputError(f"toy scene: {name} = {getattr(self, name)!r} is not in the grammar; "
                                  f"choose one of {', '.join(values)}.")
 
@@ -124,11 +127,14 @@ def vocabulary() -> dict[str, tuple[str, ...]]:
             "speed": tuple(SPEEDS), "background": tuple(BACKGROUNDS)}
 
 
-def parse_caption(text: str) -> Attributes:
+def parse_caption(text: str, partial: bool = False) -> Attributes:
     """The attributes a caption asks for; word order is free, ``grey``/``slowly``/``quickly`` accepted.
 
     Each of shape, colour, size, direction, speed and background must be named exactly once;
-    style is ``gradient`` if the word appears, else ``plain``. Anything else is an InputError.
+    style is ``gradient`` if the word appears, else ``plain``. With ``partial`` (short captions such
+    as ``a red square moving left``) an attribute may be left out and is then ``None`` (style too,
+    when the background is); the caption must still name at least one attribute. Anything else is
+    an InputError that says which attributes are missing or repeated.
     """
     words = [SYNONYMS.get(w, w) for w in re.findall(r"[a-z]+(?:-[a-z]+)?", text.lower())]
     found, problems = {}, []
@@ -136,16 +142,26 @@ def parse_caption(text: str) -> Attributes:
         values = sorted({w for w in words if w in vocab})
         if len(values) == 1:
             found[name] = values[0]
-        else:
+        elif values or not partial:
             named = f"several: {', '.join(values)}" if values else f"none of {', '.join(vocab)}"
             problems.append(f"{name} ({named})")
+        else:
+            found[name] = None
+    if partial and not problems and all(v is None for v in found.values()):
+        problems.append("no attribute of the toy grammar at all")
     if problems:
         example = caption(Attributes("circle", "red", "small", "up-left", "slow", "gray", "plain"))
         raise InputError(
             f"the prompt {text!r} is not a toy-world caption: it names {'; '.join(problems)}. ToyBench judges "
-            f"prompts of the toy grammar, e.g. {example!r} (see docs/toy-world.md); make prompts with "
-            "`pyrawan toy make-dataset` or write them in that form.")
-    return Attributes(**found, style="gradient" if "gradient" in words else "plain")
+            f"prompts of the toy grammar, e.g. {example!r} or a short one such as 'a red circle moving up-left' "
+            "(see docs/toy-world.md); make prompts with `pyrawan toy make-dataset` or write them in that form.")
+    style = "gradient" if "gradient" in words else "plain"
+    return Attributes(**found, style=None if found["background"] is None and style == "plain" else style)
+
+
+def named(asked: Attributes) -> tuple[str, ...]:
+    """The attributes a (possibly short) caption names."""
+    return tuple(name for name in vocabulary() if getattr(asked, name) is not None)
 
 
 # ---- geometry shared by the renderer and the judge -------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from pyrawan import dist
@@ -148,14 +149,54 @@ def problem(folder: Path) -> str | None:
         files = marker["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return f"no valid {MARKER} (it was interrupted while being written)"
-    if marker.get("format") != FORMAT:
-        return f"{MARKER} has format {marker.get('format')!r}, not {FORMAT!r}"
+    if not isinstance(marker, dict) or marker.get("format") != FORMAT:
+        return f"{MARKER} has format {marker.get('format') if isinstance(marker, dict) else None!r}, not {FORMAT!r}"
+    if not isinstance(files, dict) or not all(isinstance(e, dict) and {"bytes", "sha256"} <= e.keys()
+                                              for e in files.values()):
+        return f"{MARKER} is malformed (its 'files' are not {{path: {{sha256, bytes}}}})"
     for rel, entry in files.items():
         path = folder / rel
+        if ".." in Path(rel).parts or Path(rel).is_absolute():
+            return f"{MARKER} lists {rel}, a path outside the checkpoint"
         if not path.is_file():
             return f"{rel} is missing"
         if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
             return f"{rel} does not match its sha256 in {MARKER} (corrupt)"
+    return content_problem(folder, files)
+
+
+STATE_KEYS = {"step": int, "recipe": dict}
+COUNTERS = ("consumed", "iteration")     # a loop's counters (finetune: consumed; distill: iteration)
+
+
+def content_problem(folder: Path, files: dict) -> str | None:
+    """Why files that match their hashes still cannot be resumed from (damaged state, JSON or tensors)."""
+    try:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "state.json is missing or is not valid JSON (damaged state)"
+    if not isinstance(state, dict):
+        return "state.json is not a JSON object (damaged state)"
+    for key, kind in STATE_KEYS.items():
+        if key not in state and key != "step":
+            continue                                    # optional (e.g. tests write only the step)
+        if not isinstance(state.get(key), kind) or isinstance(state[key], bool) or (kind is int and state[key] < 0):
+            return f"state.json has no valid {key!r} (damaged state)"
+    if not any(key in state for key in COUNTERS):
+        return f"state.json has none of the loop counters {', '.join(COUNTERS)} (damaged state)"
+    for key in COUNTERS:
+        if key in state and (not isinstance(state[key], int) or state[key] < 0):
+            return f"state.json has no valid {key!r} (damaged state)"
+    for rel in files:
+        path = folder / rel
+        try:
+            if rel.endswith(".json"):
+                json.loads(path.read_text(encoding="utf-8"))
+            elif rel.endswith(".safetensors"):
+                with safe_open(str(path), framework="pt"):
+                    pass
+        except (OSError, ValueError, SafetensorError) as err:
+            return f"{rel} is damaged ({type(err).__name__}: {str(err)[:120]})"
     return None
 
 

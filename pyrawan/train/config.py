@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+MAX_STEPS, MAX_BATCH = 10_000_000, 65_536  # caps: typos fail at validation, not after allocating
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
 
 
@@ -20,17 +21,17 @@ def _fail(message: str) -> PydanticCustomError:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Optimizer(_Section):
     """AdamW and its learning-rate schedule (linear warm-up, then cosine or constant)."""
 
-    lr: float = Field(1e-5, gt=0, description="Peak learning rate (1e-5 full finetune; LoRA usually 1e-4).")
+    lr: float = Field(1e-5, gt=0, le=1.0, description="Peak learning rate (1e-5 full finetune; LoRA usually 1e-4).")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
-    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW decoupled weight decay.")
-    warmup_steps: int = Field(250, ge=0, description="Linear warm-up from 0 to lr over this many steps.")
+    eps: float = Field(1e-8, gt=0, le=1.0, description="AdamW epsilon.")
+    weight_decay: float = Field(0.01, ge=0, le=10.0, description="AdamW decoupled weight decay.")
+    warmup_steps: int = Field(250, ge=0, le=MAX_STEPS, description="Linear warm-up from 0 to lr over this many steps.")
     schedule: Literal["cosine", "constant"] = Field("cosine", description="After warm-up: cosine decay to "
                                                     "min_lr_ratio * lr at the last step, or constant.")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine floor as a fraction of lr.")
@@ -40,10 +41,10 @@ class Lora(_Section):
     """LoRA adapters (peft) instead of full finetuning."""
 
     enabled: bool = Field(False, description="Train LoRA adapters only; the base weights stay frozen.")
-    rank: int = Field(32, ge=1, description="Adapter rank r.")
-    alpha: float = Field(32.0, gt=0, description="Adapter scale numerator (scale = alpha / rank).")
+    rank: int = Field(32, ge=1, le=4096, description="Adapter rank r.")
+    alpha: float = Field(32.0, gt=0, le=1e6, description="Adapter scale numerator (scale = alpha / rank).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
-    target_modules: tuple[str, ...] = Field(LORA_TARGETS, min_length=1, description=(
+    target_modules: tuple[str, ...] = Field(LORA_TARGETS, min_length=1, max_length=64, description=(
         "Module name suffixes that get adapters (diffusers names: attn1/attn2 to_q,to_k,to_v,to_out.0 and "
         "ffn.net.0.proj, ffn.net.2)."))
 
@@ -53,49 +54,52 @@ class Ema(_Section):
 
     enabled: bool = Field(False, description="Keep an fp32 EMA of the trainable weights; the output model holds it.")
     decay: float = Field(0.999, gt=0, lt=1, description="EMA decay per optimiser step (0.999 ~ last 1000 steps).")
-    start_step: int = Field(0, ge=0, description="Copy the weights (no averaging) until this step.")
+    start_step: int = Field(0, ge=0, le=MAX_STEPS, description="Copy the weights (no averaging) until this step.")
 
 
 class Checkpoint(_Section):
     """Resumable training state, written atomically under OUT.run/checkpoints/."""
 
-    every: int = Field(500, ge=0, description="Write a checkpoint every N optimiser steps (0 = never; "
+    every: int = Field(500, ge=0, le=MAX_STEPS, description="Write a checkpoint every N optimiser steps (0 = never; "
                                                 "the final model is still written).")
-    keep: int = Field(2, ge=1, description="Keep the last k complete checkpoints.")
+    keep: int = Field(2, ge=1, le=1000, description="Keep the last k complete checkpoints.")
 
 
 class Validation(_Section):
     """Pyramidal flow-matching loss per stage on held-out samples with fixed noise and levels."""
 
-    every: int = Field(250, ge=0, description="Validate every N steps, at step 0 and at the end (0 = never).")
-    holdout: int = Field(8, ge=0, description="The last N items of the data are held out of training.")
-    levels: tuple[float, ...] = Field((0.1, 0.5, 0.9), min_length=1, description=(
+    every: int = Field(250, ge=0, le=MAX_STEPS, description="Validate every N steps, at step 0 and at the end (0 = never).")
+    holdout: int = Field(8, ge=0, le=1_000_000, description="The last N items of the data are held out of training.")
+    levels: tuple[float, ...] = Field((0.1, 0.5, 0.9), min_length=1, max_length=64, description=(
         "Local levels rho in [0, 1] at which every held-out sample is noised (1 = noisy end of the stage)."))
-    batch_size: int = Field(6, ge=1, description="Samples per validation forward.")
+    batch_size: int = Field(6, ge=1, le=MAX_BATCH, description="Samples per validation forward.")
 
 
 class Train(_Section):
     """How to finetune: steps, batch, engine, optimiser, LoRA, EMA, checkpoints, validation."""
 
-    steps: int = Field(5000, ge=1, description="Optimiser steps.")
-    batch_size: int = Field(6, ge=1, description="Samples per GPU per micro-step, spread over the stages "
+    steps: int = Field(5000, ge=1, le=MAX_STEPS, description="Optimiser steps.")
+    batch_size: int = Field(6, ge=1, le=MAX_BATCH, description="Samples per GPU per micro-step, spread over the stages "
                                                  "(6 = 2 per stage for 3 stages, the paper's setting).")
-    stage_split: tuple[int, ...] | None = Field(None, description=(
+    stage_split: tuple[int, ...] | None = Field(None, max_length=8, description=(
         "Samples per stage, coarsest first, summing to batch_size (e.g. [1, 2, 1], Pyramid Flow's mix); "
         "null = uniform."))
-    grad_accum: int = Field(1, ge=1, description="Micro-steps per optimiser step (global batch = "
+    grad_accum: int = Field(1, ge=1, le=MAX_BATCH, description="Micro-steps per optimiser step (global batch = "
                                                  "batch_size x grad_accum x GPUs).")
     engine: Literal["auto", "single", "ddp", "deepspeed"] = Field("auto", description=(
         "auto = ddp under torchrun (WORLD_SIZE > 1), else single; deepspeed = ZeRO (any launcher)."))
     zero_stage: Literal[1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage (engine: deepspeed).")
     gradient_checkpointing: bool = Field(True, description="Recompute block activations in backward "
                                                            "(about 15x less activation memory at 1.3B).")
-    max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm (0 = no clipping).")
+    max_grad_norm: float = Field(1.0, ge=0, le=1e6, description="Clip the global gradient norm (0 = no clipping).")
     cfg_dropout: float = Field(0.1, ge=0, le=1, description="Probability of replacing a caption by the "
                                                             "empty-prompt embedding (for guidance).")
-    align_weight: float = Field(0.0, ge=0, description=(
+    align_weight: float = Field(0.0, ge=0, le=1e6, description=(
         "Weight of the alignment loss: MSE between the student's and the frozen base model's velocity on "
         "the same noisy input (docs/finetune.md); 0 = off."))
+    process: Literal["pyramidal", "multires"] = Field("pyramidal", description=(
+        "pyramidal = pyramidal flow matching over the pyramid's stages; multires = ordinary flow matching on the "
+        "clean latents of every stage's resolution (the DMD-OT teacher; the result is a plain one-stage model)."))
     from_scratch: bool = Field(False, description="Re-initialise the transformer randomly (seeded) instead "
                                                   "of starting from the base weights (teacher pretraining).")
     on_nonfinite: Literal["stop", "skip"] = Field("stop", description=(

@@ -115,8 +115,14 @@ class StageBatch:
     eps: torch.Tensor
     rho: torch.Tensor
 
-    def sample(self, pyramid: PyramidConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(x, sigma_nat [n, T], target velocity)`` of pyramidal flow matching (pyramid-math.md section 4)."""
+    def sample(self, pyramid: PyramidConfig, process: str = "pyramidal") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x, sigma_nat [n, T], target velocity)`` of pyramidal flow matching (pyramid-math.md section 4),
+        or with ``process="multires"`` of ordinary flow matching at this stage's resolution
+        (``x = (1 - rho) x0 + rho eps``, level ``rho`` for every frame, target ``eps - x0``)."""
+        if process == "multires":
+            r = self.rho.to(self.x0.dtype).view(-1, 1, 1, 1, 1)
+            sigma_nat = self.rho.view(-1, 1).expand(-1, self.x0.shape[2])
+            return (1 - r) * self.x0 + r * self.eps, sigma_nat, self.eps - self.x0
         sigma_c, sigma_n = pyramid.levels(self.stage, self.x0.shape[2])
         return pyramid_flow_sample(self.x0, self.x0_up, self.eps, self.rho, sigma_c, sigma_n)
 

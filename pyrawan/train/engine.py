@@ -1,10 +1,12 @@
 """Training engines behind one interface: a single process, torchrun DDP, or DeepSpeed ZeRO 1/2/3.
 
-The loop calls, per optimiser step: ``set_lr``; per micro-step ``with engine.micro_step(last):``
+One engine per trainable model (finetune: the model; distill: the generator and the fake score),
+each built from its own ``EngineSpec`` (optimiser, LR schedule, clipping, checkpoint prefix). The
+loop calls, per optimiser step: ``set_lr``; per micro-step ``with engine.micro_step(last):``
 (forward) and ``engine.backward(objective, last)``; then ``engine.step(skip, max_norm)``.
 ``objective`` is the micro-step's exact share of the step's loss (the engine rescales it as its
-backend needs). Checkpoints: ``save``/``load`` of the engine's own state (weights, optimiser),
-``full_state_dict`` for export.
+backend needs). Checkpoints: ``save``/``load`` of the engine's own state (weights, optimiser) under
+file names that start with the engine's prefix, ``full_state_dict`` for export.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Any
 import torch
 
 from pyrawan.errors import InputError, RunError
-from pyrawan.train.config import Train
+from pyrawan.train.config import Optimizer, Train
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,27 @@ def _init_deepspeed(device: torch.device) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", auto_mpi_discovery=False)
 
 
-def lr_at(step: int, train: Train) -> float:
+@dataclass(frozen=True)
+class EngineSpec:
+    """What one trainable model's engine needs: its optimiser, schedule length, clipping and checkpoint prefix."""
+
+    optimizer: Optimizer
+    steps: int                    # optimiser steps of the run (the cosine schedule's length)
+    max_grad_norm: float
+    zero_stage: int = 2
+    lora: bool = False
+    prefix: str = ""              # checkpoint files: f"{prefix}model.safetensors", f"{prefix}optimizer..."
+
+    @classmethod
+    def of(cls, train: Train, prefix: str = "", optimizer: Optimizer | None = None, steps: int | None = None,
+           max_grad_norm: float | None = None, lora: bool | None = None) -> "EngineSpec":
+        """The spec of ``train`` (finetune), with per-model replacements (distill's two models)."""
+        return cls(optimizer or train.optimizer, train.steps if steps is None else steps,
+                   train.max_grad_norm if max_grad_norm is None else max_grad_norm, train.zero_stage,
+                   train.lora.enabled if lora is None else lora, prefix)
+
+
+def lr_at(step: int, train: Train | EngineSpec) -> float:
     """Learning rate of optimiser step ``step`` (0-based): linear warm-up, then cosine or constant."""
     o = train.optimizer
     if step < o.warmup_steps:
@@ -98,18 +120,17 @@ class Ema:
             self.shadow[name].lerp_(p.detach().float(), 1 - decay)
 
 
-def adamw(params: list[torch.nn.Parameter], train: Train) -> torch.optim.AdamW:
-    o = train.optimizer
+def adamw(params: list[torch.nn.Parameter], o: Optimizer) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
 
 
 class TorchEngine:
     """One process, or DDP under torchrun; fp32 weights, bf16 autocast when ``ctx.bf16``."""
 
-    def __init__(self, module: torch.nn.Module, train: Train, ctx: Context):
-        self.ctx, self.module = ctx, module.to(ctx.device)
+    def __init__(self, module: torch.nn.Module, spec: EngineSpec, ctx: Context):
+        self.ctx, self.spec, self.module = ctx, spec, module.to(ctx.device)
         self.named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        self.optimizer = adamw([p for _, p in self.named], train)
+        self.optimizer = adamw([p for _, p in self.named], spec.optimizer)
         self.input_dtype = torch.float32
         self.model: Any = module
         if ctx.kind == "ddp" and ctx.world > 1:
@@ -150,17 +171,19 @@ class TorchEngine:
 
         if self.ctx.rank != 0:
             return
-        save_file({n: p.detach().cpu().contiguous() for n, p in self.named}, str(folder / "model.safetensors"))
+        pre = self.spec.prefix
+        save_file({n: p.detach().cpu().contiguous() for n, p in self.named}, str(folder / f"{pre}model.safetensors"))
         tensors, structure = flatten_optimizer(self.optimizer.state_dict())
-        save_file(tensors, str(folder / "optimizer.safetensors"))
-        (folder / "optimizer.json").write_text(json.dumps(structure))
+        save_file(tensors, str(folder / f"{pre}optimizer.safetensors"))
+        (folder / f"{pre}optimizer.json").write_text(json.dumps(structure))
 
     def load(self, folder: Path) -> None:
         from safetensors.torch import load_file
 
         from pyrawan.train.checkpoint import unflatten_optimizer
 
-        weights = load_file(str(folder / "model.safetensors"))
+        pre = self.spec.prefix
+        weights = load_file(str(folder / f"{pre}model.safetensors"))
         missing = sorted({n for n, _ in self.named} - set(weights))
         if missing:
             raise RunError(f"checkpoint {folder} lacks {len(missing)} trainable tensors (e.g. {missing[0]}); it was "
@@ -168,8 +191,9 @@ class TorchEngine:
         with torch.no_grad():
             for name, p in self.named:
                 p.copy_(weights[name])
-        structure = json.loads((folder / "optimizer.json").read_text())
-        self.optimizer.load_state_dict(unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")), structure))
+        structure = json.loads((folder / f"{pre}optimizer.json").read_text())
+        self.optimizer.load_state_dict(unflatten_optimizer(load_file(str(folder / f"{pre}optimizer.safetensors")),
+                                                           structure))
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """The module's full state dict on rank 0 (None elsewhere)."""
@@ -182,22 +206,21 @@ class TorchEngine:
 class DeepSpeedEngine(TorchEngine):
     """DeepSpeed ZeRO 1/2/3 with a client torch AdamW (no cpu_adam build); bf16 weights when ``ctx.bf16``."""
 
-    TAG = "deepspeed"
-
-    def __init__(self, module: torch.nn.Module, train: Train, ctx: Context, micro_steps: int):
+    def __init__(self, module: torch.nn.Module, spec: EngineSpec, ctx: Context, micro_steps: int):
         import deepspeed
 
-        self.ctx, self.micro_steps, self.lora = ctx, micro_steps, train.lora.enabled
+        self.ctx, self.spec, self.micro_steps, self.lora = ctx, spec, micro_steps, spec.lora
+        self.tag = f"{spec.prefix}deepspeed"
         self.named = [(n, p) for n, p in module.to(ctx.device).named_parameters() if p.requires_grad]
         config = {
             "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": micro_steps,
-            "train_batch_size": micro_steps * ctx.world, "gradient_clipping": train.max_grad_norm,
-            "zero_optimization": {"stage": train.zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
+            "train_batch_size": micro_steps * ctx.world, "gradient_clipping": spec.max_grad_norm,
+            "zero_optimization": {"stage": spec.zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
             "bf16": {"enabled": ctx.bf16, "check_grad_overflow": True}, "steps_per_print": 10**9,
             "zero_allow_untested_optimizer": True,
         }
         self.model, self.optimizer, _, _ = deepspeed.initialize(
-            model=module, optimizer=adamw([p for _, p in self.named], train), config=config)
+            model=module, optimizer=adamw([p for _, p in self.named], spec.optimizer), config=config)
         self.module = self.model.module
         self.named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
         self.input_dtype = torch.bfloat16 if ctx.bf16 else torch.float32
@@ -228,10 +251,10 @@ class DeepSpeedEngine(TorchEngine):
 
     def save(self, folder: Path) -> None:
         """DeepSpeed's own format, every rank into the same folder (catch #4)."""
-        self.model.save_checkpoint(str(folder), tag=self.TAG, save_latest=False, exclude_frozen_parameters=self.lora)
+        self.model.save_checkpoint(str(folder), tag=self.tag, save_latest=False, exclude_frozen_parameters=self.lora)
 
     def load(self, folder: Path) -> None:
-        path, _ = self.model.load_checkpoint(str(folder), tag=self.TAG, load_module_strict=not self.lora,
+        path, _ = self.model.load_checkpoint(str(folder), tag=self.tag, load_module_strict=not self.lora,
                                              load_optimizer_states=True, load_lr_scheduler_states=False)
         if path is None:
             raise RunError(f"DeepSpeed could not load the checkpoint in {folder}; start over with --overwrite.")
@@ -248,8 +271,8 @@ class DeepSpeedEngine(TorchEngine):
         self.model.destroy()
 
 
-def make_engine(module: torch.nn.Module, train: Train, ctx: Context, micro_steps: int) -> TorchEngine:
+def make_engine(module: torch.nn.Module, spec: EngineSpec, ctx: Context, micro_steps: int) -> TorchEngine:
     """The engine of ``ctx.kind``; ``micro_steps`` = micro-steps per optimiser step (DeepSpeed's GA)."""
     if ctx.kind == "deepspeed":
-        return DeepSpeedEngine(module, train, ctx, micro_steps)
-    return TorchEngine(module, train, ctx)
+        return DeepSpeedEngine(module, spec, ctx, micro_steps)
+    return TorchEngine(module, spec, ctx)

@@ -13,24 +13,11 @@ from collections.abc import Callable
 
 import torch
 
-from pyrawan.models.denoiser import frame_timesteps
+from pyrawan.models.denoiser import denoise
 from pyrawan.pyramid.config import PyramidConfig
 from pyrawan.train.data import StageBatch
 
 Teacher = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def batch_timesteps(sigma_nat: torch.Tensor, latent_hw: tuple[int, int], patch: tuple[int, int, int]) -> torch.Tensor:
-    """Transformer timesteps for per-sample, per-frame levels ``sigma_nat`` ``[B, T]``.
-
-    Each row goes through ``frame_timesteps``; ``[B]`` when every row has one level for all frames,
-    else ``[B, tokens]`` (rows with one level are expanded to every token).
-    """
-    rows = [frame_timesteps(level, 1, latent_hw, patch) for level in sigma_nat]
-    if all(r.ndim == 1 for r in rows):
-        return torch.cat(rows)
-    tokens = next(r.shape[1] for r in rows if r.ndim == 2)
-    return torch.cat([r.view(1, 1).expand(1, tokens) if r.ndim == 1 else r for r in rows])
 
 
 def predict(model: Callable, x: torch.Tensor, sigma_nat: torch.Tensor, text: torch.Tensor,
@@ -38,12 +25,10 @@ def predict(model: Callable, x: torch.Tensor, sigma_nat: torch.Tensor, text: tor
     """Velocity ``[B, C, T, H, W]`` (float32) of ``model`` (a transformer, DDP or DeepSpeed engine).
 
     ``x`` ``[B, C, T, H, W]``, ``sigma_nat`` ``[B, T]``, ``text`` ``[B, L, D]``; inputs are cast to
-    ``dtype`` (the weights' dtype; under autocast float32 is fine).
+    ``dtype`` (the weights' dtype; under autocast float32 is fine). ``patch`` and ``device`` are
+    implied by the model and kept for callers that pass them.
     """
-    timestep = batch_timesteps(sigma_nat, tuple(x.shape[-2:]), patch).to(device)
-    out = model(hidden_states=x.to(device, dtype), timestep=timestep,
-                encoder_hidden_states=text.to(device, dtype), return_dict=False)[0]
-    return out.float()
+    return denoise(model, x, sigma_nat, text, dtype=dtype)
 
 
 def per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -53,12 +38,12 @@ def per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def stage_losses(model: Callable, batch: StageBatch, pyramid: PyramidConfig, patch: tuple[int, int, int],
                  device: torch.device, dtype: torch.dtype,
-                 teacher: Teacher | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 teacher: Teacher | None = None, process: str = "pyramidal") -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(mse [n], align [n] or None)`` of one stage batch; ``mse`` carries the graph for backward.
 
     ``teacher(x, sigma_nat, text)`` returns the frozen base model's velocity (no graph).
     """
-    x, sigma_nat, target = batch.sample(pyramid)
+    x, sigma_nat, target = batch.sample(pyramid, process)
     pred = predict(model, x, sigma_nat, batch.text, patch, device, dtype)
     mse = per_sample_mse(pred, target.to(device))
     if teacher is None:

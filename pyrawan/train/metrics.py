@@ -12,7 +12,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeRemainingColumn)
 from rich.text import Text
 
-from pyrawan.commands.common import console
+from pyrawan.ui import console
 
 
 class MetricsLog:
@@ -77,13 +77,13 @@ class SpeedColumn(ProgressColumn):
 
 
 @contextlib.contextmanager
-def progress(total: int, done: int, enabled: bool) -> Iterator:
+def progress(total: int, done: int, enabled: bool, label: str = "finetune") -> Iterator:
     """A progress bar with loss, it/s and ETA; yields ``update(loss)`` to call once per step."""
     if not enabled:
         yield lambda loss: None
         return
-    columns = (TextColumn("[bold]finetune"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+    columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                SpeedColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("finetune", total=total, completed=done, loss="-")
+        task = bar.add_task(label, total=total, completed=done, loss="-")
         yield lambda loss: bar.update(task, advance=1, loss=f"{loss:.4f}")

@@ -17,6 +17,7 @@ from pyrawan import dist
 from pyrawan.errors import InputError
 from pyrawan.manifest import verify_if_artifact
 from pyrawan.models.presets import WanComponents, cast_keep_fp32, seeded
+from pyrawan.models.pyramid_spec import PyramidSpec, recipe_pyramid
 from pyrawan.recipe import FinetuneRecipe
 from pyrawan.train.config import Lora, Train
 
@@ -26,7 +27,7 @@ class Base:
     """What every rank knows about the base model (``components`` only on rank 0)."""
 
     components: WanComponents | None
-    pyramid: dict
+    pyramid: PyramidSpec
     config: dict
     transformer: torch.nn.Module
     teacher: torch.nn.Module | None
@@ -34,28 +35,21 @@ class Base:
     inputs: list[Path]
 
 
-def output_pyramid(recipe: FinetuneRecipe, loaded_pyramid: dict | None) -> dict:
+def output_pyramid(recipe, loaded: PyramidSpec | None) -> PyramidSpec:
     """The ``pyramid.json`` of the result: the base artifact's (checked against the recipe) or the recipe's."""
-    from pyrawan.commands.convert import calibrated_boundaries, pyramid_definition
-
     p = recipe.pyramid
-    if loaded_pyramid is None:
-        bounds = None if p.boundaries is None else list(p.boundaries)
-        if recipe.calibration is not None:
-            bounds = calibrated_boundaries(Path(recipe.calibration), p)
-        pyramid = pyramid_definition(recipe, bounds)
-        pyramid["calibration"] = None if recipe.calibration is None else str(Path(recipe.calibration).resolve())
-        return pyramid
+    if loaded is None:
+        return recipe_pyramid(recipe)
     wanted = {"num_stages": p.stages, "resizer": p.resizer, "keep_time": p.keep_time}
     if p.boundaries is not None:
         wanted["boundaries"] = [float(b) for b in p.boundaries]
-    differ = {k: (loaded_pyramid.get(k), v) for k, v in wanted.items() if loaded_pyramid.get(k) != v}
+    differ = {k: (getattr(loaded, k), v) for k, v in wanted.items() if getattr(loaded, k) != v}
     if differ:
         shown = ", ".join(f"{k}: base {a!r} vs recipe {b!r}" for k, (a, b) in differ.items())
         raise InputError(f"base = '{recipe.base}' is a pyramidal model whose pyramid.json disagrees with the recipe "
                          f"({shown}); set the recipe's pyramid section to the base's values (see its pyramid.json) "
                          "or finetune from the plain model.")
-    return dict(loaded_pyramid)
+    return loaded
 
 
 def lora_config(lora: Lora):
@@ -66,7 +60,7 @@ def lora_config(lora: Lora):
                       target_modules=list(lora.target_modules))
 
 
-def _load_on_rank0(recipe: FinetuneRecipe) -> tuple[WanComponents, dict, list[Path]]:
+def _load_on_rank0(recipe: FinetuneRecipe) -> tuple[WanComponents, PyramidSpec, list[Path]]:
     """Rank 0: the verified base stack in fp32 on the CPU, the output pyramid and the parent artifacts."""
     from pyrawan.models.artifact import load_model
 
@@ -77,7 +71,22 @@ def _load_on_rank0(recipe: FinetuneRecipe) -> tuple[WanComponents, dict, list[Pa
     if recipe.calibration is not None:
         inputs.append(Path(recipe.calibration))
     loaded = load_model(recipe.base, device="cpu", dtype=torch.float32)
-    return loaded.components, output_pyramid(recipe, loaded.pyramid), inputs
+    return loaded.components, output_pyramid(recipe, loaded.spec), inputs
+
+
+def share_transformer(transformer: torch.nn.Module | None, config: dict, device: torch.device) -> torch.nn.Module:
+    """Collective: rank 0's transformer on every rank (others build it on the meta device, then receive weights)."""
+    if transformer is None:
+        with torch.device("meta"):
+            transformer = WanTransformer3DModel.from_config(config)
+        transformer = transformer.to_empty(device=device)
+    transformer = transformer.to(device)
+    dist.broadcast_tensors([*transformer.parameters(), *transformer.buffers()])
+    return transformer
+
+
+def config_of(transformer: torch.nn.Module) -> dict:
+    return {k: v for k, v in dict(transformer.config).items() if not k.startswith("_")}
 
 
 def load_base(recipe: FinetuneRecipe, device: torch.device) -> Base:
@@ -90,15 +99,44 @@ def load_base(recipe: FinetuneRecipe, device: torch.device) -> Base:
         components, pyramid, inputs = _load_on_rank0(recipe)
         empty = encode_prompts(components, [""], None, recipe.text.max_sequence_length)[0][0].float().cpu()
         transformer = components.transformer
-        config = {k: v for k, v in dict(transformer.config).items() if not k.startswith("_")}
+        config = config_of(transformer)
     config, pyramid, empty, inputs = dist.broadcast((config, pyramid, empty, inputs))
-    if transformer is None:
-        with torch.device("meta"):
-            transformer = WanTransformer3DModel.from_config(config)
-        transformer = transformer.to_empty(device=device)
-    transformer = transformer.to(device)
-    dist.broadcast_tensors([*transformer.parameters(), *transformer.buffers()])
+    transformer = share_transformer(transformer, config, device)
     return Base(components, pyramid, config, transformer, None, empty, [Path(p) for p in inputs])
+
+
+@dataclass
+class Frozen:
+    """A frozen model every rank holds: its transformer (eval, no gradients), pyramid and artifact folder."""
+
+    transformer: torch.nn.Module
+    spec: PyramidSpec | None
+    inputs: list[Path]
+
+
+def load_frozen(ref: str, device: torch.device, dtype: torch.dtype) -> Frozen:
+    """Every rank: the transformer of ``ref`` (verified when it is an artifact), frozen, in ``dtype``."""
+    from pyrawan.models.artifact import load_model
+
+    transformer = config = spec = None
+    inputs: list[Path] = []
+    if dist.world()[0] == 0:
+        if verify_if_artifact(Path(ref), "teacher"):
+            inputs.append(Path(ref))
+        loaded = load_model(ref, device="cpu", dtype=torch.float32)
+        transformer, spec = loaded.components.transformer, loaded.spec
+        config = config_of(transformer)
+    config, spec, inputs = dist.broadcast((config, spec, inputs))
+    transformer = cast_keep_fp32(share_transformer(transformer, config, device), dtype)
+    return Frozen(transformer.requires_grad_(False).eval(), spec, inputs)
+
+
+def trainable_copy(module: torch.nn.Module, gradient_checkpointing: bool) -> torch.nn.Module:
+    """An fp32 trainable copy of a (frozen) transformer: the fake score, initialised from the teacher."""
+    copy_ = copy.deepcopy(module).float().requires_grad_(True).train()
+    if gradient_checkpointing:
+        copy_.enable_gradient_checkpointing()
+    return copy_
 
 
 def build_student(base: Base, train: Train, seed: int, bf16: bool) -> torch.nn.Module:

@@ -126,7 +126,7 @@ def make_plan(arch: str | dict, pyramid: PyramidConfig, full_thw: tuple[int, int
 
 def plan_recipe(recipe, world: int = 1) -> tuple[dict, list[str]]:
     """The plan of a finetune recipe for ``world`` processes, and the lines that summarise it."""
-    from pyrawan.commands.evaluate import arch_of
+    from pyrawan.models.arch import arch_of
     from pyrawan.pyramid.geometry import pixel_to_latent
 
     t, p, v = recipe.train, recipe.pyramid, recipe.video
@@ -184,3 +184,56 @@ def render(plan: dict, lines: list[str]) -> None:
     console.print(mem)
     console.print("activations: the largest stage group of one micro-step (stages run one after another); "
                   "estimates, expect +-25% and allocator overhead on top.", markup=False)
+
+
+def distill_plan(recipe, world: int = 1) -> tuple[dict, list[str]]:
+    """The memory plan of a distill recipe: generator, fake score, frozen teacher, both optimisers, EMA.
+
+    The generator counts as in finetune (full or LoRA); the fake score is a full trainable copy of the
+    teacher with its own AdamW; the teacher is frozen weights (none when it is the generator's base
+    with its LoRA adapters disabled). Activations: one batch at the finest stage the schedule reaches,
+    with gradients (the generator's and the fake score's backward passes run one after the other).
+    """
+    from pyrawan.models.arch import arch_of
+    from pyrawan.pyramid.geometry import pixel_to_latent
+
+    t, d, p, v = recipe.train, recipe.distill, recipe.pyramid, recipe.video
+    kind = t.engine if t.engine != "auto" else ("ddp" if world > 1 else "single")
+    bf16 = recipe.dtype == "bfloat16"
+    pyramid = PyramidConfig(p.stages, recipe.stage_boundaries(), p.resizer, p.keep_time)
+    module = meta_transformer(arch_of(recipe.base))
+    cfg = dict(module.config)
+    params = sum(q.numel() for q in module.parameters())
+    trainable = lora_parameters(module, t.lora.rank, t.lora.target_modules) if t.lora.enabled else params
+    shape = pyramid.shapes(pixel_to_latent(v.frames, v.height, v.width))[0]
+    stored, transient = activation_elements(cfg, shape, recipe.text.max_sequence_length,
+                                            _per_token(pyramid, 0, shape[0]), t.gradient_checkpointing)
+    act = t.batch_size * (stored + transient) * (2 if bf16 else 4)
+    own_teacher = d.teacher is not None or not t.lora.enabled
+    fake_train = t.model_copy(update={"lora": t.lora.model_copy(update={"enabled": False}),
+                                      "ema": t.ema.model_copy(update={"enabled": False}), "align_weight": 0.0})
+    memory = {}
+    for w in sorted({1, 2, 4, 8, world}):
+        gen = memory_per_gpu(params, trainable, 0.0, t.model_copy(update={"align_weight": 0.0}), kind, bf16, w)
+        fake = memory_per_gpu(params, params, 0.0, fake_train, kind, bf16, w)
+        parts = {"generator weights": gen["weights"], "generator gradients + AdamW": gen["gradients"] +
+                 gen["optimizer states"], "generator EMA": gen["EMA + frozen base"],
+                 "fake score weights": fake["weights"], "fake score gradients + AdamW": fake["gradients"] +
+                 fake["optimizer states"], "teacher (frozen)": (2 if bf16 else 4) * params if own_teacher else 0.0,
+                 "communication buffers": gen["communication buffers"] + fake["communication buffers"],
+                 "activations (peak)": act}
+        parts["total"] = sum(parts.values())
+        memory[w] = parts
+    plan = {"parameters": params, "trainable": trainable, "engine": kind, "bf16": bf16,
+            "zero_stage": t.zero_stage if kind == "deepspeed" else None, "memory": memory,
+            "stages": [{"stage": 0, "samples": t.batch_size, "latent": list(shape),
+                        "per_token_timesteps": _per_token(pyramid, 0, shape[0]), "activation_bytes": act}]}
+    lines = [
+        f"distill plan: DMD-{d.variant}; student {recipe.base} ({'LoRA r=' + str(t.lora.rank) if t.lora.enabled else 'full'})"
+        f", teacher {d.teacher or recipe.base + (' (adapters disabled)' if t.lora.enabled else ' (frozen copy)')}; "
+        f"schedule {d.schedule}; video {v.frames}x{v.height}x{v.width}",
+        f"engine {kind}{f' ZeRO-{t.zero_stage}' if kind == 'deepspeed' else ''}, {recipe.dtype}; {t.steps} iterations "
+        f"= {t.steps // d.generator_every} generator steps (one per {d.generator_every} fake-score steps); batch "
+        f"{t.batch_size} prompts per GPU; real-score guidance {d.guidance:g}; L_teach weight {d.teach_weight:g}",
+    ]
+    return plan, lines

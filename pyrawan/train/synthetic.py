@@ -6,13 +6,12 @@ plus a smaller smooth per-item variation, its caption embedding the concept's em
 little noise, so a model can learn it within tens of steps. Coarser stages are the pyramid's
 ``down`` of the full latent (Definition 1). Everything depends only on ``seed``.
 
-Run a finetune on it (also under ``torchrun``)::
+Run a finetune or distill on it (also under ``torchrun``)::
 
-    python -m pyrawan.train.synthetic RECIPE [key=value ...] -o OUT [--resume] [--items 24]
+    python -m pyrawan.commands.synthetic RECIPE [key=value ...] -o OUT [--resume] [--items 24]
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
@@ -66,7 +65,7 @@ class SyntheticCache:
 
 def for_recipe(recipe, items: int = 24, seed: int = 0, nan_items: tuple[int, ...] = ()) -> SyntheticCache:
     """A synthetic cache that fits ``recipe``'s video size, pyramid and base model's text width."""
-    from pyrawan.commands.evaluate import arch_of
+    from pyrawan.models.arch import arch_of
     from pyrawan.models.presets import TRANSFORMER_ARCHS
     from pyrawan.pyramid.geometry import pixel_to_latent
 
@@ -77,33 +76,3 @@ def for_recipe(recipe, items: int = 24, seed: int = 0, nan_items: tuple[int, ...
     return SyntheticCache(items, pyramid, pixel_to_latent(v.frames, v.height, v.width),
                           recipe.text.max_sequence_length, text_dim, seed, nan_items=nan_items,
                           definition=p.stage_data)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m pyrawan.train.synthetic``: finetune on a synthetic cache (errors as the CLI prints them)."""
-    from pyrawan.commands.finetune import run
-    from pyrawan.errors import PyrawanError
-    from pyrawan.recipe import load_recipe
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("recipe")
-    ap.add_argument("overrides", nargs="*")
-    ap.add_argument("-o", "--out", type=Path, required=True)
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--overwrite", action="store_true")
-    ap.add_argument("--items", type=int, default=24)
-    ap.add_argument("--nan-items", default="", help="Comma-separated items whose latents are NaN.")
-    ap.add_argument("--local_rank", "--local-rank", type=int, default=None)
-    args = ap.parse_intermixed_args(argv)
-    recipe = load_recipe(args.recipe, args.overrides, kind="finetune")
-    nan = tuple(int(i) for i in args.nan_items.split(",") if i)
-    try:
-        run(recipe, args.out, resume=args.resume, overwrite=args.overwrite, source=for_recipe(recipe, args.items,
-                                                                                            nan_items=nan))
-    except PyrawanError as err:
-        print(f"error: {err}", flush=True)
-        raise SystemExit(err.exit_code) from None
-
-
-if __name__ == "__main__":
-    main()

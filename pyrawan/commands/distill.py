@@ -1,0 +1,388 @@
+"""``pyrawan distill``: DMD step distillation of a pyramidal model into a few-step one (e.g. 2-2-1).
+
+The loop, per iteration ``i`` (the math is in ``pyrawan/train/dmd.py``, the choices in docs/distill.md):
+
+1. Backward simulation: draw the exit step ``k`` from ``(seed, i)`` (the same on every rank); run the
+   student's few-step sampler without gradient up to step ``k`` and take that step's input ``x``.
+2. Every ``generator_every``-th iteration, the generator update: the student's clean estimate
+   ``x_hat`` of step ``k`` with gradient; re-noise it inside the step's stage; the frozen teacher
+   (with guidance) and the fake score give clean estimates; push ``x_hat`` along the DMD gradient,
+   plus ``teach_weight`` times L_teach on a batch of fixed teacher samples.
+3. Every iteration, the fake-score update: flow matching on the (detached) ``x_hat``.
+
+Both models are engines with their own optimiser (``train.optimizer`` for the generator,
+``distill.fake_score.optimizer`` for the fake score) under one engine kind (single, DDP, DeepSpeed).
+Checkpoints hold both engines, both optimisers, the generator's EMA, every rank's generator
+states and the iteration; a killed run resumed with ``--resume`` ends bit-identical.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pyrawan import dist
+from pyrawan.commands.common import console, resolve_device
+from pyrawan.commands.finetune import check_source, open_source
+from pyrawan.errors import InputError
+from pyrawan.manifest import artifact_dir, check_output, write_manifest
+from pyrawan.models.denoiser import denoise
+from pyrawan.models.pyramid_spec import Distilled, PyramidSpec
+from pyrawan.pyramid.config import PyramidConfig
+from pyrawan.pyramid.geometry import pixel_to_latent
+from pyrawan.pyramid.process import clean_estimate
+from pyrawan.pyramid.sampler import FewStep, fewstep_rollout, randn
+from pyrawan.recipe import DistillRecipe, resolve_recipe
+from pyrawan.train.curves import plot_curves, read_records
+from pyrawan.train.data import LatentSource, StageDataset, generator, pad_texts, position_item, split_holdout
+from pyrawan.train.distill_config import student_levels
+from pyrawan.train.dmd import (VARIANT_PROCESS, StageProcess, dmd_gradient, dmd_loss, exit_step, flow_matching_loss,
+                               score_levels)
+from pyrawan.train.engine import Context, Ema, EngineSpec, lr_at, make_engine, setup
+from pyrawan.train.metrics import MetricsLog, progress
+from pyrawan.train.model import Base, Frozen, build_student, export_model, load_base, load_frozen, trainable_copy
+from pyrawan.train.run import (Trainable, describe_nonfinite, ema_state, nonfinite, restore_checkpoint,
+                               resume_point, run_folder, save_checkpoint, teardown)
+from pyrawan.train.teach import TeachPairs, make_teach_pairs, teach_target
+
+RESUMABLE_CHANGES = ("train.steps", "train.checkpoint.every", "train.checkpoint.keep")
+
+
+@dataclass
+class Loop:
+    """Everything the distillation loop touches."""
+
+    recipe: DistillRecipe
+    ctx: Context
+    generator: Trainable                       # the student (full or LoRA), with its EMA
+    fake: Trainable                            # the fake score
+    teacher: Frozen | None                     # None: the student's base with its adapters disabled
+    pyramid: PyramidConfig
+    levels: list[list[float]]
+    data: StageDataset
+    base: Base
+    teach: TeachPairs | None
+    log: MetricsLog | None = None
+    out: Path = Path("runs/distill")
+    iteration: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        return sum(len(r) for r in self.levels)
+
+    def generator_steps(self, iteration: int | None = None) -> int:
+        """Generator updates done after ``iteration`` iterations."""
+        return (self.iteration if iteration is None else iteration) // self.recipe.distill.generator_every
+
+
+def check_recipe(recipe: DistillRecipe, out: Path, overwrite: bool, need_data: bool) -> None:
+    """Rules that need several sections, the data and the output folder, before anything loads."""
+    d, problems = recipe.distill, []
+    if need_data and recipe.data.root is None and recipe.data.cache is None:
+        problems.append("no prompts: set data.cache (a latent cache from `pyrawan calibrate`, whose captions are "
+                        "the prompts) or data.root (a folder of videos and captions)")
+    lora = recipe.train.lora.enabled
+    if d.variant in ("pt", "ptstar") and not lora:
+        console.print(f"distill: note: distill.variant = {d.variant} with train.lora.enabled = false; the paper trains "
+                      "LoRA adapters for PT and PT* to prevent divergence.", style="yellow", markup=False)
+    if recipe.train.engine == "deepspeed" and recipe.train.zero_stage == 3:
+        problems.append("train.zero_stage = 3 is not supported by distill (the frozen and LoRA-disabled teacher calls "
+                        "need whole weights); use train.zero_stage: 2")
+    if recipe.train.grad_accum != 1:
+        problems.append(f"train.grad_accum = {recipe.train.grad_accum}: distill runs one micro-step per iteration; "
+                        "raise train.batch_size or the number of processes instead (set grad_accum: 1)")
+    if problems:
+        raise InputError("distill recipe: " + "; ".join(problems) + ".")
+    check_output(out, overwrite, inputs=[recipe.base, d.teacher, recipe.data.root, recipe.data.cache], kind="distill")
+
+
+# ---- models --------------------------------------------------------------------------------------
+
+def texts_with_empty(text: torch.Tensor, empty: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cond [B, L, D], uncond [1, L, D])`` padded to one length."""
+    both = pad_texts(list(text) + [empty])
+    return both[:-1], both[-1:]
+
+
+def real_velocity(loop: Loop, x: torch.Tensor, sigma_nat: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """The frozen teacher's guided velocity (no graph)."""
+    cond, uncond = texts_with_empty(text, loop.base.empty_text)
+    guidance = loop.recipe.distill.guidance
+    with torch.no_grad():
+        if loop.teacher is not None:
+            return denoise(loop.teacher.transformer, x, sigma_nat, cond, uncond, guidance)
+        module = loop.generator.engine.module
+        module.disable_adapters()
+        try:
+            return denoise(module, x, sigma_nat, cond, uncond, guidance)
+        finally:
+            module.enable_adapters()
+
+
+def student_estimate(loop: Loop, x: torch.Tensor, step: FewStep, text: torch.Tensor) -> torch.Tensor:
+    """The student's clean estimate of step ``step`` from its input ``x`` (carries the graph when enabled)."""
+    engine = loop.generator.engine
+    with engine.autocast():
+        v = denoise(engine.model, x, step.sigma_nat, text, dtype=engine.input_dtype)
+    return clean_estimate(x, v, step.rho, step.sigma_c, step.sigma_n, step.project)[0]
+
+
+def rollout(loop: Loop, noise: torch.Tensor, text: torch.Tensor, stop_at: int, gen: torch.Generator):
+    """Backward simulation: the student's steps before ``stop_at`` without gradient; ``(x, step)``."""
+    engine = loop.generator.engine
+    velocity = lambda x, s: denoise(engine.model, x, s, text, dtype=engine.input_dtype)  # noqa: E731
+    with torch.no_grad(), engine.autocast():
+        return fewstep_rollout(velocity, noise, loop.pyramid, loop.levels, stop_at, gen)
+
+
+# ---- one iteration -------------------------------------------------------------------------------
+
+def sample_indices(loop: Loop, iteration: int) -> list[int]:
+    """Global indices of this rank's samples at ``iteration``: B processes x b samples = one batch of B*b.
+
+    Every random draw of a sample (its noise, levels, prompt) is keyed on its global index, so n
+    processes with batch b follow one process with batch n*b up to float reduction order.
+    """
+    b, ctx = loop.recipe.train.batch_size, loop.ctx
+    first = (iteration * ctx.world + ctx.rank) * b
+    return list(range(first, first + b))
+
+
+def sample_generators(loop: Loop, purpose: str, indices: list[int]) -> list[torch.Generator]:
+    """One CPU generator per sample, keyed on ``(seed, purpose, iteration, global index)``."""
+    return [generator(loop.recipe.seed, purpose, loop.iteration, g) for g in indices]
+
+
+def first_noise(loop: Loop, gens: list[torch.Generator]) -> torch.Tensor:
+    """Pure noise ``[B, 16, T, H, W]`` at the first stage the student's schedule runs, one sample per generator."""
+    v = loop.recipe.video
+    first = max(i for i, r in enumerate(reversed(loop.levels)) if r)
+    shape = loop.pyramid.shapes(pixel_to_latent(v.frames, v.height, v.width))[first]
+    return torch.cat([torch.randn((1, 16, *shape), generator=g) for g in gens])
+
+
+def draw_levels(loop: Loop, gens: list[torch.Generator]) -> torch.Tensor:
+    """Re-noising levels ``rho`` ``[B]`` inside the exit step's stage, one per sample."""
+    return torch.cat([score_levels(1, *loop.recipe.distill.score_levels, g) for g in gens])
+
+
+def generator_update(loop: Loop, x: torch.Tensor, step: FewStep, text: torch.Tensor, proc: StageProcess,
+                     gens: list[torch.Generator], stop_at: int) -> tuple[torch.Tensor, dict]:
+    """One DMD step of the generator; returns the detached ``x_hat`` and the record's fields."""
+    d, engine = loop.recipe.distill, loop.generator.engine
+    x_hat = student_estimate(loop, x, step, text)
+    rho, eps = draw_levels(loop, gens), randn(x_hat.shape, gens, x_hat)
+    with torch.no_grad():
+        x_t = proc.noisy(x_hat.detach(), eps, rho)
+        sigma = proc.level(rho)
+        x0_real = proc.clean(x_t, real_velocity(loop, x_t, sigma, text), rho)
+        x0_fake = proc.clean(x_t, denoise(loop.fake.engine.model, x_t, sigma, text), rho)
+    grad = dmd_gradient(x_hat, x0_real, x0_fake, sigma.mean(1))
+    gen_loss = dmd_loss(x_hat, grad.g.to(x_hat.device))
+    objective, teach_loss = gen_loss.mean(), None
+    if loop.teach is not None and d.teach_weight > 0:
+        teach_loss = teach_step_loss(loop, stop_at)
+        objective = objective + d.teach_weight * teach_loss.mean()
+    engine.set_lr(lr_at(loop.generator_steps(), engine.spec))
+    engine.backward(objective, True)
+    norm, applied = engine.step(skip=not math.isfinite(float(objective.detach())), max_norm=engine.spec.max_grad_norm)
+    if applied and loop.generator.ema is not None:
+        loop.generator.ema.update(loop.generator_steps() + 1)
+    record = {"gen_loss": float(gen_loss.detach().mean()), "w_dmd": float(grad.w_dmd.mean()), "gen_grad_norm": norm,
+              "teach_loss": None if teach_loss is None else float(teach_loss.detach().mean()), "gen_applied": applied}
+    return x_hat.detach(), record
+
+
+def teach_step_loss(loop: Loop, stop_at: int) -> torch.Tensor:
+    """L_teach per sample: the student's exit-step estimate from a teacher pair's coupled noise vs the
+    teacher's sample from the same noise, brought down to the exit step's stage."""
+    pairs, ctx = loop.teach, loop.ctx
+    indices = sample_indices(loop, loop.iteration)
+    picks = [g % len(pairs) for g in indices]
+    text = pad_texts([pairs.text[p] for p in picks]).to(ctx.device)
+    x, step = rollout(loop, pairs.student_noise[picks].to(ctx.device), text, stop_at,
+                      sample_generators(loop, "teach", indices))
+    x_hat = student_estimate(loop, x, step, text)
+    target = teach_target(pairs.target[picks], loop.pyramid, step.stage).to(ctx.device)
+    return flow_matching_loss(x_hat, target)
+
+
+def fake_update(loop: Loop, x_hat: torch.Tensor, text: torch.Tensor, proc: StageProcess,
+                gens: list[torch.Generator]) -> dict:
+    """One flow-matching step of the fake score on the student's detached samples."""
+    engine = loop.fake.engine
+    rho, eps = draw_levels(loop, gens), randn(x_hat.shape, gens, x_hat)
+    x_t, target = proc.noisy(x_hat, eps, rho), proc.target(x_hat, eps)
+    with engine.autocast():
+        pred = denoise(engine.model, x_t, proc.level(rho), text, dtype=engine.input_dtype)
+    loss = flow_matching_loss(pred, target)
+    engine.set_lr(lr_at(loop.iteration, engine.spec))
+    engine.backward(loss.mean(), True)
+    norm, applied = engine.step(skip=not bool(torch.isfinite(loss).all()), max_norm=engine.spec.max_grad_norm)
+    return {"fake_loss": float(loss.detach().mean()), "fake_grad_norm": norm, "fake_applied": applied}
+
+
+def iteration_step(loop: Loop) -> dict:
+    """One iteration (fake-score step, and a generator step every ``generator_every``); its record."""
+    d, ctx, i = loop.recipe.distill, loop.ctx, loop.iteration
+    k = exit_step(loop.recipe.seed, i, loop.total_steps)
+    indices = sample_indices(loop, i)
+    items = [position_item(len(loop.data), g, loop.recipe.seed) for g in indices]
+    text = pad_texts([loop.data.text(j) for j in items]).to(ctx.device)
+    gens = sample_generators(loop, "distill", indices)
+    x, step = rollout(loop, first_noise(loop, gens).to(ctx.device), text, k, gens)
+    proc = StageProcess(VARIANT_PROCESS[d.variant], step.sigma_c.to(ctx.device), step.sigma_n.to(ctx.device),
+                        step.project)
+    record = {"kind": "train", "step": i + 1, "exit_step": k, "stage": step.stage}
+    if (i + 1) % d.generator_every == 0:
+        x_hat, fields = generator_update(loop, x, step, text, proc, gens, k)
+        record.update(fields)
+    else:
+        with torch.no_grad():
+            x_hat = student_estimate(loop, x, step, text)
+    record.update(fake_update(loop, x_hat, text, proc, gens))
+    record["lr"] = lr_at(loop.generator_steps(), loop.generator.engine.spec)
+    keys = [key for key in ("fake_loss", "gen_loss", "teach_loss", "w_dmd") if record.get(key) is not None]
+    means = dist.all_reduce_sum(torch.tensor([record[key] for key in keys], dtype=torch.float64).to(ctx.device))
+    record.update({key: float(v) / ctx.world for key, v in zip(keys, means.cpu())})      # means over all samples
+    values = [record[key] for key in keys]
+    if not all(map(math.isfinite, values)):
+        loss = next((v for v in values if not math.isfinite(v)), float("nan"))
+        nonfinite("distill", run_folder(loop.out), i + 1, describe_nonfinite(loss, record.get("gen_grad_norm", 0.0)),
+                  [loop.data.name(j) for j in items], ctx.rank, loop.recipe.train.on_nonfinite,
+                  "lower train.optimizer.lr or distill.fake_score.optimizer.lr, or distill.guidance.")
+    return record
+
+
+# ---- the run -------------------------------------------------------------------------------------
+
+def build_models(recipe: DistillRecipe, base: Base, ctx: Context) -> tuple[Trainable, Trainable, Frozen | None]:
+    """Generator (the base with LoRA or in full), fake score (a trainable copy of the teacher) and teacher."""
+    d, t = recipe.distill, recipe.train
+    dtype = torch.bfloat16 if ctx.bf16 else torch.float32
+    teacher = None
+    if d.teacher is not None and d.teacher != recipe.base:
+        teacher = load_frozen(d.teacher, ctx.device, dtype)
+    elif not t.lora.enabled:
+        teacher = Frozen(trainable_copy(base.transformer, False).requires_grad_(False).eval(), base.pyramid, [])
+    fake = trainable_copy(teacher.transformer if teacher is not None else base.transformer, t.gradient_checkpointing)
+    student = build_student(base, t.model_copy(update={"align_weight": 0.0}), recipe.seed, ctx.bf16)
+    gen_engine = make_engine(student, EngineSpec.of(t, prefix="generator-", steps=max(1, t.steps // d.generator_every)),
+                             ctx, 1)
+    fake_spec = EngineSpec.of(t, prefix="fake_score-", optimizer=d.fake_score.optimizer,
+                              max_grad_norm=d.fake_score.max_grad_norm, lora=False)
+    fake_engine = make_engine(fake, fake_spec, ctx, 1)
+    ema = Ema(gen_engine.named, t.ema.decay, t.ema.start_step) if t.ema.enabled else None
+    return Trainable(gen_engine, ema), Trainable(fake_engine), teacher
+
+
+def distilled_pyramid(recipe: DistillRecipe, spec: PyramidSpec, levels: list[list[float]]) -> PyramidSpec:
+    """The student's ``pyramid.json``: few-step defaults (no guidance) and how it was distilled."""
+    d = recipe.distill
+    sampling = spec.sampling.model_copy(update={"schedule": d.schedule, "fewstep_levels": levels, "guidance": 1.0})
+    info = Distilled(method=d.method, variant=d.variant, schedule=d.schedule, levels=levels,
+                     teacher=d.teacher or recipe.base, teacher_guidance=d.guidance, steps=recipe.train.steps)
+    return spec.model_copy(update={"sampling": sampling, "distilled": info})
+
+
+def run(recipe: DistillRecipe, out: Path, resume: bool = False, overwrite: bool = False,
+        source: LatentSource | None = None, show_progress: bool = True) -> Path:
+    """Distill ``recipe.base`` into the few-step model artifact ``out``. ``source`` replaces the data (tests)."""
+    started = time.time()
+    check_recipe(recipe, out, overwrite, need_data=source is None)
+    ctx = setup(recipe.train, resolve_device(recipe.device), recipe.dtype)
+    resolved = resolve_recipe(recipe)
+    run_dir = run_folder(out)
+    found = resume_point("distill", run_dir, resolved, resume, overwrite, RESUMABLE_CHANGES) if ctx.rank == 0 else None
+    found = dist.broadcast(found)
+    base = load_base(recipe, ctx.device)
+    cache_folder = None
+    if source is None:
+        source, cache_folder = open_source(recipe, base, ctx)
+    pyramid = base.pyramid.config()
+    check_source(source, pyramid, recipe)
+    levels = student_levels(recipe.distill, pyramid.num_stages)
+    generator_, fake, teacher = build_models(recipe, base, ctx)
+    train_idx, _ = split_holdout(source, recipe.train.validation.holdout)
+    loop = Loop(recipe, ctx, generator_, fake, teacher, pyramid, levels, StageDataset(source, train_idx, pyramid),
+                base, teach=None, out=out)
+    if recipe.distill.teach_weight > 0:
+        loop.teach = make_teach_pairs(loop, run_dir, lambda x, s, text: real_velocity(loop, x, s, text),
+                                      reuse=found is not None)
+    if found is not None:
+        loop.iteration = restore_checkpoint("distill", Path(found), [loop.generator, loop.fake], ctx)["iteration"]
+    loop.log = MetricsLog(run_dir, ctx.rank == 0, resume_step=loop.iteration if found is not None else None)
+    train_loop(loop, resolved, show_progress and ctx.rank == 0)
+    export(loop, out, overwrite, resolved, cache_folder, started)
+    if ctx.rank == 0:
+        summarise(loop.log.path, out)
+    teardown([loop.generator, loop.fake], loop.log.close)
+    return out
+
+
+def train_loop(loop: Loop, resolved: dict, show_progress: bool) -> None:
+    """Iterations from ``loop.iteration`` to ``train.steps``: step, log, checkpoint."""
+    t = loop.recipe.train
+    every = t.checkpoint.every
+    with progress(t.steps, loop.iteration, show_progress, label="distill") as update:
+        while loop.iteration < t.steps:
+            tick = time.perf_counter()
+            record = iteration_step(loop)
+            loop.iteration += 1
+            record["seconds"] = round(time.perf_counter() - tick, 4)
+            loop.log.log(record)
+            update(record["fake_loss"])
+            if every and (loop.iteration % every == 0 or loop.iteration == t.steps):
+                save_checkpoint(run_folder(loop.out), loop.iteration, [loop.generator, loop.fake], loop.ctx, resolved,
+                                {"iteration": loop.iteration}, t.checkpoint.keep)
+
+
+def export(loop: Loop, out: Path, overwrite: bool, resolved: dict, cache_folder: Path | None, started: float) -> None:
+    """Write the few-step model artifact (rank 0) after gathering the generator's weights (collective)."""
+    state = loop.generator.engine.full_state_dict()
+    if loop.ctx.rank == 0:
+        state = ema_state(state, loop.generator)
+        loop.base.pyramid = distilled_pyramid(loop.recipe, loop.base.pyramid, loop.levels)
+        teacher_inputs = loop.teacher.inputs if loop.teacher is not None else []
+        inputs = loop.base.inputs + teacher_inputs + ([cache_folder] if cache_folder else [])
+        dtype = torch.bfloat16 if loop.recipe.dtype == "bfloat16" else torch.float32
+        with artifact_dir(out, overwrite=overwrite) as tmp:
+            export_model(tmp, loop.base, state, loop.recipe.train, dtype)
+            shutil.copyfile(loop.log.path, tmp / "metrics.jsonl")
+            metrics = {"iterations": loop.iteration, "generator_steps": loop.generator_steps(),
+                       "world_size": loop.ctx.world, "engine": loop.ctx.kind, "schedule": loop.recipe.distill.schedule,
+                       "forwards_per_video": loop.total_steps, "seconds": round(time.time() - started, 3)}
+            write_manifest(tmp, "distill", resolved, inputs, metrics, started)
+        console.print(f"distill: wrote [bold]{out}[/] ({loop.iteration} iterations, "
+                      f"{loop.generator_steps()} generator steps, schedule {loop.recipe.distill.schedule})")
+    dist.barrier()
+
+
+def summarise(metrics: Path, out: Path) -> None:
+    """Print the last losses and where the curves are; write ``curves.png`` in the run folder."""
+    png = plot_curves(metrics, metrics.parent / "curves.png",
+                      [("train", "fake_loss", "fake-score loss"), ("train", "gen_loss", "generator DMD loss"),
+                       ("train", "w_dmd", "w_dmd"), ("train", "teach_loss", "L_teach")], f"distill {out.name}")
+    records = [r for r in read_records(metrics) if r.get("kind") == "train"]
+    gen = [r for r in records if r.get("gen_loss") is not None]
+    with contextlib.suppress(IndexError, KeyError, TypeError):
+        console.print(f"distill: {records[-1]['step']} iterations; last fake-score loss {records[-1]['fake_loss']:.4g}"
+                      + (f", last generator loss {gen[-1]['gen_loss']:.4g}" if gen else ""), markup=False)
+    console.print(f"  curves: {png or 'none'}; metrics: {metrics}", markup=False)
+
+
+def dry_run(recipe: DistillRecipe) -> dict:
+    """Print the memory plan (generator, fake score, teacher, both optimisers) without loading weights."""
+    import os
+
+    from pyrawan.train.plan import distill_plan, render
+
+    plan, lines = distill_plan(recipe, int(os.environ.get("WORLD_SIZE", 1)))
+    if dist.world()[0] == 0:
+        render(plan, lines)
+    return plan

@@ -1,0 +1,101 @@
+"""The eval artifact: ``metrics.json`` (per-video values, mean and 95% CI per metric) plus the manifest.
+
+``metrics.json``::
+
+    {"schema": "pyrawan.eval/1", "kind": "quality" | "vbench" | ..., "label": "...",
+     "model": "...", "schedule": "20-20-10" | null,
+     "cost": {"tflops_per_video": float | null, "seconds_per_video": float | null},
+     "summary": {metric: {"mean", "low", "high", "n", "higher_is_better", "unit", "description"}},
+     "ci": {"level": 0.95, "method": "bootstrap", "resamples": 2000, "seed": 0, "over": "videos"},
+     "videos": [{"index", "prompt", "seed", "video": path relative to the artifact or null,
+                 "values": {metric: float}}],
+     "notes": [...]}
+
+Any command that produces per-video numbers writes one with ``write_eval`` inside an
+``artifact_dir``; ``compare`` and ``report`` read any number of them with ``read_eval``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pyrawan.errors import InputError
+from pyrawan.eval.metrics import METRICS
+from pyrawan.eval.stats import mean_ci
+from pyrawan.fsutil import atomic_write_text
+from pyrawan.manifest import read_manifest
+
+SCHEMA = "pyrawan.eval/1"
+METRICS_FILE = "metrics.json"
+CI = {"level": 0.95, "method": "bootstrap", "resamples": 2000, "seed": 0, "over": "videos"}
+
+
+def summarise(values: Sequence[float], name: str, info: Mapping[str, tuple[bool, str, str]] = METRICS) -> dict:
+    """``{"mean", "low", "high", "n", "higher_is_better", "unit", "description"}`` of one metric.
+
+    Non-finite values (a video that could not be scored) are left out and counted in ``missing``.
+    """
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    higher, unit, description = info.get(name, (True, "", name))
+    entry: dict[str, Any] = {"higher_is_better": higher, "unit": unit, "description": description,
+                             "n": len(finite), "missing": len(values) - len(finite)}
+    if not finite:
+        return {**entry, "mean": None, "low": None, "high": None}
+    mean, low, high = mean_ci(finite, level=CI["level"], method=CI["method"], resamples=CI["resamples"],
+                              seed=CI["seed"])
+    return {**entry, "mean": mean, "low": low, "high": high}
+
+
+def build_eval(kind: str, label: str, videos: list[dict], model: str | None = None, schedule: str | None = None,
+               tflops_per_video: float | None = None, seconds_per_video: float | None = None,
+               notes: Sequence[str] = (), extra: Mapping[str, Any] | None = None,
+               info: Mapping[str, tuple[bool, str, str]] = METRICS) -> dict:
+    """The ``metrics.json`` body from per-video records ``{"index", "prompt", "seed", "video", "values"}``."""
+    names = list(dict.fromkeys(k for v in videos for k in v["values"]))
+    summary = {name: summarise([v["values"].get(name, math.nan) for v in videos], name, info) for name in names}
+    return {"schema": SCHEMA, "kind": kind, "label": label, "model": model, "schedule": schedule,
+            "cost": {"tflops_per_video": tflops_per_video, "seconds_per_video": seconds_per_video},
+            "summary": summary, "ci": dict(CI), "videos": videos, "notes": list(notes), **dict(extra or {})}
+
+
+def write_eval(folder: Path, body: dict) -> Path:
+    """Write ``folder/metrics.json`` (strict JSON: non-finite numbers become null)."""
+    return atomic_write_text(Path(folder) / METRICS_FILE, json.dumps(_finite(body), indent=1, allow_nan=False) + "\n")
+
+
+def manifest_metrics(body: dict) -> dict:
+    """The manifest's ``metrics``: mean and CI per metric, cost."""
+    return {"summary": {k: {"mean": v["mean"], "low": v["low"], "high": v["high"], "n": v["n"]}
+                        for k, v in body["summary"].items()}, "cost": body["cost"], "videos": len(body["videos"])}
+
+
+def read_eval(folder: str | Path) -> dict:
+    """The ``metrics.json`` of an eval artifact, with ``"path"`` added; InputError if it is not one."""
+    folder = Path(folder)
+    read_manifest(folder)
+    path = folder / METRICS_FILE
+    if not path.is_file():
+        raise InputError(f"{folder} is a pyrawan artifact but not an eval artifact (no {METRICS_FILE}); give folders "
+                         f"written by `pyrawan eval quality` or `pyrawan eval vbench import`.")
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path} is not valid JSON ({err}); rerun the command that wrote it.") from None
+    if not isinstance(body, dict) or body.get("schema") != SCHEMA:
+        raise InputError(f"{path}: schema is {body.get('schema') if isinstance(body, dict) else None!r}, this "
+                         f"pyrawan reads {SCHEMA!r}; rerun the command that wrote it.")
+    return {**body, "path": str(folder)}
+
+
+def _finite(value: Any) -> Any:
+    """Non-finite floats -> None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

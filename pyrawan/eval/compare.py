@@ -1,0 +1,171 @@
+"""Compare eval artifacts: one table (each metric's mean and 95% CI, cost, deltas to a baseline),
+the Pareto front of quality against cost, and a PNG of it.
+
+A delta is ``mean - baseline mean``; ``differs`` is True when the two 95% intervals do not overlap
+(``pyrawan.eval.stats.differs``: conservative, a real difference can still overlap).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from pyrawan.errors import InputError
+from pyrawan.eval.stats import differs
+
+QUALITY_ORDER = ("toybench_overall", "pixel_psnr", "pixel_ssim", "latent_psnr", "vbench_total")
+
+
+def metric_names(evals: Sequence[dict]) -> list[str]:
+    """Every metric of any artifact, in order of first appearance."""
+    return list(dict.fromkeys(name for e in evals for name in e["summary"]))
+
+
+def pick_quality_metric(evals: Sequence[dict], metric: str | None = None) -> str:
+    """The metric on the quality axis: ``metric`` if given, else the first of QUALITY_ORDER all artifacts have."""
+    names = metric_names(evals)
+    if metric is not None:
+        if metric not in names:
+            raise InputError(f"--metric {metric!r} is in none of the artifacts; they have: {', '.join(names)}.")
+        return metric
+    shared = [n for n in names if all(e["summary"].get(n, {}).get("mean") is not None for e in evals)]
+    for name in QUALITY_ORDER:
+        if name in shared:
+            return name
+    if not shared:
+        raise InputError("the artifacts share no metric with a value; compare artifacts of the same kind "
+                         "(e.g. all from `eval quality` on the same prompts).")
+    return shared[0]
+
+
+def _cost(e: dict) -> tuple[str, float | None]:
+    cost = e.get("cost") or {}
+    return ("tflops", cost.get("tflops_per_video")) if cost.get("tflops_per_video") is not None else \
+        ("seconds", cost.get("seconds_per_video"))
+
+
+def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool = True) -> list[int]:
+    """Indices of the points ``(cost, quality)`` no other point beats: cheaper-or-equal *and*
+    better-or-equal with one strict. Sorted by cost."""
+    sign = 1.0 if higher_is_better else -1.0
+    front = []
+    for i, (c, q) in enumerate(points):
+        dominated = any((c2 <= c and sign * q2 >= sign * q) and (c2 < c or sign * q2 > sign * q)
+                        for j, (c2, q2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def compare(evals: Sequence[dict], baseline: int = 0, quality: str | None = None) -> dict:
+    """The comparison of eval artifacts (``read_eval`` bodies); ``baseline`` indexes ``evals``."""
+    if len(evals) < 1:
+        raise InputError("eval compare needs at least one eval artifact.")
+    if not 0 <= baseline < len(evals):
+        raise InputError(f"--baseline index {baseline} is outside the {len(evals)} artifacts given.")
+    names = metric_names(evals)
+    quality = pick_quality_metric(evals, quality)
+    base = evals[baseline]
+    rows = []
+    for e in evals:
+        unit, value = _cost(e)
+        metrics = {}
+        for name in names:
+            s = e["summary"].get(name)
+            b = base["summary"].get(name)
+            if s is None or s.get("mean") is None:
+                metrics[name] = None
+                continue
+            entry = {k: s[k] for k in ("mean", "low", "high", "n")}
+            if b is not None and b.get("mean") is not None:
+                entry["delta"] = s["mean"] - b["mean"]
+                entry["differs"] = differs((s["low"], s["high"]), (b["low"], b["high"]))
+            metrics[name] = entry
+        rows.append({"label": e.get("label"), "path": e.get("path"), "kind": e.get("kind"), "model": e.get("model"),
+                     "schedule": e.get("schedule"), "videos": len(e.get("videos", [])),
+                     "tflops_per_video": (e.get("cost") or {}).get("tflops_per_video"),
+                     "seconds_per_video": (e.get("cost") or {}).get("seconds_per_video"),
+                     "cost_unit": unit, "cost": value, "metrics": metrics})
+    higher = next((e["summary"][quality]["higher_is_better"] for e in evals if quality in e["summary"]), True)
+    units = {r["cost_unit"] for r in rows if r["cost"] is not None}
+    plotted = [i for i, r in enumerate(rows) if r["cost"] is not None and r["metrics"].get(quality)
+               and len(units) == 1]
+    front = pareto_front([(rows[i]["cost"], rows[i]["metrics"][quality]["mean"]) for i in plotted], higher)
+    for k, i in enumerate(plotted):
+        rows[i]["pareto"] = k in front
+    info = {n: next((e["summary"][n] for e in evals if n in e["summary"]), {}) for n in names}
+    return {"baseline": rows[baseline]["label"], "baseline_index": baseline, "quality_metric": quality,
+            "quality_higher_is_better": higher, "cost_unit": units.pop() if len(units) == 1 else None,
+            "metrics": {n: {"higher_is_better": info[n].get("higher_is_better", True), "unit": info[n].get("unit", ""),
+                            "description": info[n].get("description", n)} for n in names},
+            "rows": rows,
+            "note": "mean [95% CI over videos]; Δ = mean - baseline mean; * = the 95% intervals do not overlap."}
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:.{digits}g}" if abs(value) < 1e-2 and value != 0 else f"{value:.{digits}f}"
+
+
+def cell(entry: dict | None, is_baseline: bool) -> str:
+    """``mean [low, high]`` plus ``(Δ +x*)`` against the baseline."""
+    if entry is None:
+        return "–"
+    text = f"{_num(entry['mean'])} [{_num(entry['low'])}, {_num(entry['high'])}]"
+    if not is_baseline and "delta" in entry:
+        text += f" (Δ {'+' if entry['delta'] >= 0 else ''}{_num(entry['delta'])}{'*' if entry['differs'] else ''})"
+    return text
+
+
+def table_rows(result: dict, metrics: Sequence[str] | None = None) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the comparison table (strings)."""
+    names = list(metrics or result["metrics"])
+    header = ["model", "schedule", "videos", "TFLOPs/video", "s/video", "Pareto", *names]
+    rows = []
+    for i, r in enumerate(result["rows"]):
+        rows.append([str(r["label"]), str(r["schedule"] or "–"), str(r["videos"]), _num(r["tflops_per_video"], 4),
+                     _num(r["seconds_per_video"], 3), "yes" if r.get("pareto") else "",
+                     *(cell(r["metrics"].get(n), i == result["baseline_index"]) for n in names)])
+    return header, rows
+
+
+def markdown(result: dict, metrics: Sequence[str] | None = None) -> str:
+    """The table as GitHub markdown, with the baseline and the note."""
+    header, rows = table_rows(result, metrics)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return (f"Baseline: {result['baseline']}. {result['note']}\n\n" + "\n".join(lines) + "\n")
+
+
+def plot(result: dict, path: Path) -> Path | None:
+    """PNG of quality against cost with CI bars; the Pareto front is a line through starred points.
+    Returns None (and writes nothing) when no artifact has both a cost and the quality metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    q = result["quality_metric"]
+    rows = [r for r in result["rows"] if "pareto" in r]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    for r in rows:
+        m = r["metrics"][q]
+        ax.errorbar([r["cost"]], [m["mean"]], yerr=[[m["mean"] - m["low"]], [m["high"] - m["mean"]]],
+                    fmt="*" if r["pareto"] else "o", markersize=11 if r["pareto"] else 6, capsize=3)
+        ax.annotate(str(r["label"]), (r["cost"], m["mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["cost"])
+    ax.plot([r["cost"] for r in front], [r["metrics"][q]["mean"] for r in front], "k--", lw=1, label="Pareto front")
+    unit = result["cost_unit"]
+    ax.set_xlabel("TFLOPs per video (transformer)" if unit == "tflops" else "seconds per video")
+    if len({r["cost"] for r in rows}) > 1 and min(r["cost"] for r in rows) > 0:
+        ax.set_xscale("log")
+    ax.set_ylabel(f"{q} ({'higher' if result['quality_higher_is_better'] else 'lower'} is better), 95% CI")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path

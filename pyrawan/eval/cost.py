@@ -1,0 +1,27 @@
+"""Transformer FLOPs of sampling one video with a given schedule (the cost axis of compare and search).
+
+Counts the denoiser only (analytic formula of paper.md section 8.2, with the small terms), times
+2 with classifier-free guidance; the VAE decode and the text encoder are excluded, as in
+``pyrawan eval flops``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pyrawan.eval.flops import TERA, WanArch, analytic_forward_flops, schedule_flops
+from pyrawan.pyramid.config import PyramidConfig
+from pyrawan.pyramid.geometry import pixel_to_latent
+
+
+def stage_forward_tflops(transformer_config: Mapping[str, Any], pyramid: PyramidConfig, video: Mapping[str, int],
+                         text_len: int) -> list[float]:
+    """TFLOPs of one forward per stage (index = stage, 0 = full resolution) at ``video``'s pixel size."""
+    arch = WanArch.from_config(transformer_config, text_len=text_len)
+    full = pixel_to_latent(int(video["frames"]), int(video["height"]), int(video["width"]))
+    return [analytic_forward_flops(arch, shape, text_len) / TERA for shape in pyramid.shapes(full)]
+
+
+def video_tflops(per_stage_forward: Sequence[float], steps: Sequence[int], guidance: float) -> float:
+    """TFLOPs per video of a schedule ``steps`` (coarsest first), x2 when ``guidance > 1``."""
+    return float(schedule_flops(per_stage_forward, steps, guidance > 1)["total"])

@@ -1,0 +1,205 @@
+"""Quality of a set of sampled videos: unpaired metrics, ToyBench, and paired metrics against a reference.
+
+A ``SampleSet`` is what was sampled: prompts, seeds, final latents ``[N, 16, T, H, W]``, decoded
+float frames ``[N, F, 3, H, W]`` (before mp4), the mp4 paths, and how (model, schedule, sizes,
+whether the initial noise was coupled to a full-resolution draw). ``read_sample_set`` builds one
+from a ``pyrawan sample`` artifact; ``pyrawan eval quality`` builds one by sampling.
+
+Paired metrics need the *same* prompts, seeds and sizes (``check_pairing`` refuses anything else)
+and coupled noise on both sides: a set sampled from uncoupled noise at a coarse first stage has
+noise unrelated to the reference's, and its paired metrics are reported as not applicable.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from pyrawan.errors import InputError
+from pyrawan.eval import metrics as M
+from pyrawan.manifest import read_manifest
+
+Decode = Callable[[torch.Tensor], torch.Tensor]   # latents [B, 16, T, H, W] -> frames [B, F, 3, H, W] in [0, 1]
+
+
+@dataclass
+class SampleSet:
+    """Videos sampled from one model with one schedule (index i: prompt i, seed i)."""
+
+    label: str
+    model: str
+    prompts: list[str]
+    seeds: list[int]
+    latents: torch.Tensor                      # [N, 16, T, H, W], normalised
+    frames: torch.Tensor | None                # [N, F, 3, H, W] float in [0, 1], decoded before mp4
+    videos: list[Path | None]                  # mp4 of each video (absolute), None when not written
+    schedule: str | None = None
+    video: dict = field(default_factory=dict)  # frames, height, width, fps
+    coupled: bool = False                      # initial noise derived from a full-resolution draw
+    tflops_per_video: float | None = None
+    seconds_per_video: float | None = None
+    source: Path | None = None                 # the sample artifact it was read from
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def first_stage_is_full(schedule: str | None) -> bool:
+    """True when a schedule (coarsest first) has steps only at full resolution (``0-0-50``, ``8``)."""
+    if not schedule:
+        return False
+    steps = [int(s) for s in str(schedule).split("-")]
+    return all(s == 0 for s in steps[:-1])
+
+
+def decode_in_batches(decode: Decode, latents: torch.Tensor, batch_size: int,
+                      advance: Callable[[int], None] = lambda n=1: None) -> torch.Tensor:
+    """Frames ``[N, F, 3, H, W]`` of latents ``[N, 16, T, H, W]``, ``batch_size`` at a time, on the CPU."""
+    parts = []
+    for k in range(0, len(latents), batch_size):
+        parts.append(decode(latents[k:k + batch_size]).float().cpu())
+        advance(len(parts[-1]))
+    return torch.cat(parts)
+
+
+def _records(folder: Path) -> list[dict]:
+    path = folder / "samples.jsonl"
+    if not path.is_file():
+        raise InputError(f"--samples {folder} has no samples.jsonl; give a folder written by `pyrawan sample`.")
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path} is damaged ({err}); rerun `pyrawan sample`.") from None
+
+
+def read_sample_set(folder: str | Path, label: str | None = None) -> SampleSet:
+    """A ``pyrawan sample`` artifact as a SampleSet (latents loaded, frames not decoded yet)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest.get("kind") != "sample":
+        raise InputError(f"--samples {folder} is a {manifest.get('kind')!r} artifact, not a sample artifact; give a "
+                         f"folder written by `pyrawan sample` (or `pyrawan eval quality --model`).")
+    resolved = (manifest.get("recipe") or {}).get("resolved") or {}
+    records = sorted(_records(folder), key=lambda r: r["index"])
+    missing = [r.get("latents") for r in records if not r.get("latents") or not (folder / r["latents"]).is_file()]
+    if missing:
+        raise InputError(f"--samples {folder}: latents file {missing[0]!r} is missing; pixel metrics are computed "
+                         f"from the saved latents (never from the lossy mp4). Rerun `pyrawan sample`.")
+    latents = torch.cat([load_file(str(folder / r["latents"]))["latents"].float() for r in records])
+    schedule = resolved.get("schedule")
+    metrics = manifest.get("metrics") or {}
+    seconds = metrics.get("seconds_per_video")
+    if seconds is None and metrics.get("seconds") is not None and records:
+        seconds = float(metrics["seconds"]) / len(records)
+    coupled = bool(resolved.get("coupled_noise", False)) or first_stage_is_full(schedule)
+    return SampleSet(label=label or folder.name, model=str(resolved.get("model")),
+                     prompts=[r["prompt"] for r in records], seeds=[int(r["seed"]) for r in records],
+                     latents=latents, frames=None, videos=[folder / r["video"] if r.get("video") else None
+                                                           for r in records],
+                     schedule=schedule, video=dict(resolved.get("video") or {}), coupled=coupled,
+                     seconds_per_video=seconds, source=folder)
+
+
+def pairing_problems(a: SampleSet, b: SampleSet) -> list[str]:
+    """What differs between two sets that must be paired video by video (empty = comparable)."""
+    problems = []
+    if len(a) != len(b):
+        problems.append(f"{len(a)} videos vs {len(b)} in the reference")
+    for name, x, y in (("prompt", a.prompts, b.prompts), ("seed", a.seeds, b.seeds)):
+        diff = [i for i, (p, q) in enumerate(zip(x, y)) if p != q]
+        if diff:
+            i = diff[0]
+            problems.append(f"{name}s differ at {len(diff)} video(s), first at index {i}: {x[i]!r} vs {y[i]!r}")
+    if tuple(a.latents.shape[1:]) != tuple(b.latents.shape[1:]):
+        problems.append(f"latent size {tuple(a.latents.shape[1:])} vs {tuple(b.latents.shape[1:])} "
+                        f"(video {a.video or '?'} vs {b.video or '?'})")
+    return problems
+
+
+def check_pairing(a: SampleSet, b: SampleSet) -> None:
+    """InputError naming every difference when ``b`` cannot serve as ``a``'s reference."""
+    problems = pairing_problems(a, b)
+    if problems:
+        raise InputError(f"the reference {b.label} was not sampled like {a.label}: " + "; ".join(problems)
+                         + ". Sample the reference with the same prompts, seeds and video size (e.g. pass the same "
+                         "--prompts/--suite, --seeds and sizes, or let `eval quality --reference MODEL` sample it).")
+
+
+def toy_prompts(prompts: Sequence[str]) -> bool:
+    """True when every prompt is a toy-world caption ToyBench can judge."""
+    from pyrawan.toy.world import parse_caption
+
+    try:
+        for p in prompts:
+            parse_caption(p)
+    except InputError:
+        return False
+    return bool(prompts)
+
+
+def toybench_values(frames: torch.Tensor, prompts: Sequence[str]) -> list[dict[str, float]]:
+    """ToyBench overall and per-score values of each video ``[F, 3, H, W]`` against its prompt."""
+    from pyrawan.toy.bench import score_video
+
+    out = []
+    for video, prompt in zip(frames, prompts):
+        result = score_video(video, prompt)
+        out.append({"toybench_overall": result["overall"], **{f"toybench_{k}": v for k, v in result["scores"].items()}})
+    return out
+
+
+def score_sets(samples: SampleSet, reference: SampleSet | None = None, toybench: bool | None = None,
+               advance: Callable[[int], None] = lambda n=1: None) -> tuple[list[dict], list[str]]:
+    """Per-video records ``{"index", "prompt", "seed", "video", "values"}`` and notes.
+
+    ``toybench=None``: ToyBench when every prompt is a toy-world caption. Paired metrics only with a
+    reference (after ``check_pairing``) and coupled noise on both sides; pixel ones need frames.
+    """
+    notes: list[str] = []
+    if reference is not None:
+        check_pairing(samples, reference)                 # before any scoring
+    values: list[dict[str, float]] = [{} for _ in range(len(samples))]
+    if samples.frames is not None:
+        toybench = toy_prompts(samples.prompts) if toybench is None else toybench
+        for i, row in enumerate(values):                  # one video at a time: a progress bar per video
+            video = samples.frames[i:i + 1]
+            row.update({name: float(column[0]) for name, column in M.unpaired_metrics(video).items()})
+            if toybench:
+                row.update(toybench_values(video, samples.prompts[i:i + 1])[0])
+            advance(1)
+    else:
+        notes.append("no decoded frames: pixel metrics, flicker, motion and ToyBench were not computed")
+        advance(len(samples))
+    if reference is not None:
+        if samples.coupled and reference.coupled:
+            frames = samples.frames if reference.frames is not None else None
+            paired = M.paired_metrics(samples.latents, reference.latents, frames, reference.frames)
+            for name, column in paired.items():
+                for row, v in zip(values, column):
+                    row[name] = float(v)
+            notes.append(f"paired metrics against {reference.label}: same prompts, seeds and sizes, coupled noise")
+        else:
+            side = samples.label if not samples.coupled else reference.label
+            notes.append(f"paired metrics not applicable: {side} was sampled from noise drawn at a coarse stage, not "
+                         f"coupled to a full-resolution draw (sample it with `eval quality --model`, which couples)")
+    records = [{"index": i, "prompt": samples.prompts[i], "seed": samples.seeds[i],
+                "video": None if samples.videos[i] is None else str(samples.videos[i]), "values": values[i]}
+               for i in range(len(samples))]
+    return records, notes
+
+
+def relative_videos(records: list[dict], folder: Path) -> list[dict]:
+    """Video paths made relative to the eval artifact ``folder`` (posix)."""
+    import os
+
+    out = []
+    for r in records:
+        video = r["video"]
+        if video is not None:
+            video = Path(os.path.relpath(Path(video).resolve(), folder.resolve())).as_posix()
+        out.append({**r, "video": video})
+    return out

@@ -1,0 +1,126 @@
+"""Sampling for evaluation: prompt suites, (prompt, seed) grids, and a model's videos as a ``SampleSet``.
+
+Videos are sampled with coupled noise (the full-resolution noise of each seed, taken down to the
+first stage with ``sqrt(m) D``), so any two models or schedules sampled here with the same seeds
+can be compared video by video. Each set is written as ``samples.jsonl`` + ``videos/*.mp4`` +
+``latents/*.safetensors`` (the layout of ``pyrawan sample``).
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from pyrawan.data.video import write_video
+from pyrawan.errors import InputError
+from pyrawan.eval.cost import stage_forward_tflops, video_tflops
+from pyrawan.eval.quality import SampleSet
+from pyrawan.fsutil import atomic_path, atomic_write_text
+from pyrawan.models.artifact import LoadedModel
+from pyrawan.models.generate import Plan, SampleSettings, generate_batches, make_plan
+from pyrawan.ui import progress_bar
+
+SUITE = re.compile(r"^toy-(\d+)$")
+
+
+def suite_prompts(name: str, seed: int = 0) -> list[str]:
+    """Prompts of a named suite. ``toy-N``: N toy-world captions drawn with ``seed`` (the ToyBench grammar)."""
+    match = SUITE.match(name)
+    if not match or int(match.group(1)) < 1:
+        raise InputError(f"--suite {name!r} is not a known suite; use toy-N (N toy-world prompts, e.g. toy-16), or "
+                         f"give --prompts FILE.")
+    from pyrawan.toy.world import caption, sample_scene
+
+    rng = np.random.default_rng(seed)
+    return [caption(sample_scene(rng)) for _ in range(int(match.group(1)))]
+
+
+def read_prompt_file(path: Path) -> list[str]:
+    """Non-empty lines of a UTF-8 text file."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"--prompts {path}: cannot read it ({err}); give a UTF-8 text file, one prompt per line.") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise InputError(f"--prompts {path} holds no prompt; write one prompt per line.")
+    return prompts
+
+
+def grid(prompts: Sequence[str], seeds: Sequence[int]) -> tuple[list[str], list[int]]:
+    """Every prompt with every seed, prompt-major: ``(prompts', seeds')`` of length ``P * S``."""
+    if not prompts or not seeds:
+        raise InputError("evaluation needs at least one prompt and one seed.")
+    return [p for p in prompts for _ in seeds], [int(s) for _ in prompts for s in seeds]
+
+
+def slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
+
+
+def plan_for(model: LoadedModel, spec: str, prompts: Sequence[str], schedule: str | None = None,
+             video: dict | None = None) -> Plan:
+    """The model's sampling plan with ``schedule`` and the pixel ``video`` size (None: the model's defaults)."""
+    sizes = {k: v for k, v in (video or {}).items() if k in ("frames", "height", "width", "fps")}
+    return make_plan(SampleSettings(prompts=list(prompts), model=spec, schedule=schedule, **sizes), model)
+
+
+def plan_tflops(model: LoadedModel, plan: Plan) -> float:
+    """Transformer TFLOPs per video of ``plan`` on ``model`` (x2 with guidance)."""
+    per_stage = stage_forward_tflops(dict(model.components.transformer.config), plan.pyramid, plan.video,
+                                     plan.max_sequence_length)
+    return video_tflops(per_stage, plan.steps, plan.guidance)
+
+
+def sample_set(model: LoadedModel, spec: str, plan: Plan, prompts: Sequence[str], seeds: Sequence[int],
+               folder: Path | None, label: str, batch_size: int = 8, progress: bool = True,
+               write_files: bool = True) -> SampleSet:
+    """Sample ``prompts[i]`` with ``seeds[i]`` (coupled noise), decode, and (``write_files``) write the
+    mp4s, latents and ``samples.jsonl`` under ``folder``. Seconds per video count sampling and decoding
+    only (no model loading, no file writing)."""
+    latents, frames, records, busy = [], [], [], 0.0
+    with progress_bar(f"sample {label}", total=len(prompts) * plan.nfe, enabled=progress) as advance:
+        batches = generate_batches(model, plan, list(prompts), list(seeds), batch_size, coupled_noise=True,
+                                   advance=advance, decode=True)
+        while True:
+            start = time.perf_counter()
+            part = next(batches, None)
+            busy += time.perf_counter() - start
+            if part is None:
+                break
+            positions, z, video = part
+            latents.append(z)
+            frames.append(video)
+            if write_files and folder is not None:
+                records += write_batch(folder, positions, z, video, prompts, seeds, plan)
+    if write_files and folder is not None:
+        atomic_write_text(folder / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    videos = [folder / r["video"] for r in records] if records else [None] * len(prompts)
+    return SampleSet(label=label, model=spec, prompts=list(prompts), seeds=[int(s) for s in seeds],
+                     latents=torch.cat(latents), frames=torch.cat(frames), videos=videos,
+                     schedule="-".join(map(str, plan.steps)), video=dict(plan.video), coupled=True,
+                     tflops_per_video=plan_tflops(model, plan), seconds_per_video=busy / len(prompts))
+
+
+def write_batch(folder: Path, positions: range, latents: torch.Tensor, frames: torch.Tensor,
+                prompts: Sequence[str], seeds: Sequence[int], plan: Plan) -> list[dict]:
+    """mp4 + latents of one batch; returns its ``samples.jsonl`` records."""
+    records = []
+    for k, i in enumerate(positions):
+        name = f"{i:04d}-{slug(prompts[i])}"
+        write_video(folder / "videos" / f"{name}.mp4", frames[k], fps=plan.video["fps"])
+        meta = {"pyrawan.prompt": prompts[i], "pyrawan.seed": str(seeds[i]), "pyrawan.coupled_noise": "true",
+                "pyrawan.schedule": "-".join(map(str, plan.steps)), "pyrawan.normalised": "true"}
+        path = folder / "latents" / f"{name}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file({"latents": latents[k:k + 1].contiguous()}, str(tmp), metadata=meta)
+        records.append({"index": i, "prompt": prompts[i], "seed": int(seeds[i]), "video": f"videos/{name}.mp4",
+                        "latents": f"latents/{name}.safetensors", "frames": int(frames.shape[1])})
+    return records

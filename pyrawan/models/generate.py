@@ -1,0 +1,242 @@
+"""Text to latents to frames with the pyramidal sampler, batched: the sampling core of ``sample`` and eval.
+
+``make_plan`` resolves what the user asked for (``SampleSettings``) against a loaded model into a
+``Plan``; ``generate_batches`` / ``generate_videos`` run prompts through every stage and the VAE
+decode ``batch_size`` at a time (classifier-free guidance stays one forward of batch ``2B``).
+
+Every sample draws its noise (initial and jump/re-noise) from its own CPU generator seeded by its
+seed, so a sample's latents do not depend on the batch it ran in (up to float reassociation).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from pyrawan.errors import InputError
+from pyrawan.models.artifact import LoadedModel
+from pyrawan.models.denoiser import Velocity, encode_prompts
+from pyrawan.models.vae import decode_latents
+from pyrawan.pyramid.config import PyramidConfig
+from pyrawan.pyramid.geometry import check_sizes, pixel_to_latent
+from pyrawan.pyramid.sampler import active_stages, default_fewstep_levels, sample_fewstep, sample_multistep
+from pyrawan.pyramid.schedule import parse_schedule
+
+VIDEO_KEYS = ("frames", "height", "width", "fps")
+
+# Prompts per batch when none is given: measured on a 2-core CPU with the toy model
+# (benchmarks/sample_speed.py, docs/results.md): 16 prompts per batch decode and sample ~3x faster
+# per video than one at a time; larger batches gain little there and cost memory on a GPU.
+DEFAULT_BATCH_SIZE = 16
+
+# Sampling defaults of a plain (non-pyramidal) model: Wan2.1 at 480p, the CI-sized preset and the toy teacher.
+PLAIN_DEFAULTS = {
+    "wan": {"video": {"frames": 81, "height": 480, "width": 832, "fps": 16},
+            "sampling": {"schedule": "50", "shift": 3.0, "guidance": 5.0, "negative_prompt": "",
+                         "fewstep_levels": None, "max_sequence_length": 512}},
+    "tiny": {"video": {"frames": 17, "height": 64, "width": 64, "fps": 16},
+             "sampling": {"schedule": "8", "shift": 3.0, "guidance": 3.0, "negative_prompt": "",
+                          "fewstep_levels": None, "max_sequence_length": 16}},
+    "toy": {"video": {"frames": 17, "height": 64, "width": 64, "fps": 16},
+            "sampling": {"schedule": "50", "shift": 3.0, "guidance": 3.0, "negative_prompt": "",
+                         "fewstep_levels": None, "max_sequence_length": 16}},
+}
+
+Advance = Callable[..., None]
+
+
+@dataclass
+class SampleSettings:
+    """What the user asked for; ``None`` means: take the model's default (``pyramid.json``)."""
+
+    prompts: list[str]
+    model: str = "toy"
+    negative_prompt: str | None = None
+    schedule: str | None = None
+    guidance: float | None = None
+    shift: float | list[float] | None = None
+    seed: int = 0
+    frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    fps: int | None = None
+    fewstep: bool | None = None
+    fewstep_levels: list[list[float]] | None = None
+    max_sequence_length: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    batch_size: int | None = None
+    compile: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    command: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    """Everything resolved before the first forward."""
+
+    pyramid: PyramidConfig
+    steps: tuple[int, ...]
+    shift: float | list[float]
+    guidance: float
+    negative_prompt: str
+    levels: list[list[float]] | None
+    video: dict
+    max_sequence_length: int
+
+    @property
+    def nfe(self) -> int:
+        return sum(self.steps)
+
+    def latent_shapes(self) -> list[tuple[int, int, int]]:
+        """Latent (T, H, W) of every stage, index = stage (0 = full resolution)."""
+        return self.pyramid.shapes(pixel_to_latent(self.video["frames"], self.video["height"], self.video["width"]))
+
+    def as_dict(self) -> dict:
+        return {"pyramid": self.pyramid.to_dict(), "schedule": "-".join(map(str, self.steps)), "shift": self.shift,
+                "guidance": self.guidance, "negative_prompt": self.negative_prompt, "fewstep_levels": self.levels,
+                "video": self.video, "max_sequence_length": self.max_sequence_length}
+
+
+def model_defaults(model: LoadedModel, spec: str) -> tuple[PyramidConfig, dict, dict]:
+    """(pyramid, sampling defaults, video defaults) of a pyramidal artifact or a plain model."""
+    if model.pyramid is None:
+        plain = PLAIN_DEFAULTS[spec if spec in PLAIN_DEFAULTS else "wan"]
+        return PyramidConfig(num_stages=1), plain["sampling"], plain["video"]
+    try:
+        p = model.pyramid
+        return PyramidConfig.from_dict(p), dict(p["sampling"]), {k: int(p["video"][k]) for k in VIDEO_KEYS}
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{model.path}/pyramid.json is damaged or from another tool ({type(err).__name__}: {err}); "
+                         f"re-create the model with `pyrawan convert`.") from None
+
+
+def make_plan(settings: SampleSettings, model: LoadedModel) -> Plan:
+    """Resolve schedule, levels and sizes against the model; every check happens before sampling."""
+    pyramid, defaults, video = model_defaults(model, settings.model)
+    for key in VIDEO_KEYS:
+        value = getattr(settings, key)
+        if value is not None and value <= 0:
+            raise InputError(f"--{key} = {value} must be a positive number.")
+    video = {k: video[k] if getattr(settings, k) is None else getattr(settings, k) for k in VIDEO_KEYS}
+    check_sizes({k: video[k] for k in ("frames", "height", "width")}, pyramid.num_stages, pyramid.keep_time,
+                frame_unit=4, space_unit=8, what="--frames/--height/--width:")
+    steps = parse_schedule(settings.schedule or defaults["schedule"], pyramid.num_stages, key="--schedule")
+    levels = settings.fewstep_levels if settings.fewstep_levels is not None else defaults.get("fewstep_levels")
+    fewstep = settings.fewstep if settings.fewstep is not None else levels is not None
+    if fewstep:
+        levels = [list(r) for r in levels] if levels and [len(r) for r in levels] == list(steps) else default_fewstep_levels(steps)
+    shift = settings.shift if settings.shift is not None else defaults["shift"]
+    if min(shift if isinstance(shift, (list, tuple)) else [shift]) <= 0:
+        raise InputError(f"--shift = {shift} must be > 0 (1 = no shift; Wan's own sampler uses 3 to 5).")
+    return Plan(pyramid=pyramid, steps=steps, shift=list(shift) if isinstance(shift, (list, tuple)) else float(shift),
+                guidance=float(settings.guidance if settings.guidance is not None else defaults["guidance"]),
+                negative_prompt=settings.negative_prompt if settings.negative_prompt is not None else defaults["negative_prompt"],
+                levels=levels if fewstep else None, video=video,
+                max_sequence_length=int(settings.max_sequence_length or defaults.get("max_sequence_length", 512)))
+
+
+def initial_noise(plan: Plan, seeds: Sequence[int], coupled: bool = False) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Pure noise ``[N, 16, T, H, W]`` at the first stage that has steps, and one CPU generator per sample.
+
+    Sample ``n`` is drawn from ``torch.Generator("cpu").manual_seed(seeds[n])``; the returned
+    generators continue from there (the sampler draws the jump and re-noise noise from them).
+    ``coupled``: draw the full-resolution noise and take it down stage by stage with
+    ``eps_coarse = sqrt(m) D(eps_fine)`` (white, unit variance; pyramid-math.md section 5), so a
+    one-stage model and a pyramid sampled with the same seed start from the same noise. For a
+    one-stage model, or a schedule whose first stage is full resolution, coupled equals plain.
+    """
+    shapes = plan.latent_shapes()
+    first = active_stages(plan.steps)[0][0]
+    drawn = 0 if coupled else first
+    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    noise = torch.cat([torch.randn((1, 16, *shapes[drawn]), generator=g, dtype=torch.float32) for g in generators])
+    for _ in range(first - drawn):
+        noise = plan.pyramid.resize.couple_noise(noise)
+    return noise, generators
+
+
+def compiled(model: LoadedModel, **options) -> LoadedModel:
+    """A view of ``model`` whose transformer is ``torch.compile``-d (``options`` go to torch.compile).
+
+    Only the forward changes: weights, state dict and the original module are shared.
+    """
+    transformer = torch.compile(model.components.transformer, **options)
+    return dataclasses.replace(model, components=dataclasses.replace(model.components, transformer=transformer))
+
+
+def sample_latents(model: LoadedModel, plan: Plan, prompts: Sequence[str], seeds: Sequence[int],
+                   coupled_noise: bool = False, advance: Advance = lambda n=1: None) -> torch.Tensor:
+    """Normalised latents ``[B, 16, T, H, W]`` (float32, CPU) at full resolution for one batch of prompts.
+
+    One text-encoder call and, per step, one transformer forward of batch ``B`` (``2B`` with
+    guidance); ``advance(B)`` after each step.
+    """
+    comps = model.components
+    device = next(comps.transformer.parameters()).device
+    negative = [plan.negative_prompt] * len(prompts) if plan.guidance > 1 else None
+    cond, uncond = encode_prompts(comps, list(prompts), negative, plan.max_sequence_length)
+    velocity = Velocity(comps.transformer, cond, uncond, plan.guidance)
+    noise, generators = initial_noise(plan, seeds, coupled_noise)
+    noise = noise.to(device)
+    step = lambda stage, j, x: advance(len(prompts))  # noqa: E731
+    with torch.inference_mode():
+        if plan.levels is not None:
+            x = sample_fewstep(velocity, noise, plan.pyramid, plan.levels, generators, step)
+        else:
+            x = sample_multistep(velocity, noise, plan.pyramid, plan.steps, plan.shift, generators, step)
+    return x.float().cpu()
+
+
+def check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"--batch-size = {batch_size!r} must be a whole number >= 1 (prompts sampled together).")
+    return batch_size
+
+
+def generate_batches(model: LoadedModel, plan: Plan, prompts: Sequence[str], seeds: Sequence[int],
+                     batch_size: int = DEFAULT_BATCH_SIZE, coupled_noise: bool = False,
+                     advance: Advance = lambda n=1: None, decode: bool = True,
+                     ) -> Iterator[tuple[range, torch.Tensor, torch.Tensor | None]]:
+    """Yield ``(positions, latents [B, 16, T, H, W], frames [B, F, 3, H, W] | None)`` per batch of prompts.
+
+    ``positions`` index ``prompts``/``seeds``; latents are float32 on the CPU, frames float32 in
+    [0, 1] on the CPU (``None`` when ``decode`` is False).
+    """
+    if len(prompts) != len(seeds):
+        raise InputError(f"{len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt.")
+    check_batch_size(batch_size)
+    for start in range(0, len(prompts), batch_size):
+        part = range(start, min(start + batch_size, len(prompts)))
+        latents = sample_latents(model, plan, [prompts[i] for i in part], [seeds[i] for i in part],
+                                 coupled_noise, advance)
+        frames = None
+        if decode:
+            vae_device = next(model.components.vae.parameters()).device
+            with torch.inference_mode():                 # a GPU decodes one video at a time (memory)
+                frames = decode_latents(model.components, latents, chunk=1 if vae_device.type == "cuda" else None).cpu()
+        yield part, latents, frames
+
+
+def generate_videos(model: LoadedModel, plan: Plan, prompts: list[str], seeds: list[int],
+                    batch_size: int = DEFAULT_BATCH_SIZE, coupled_noise: bool = False,
+                    advance: Advance = lambda n=1: None, decode: bool = True,
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Latents ``[N, 16, T, H, W]`` (float32, CPU, normalised, full resolution) and frames
+    ``[N, F, 3, H, W]`` in [0, 1] (``None`` when ``decode`` is False) for ``prompts[n]`` with ``seeds[n]``.
+
+    Runs ``batch_size`` prompts at a time through every stage and the VAE decode; each sample's
+    result does not depend on ``batch_size``. ``advance(n)`` is called with the number of samples
+    after every sampler step (a progress bar of ``N * plan.nfe``).
+    """
+    latents, frames = [], []
+    for _, z, video in generate_batches(model, plan, prompts, seeds, batch_size, coupled_noise, advance, decode):
+        latents.append(z)
+        frames.append(video)
+    if not latents:
+        raise InputError("no prompt given: generate_videos needs at least one prompt.")
+    return torch.cat(latents), (torch.cat(frames) if decode else None)

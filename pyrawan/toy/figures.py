@@ -1,0 +1,76 @@
+"""PNG figures of toy-world results: quality against FLOPs per row, and a strip of frames per row.
+
+Both take plain numbers and videos (no model code), so ``pyrawan demo`` and the docs use the same
+drawings. Matplotlib runs headless (Agg); files are written atomically.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _figure():
+    """A fresh matplotlib ``pyplot`` on the headless Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` (PNG) atomically and close it."""
+    from pyrawan.fsutil import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    _figure().close(fig)
+    return path
+
+
+def quality_vs_flops(rows: Sequence[dict], path: Path, title: str = "ToyBench against FLOPs") -> Path:
+    """Scatter of ToyBench overall (mean with its 95 % interval) against FLOPs relative to the teacher.
+
+    ``rows``: dicts with ``row``, ``flops_ratio`` and ``intervals['overall']`` (``mean``, ``low``, ``high``).
+    """
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for index, r in enumerate(rows):
+        ci = r["intervals"]["overall"]
+        error = [[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]]
+        ax.errorbar([r["flops_ratio"]], [ci["mean"]], yerr=error, fmt="o", capsize=4, color=f"C{index}",
+                    label=f"{r['row']} ({r['schedule']})")
+    ax.set_xscale("log")
+    ax.set_xlabel("FLOPs relative to the teacher (log scale)")
+    ax.set_ylabel("ToyBench overall (mean, 95 % interval)")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def frame_strip(videos: Sequence[torch.Tensor], labels: Sequence[str], path: Path, prompt: str,
+                frames: int = 5) -> Path:
+    """One row of ``frames`` evenly spaced frames per video (videos [F, 3, H, W] in [0, 1] or uint8)."""
+    plt = _figure()
+    fig, axes = plt.subplots(len(videos), frames, figsize=(1.5 * frames + 2.2, 1.5 * len(videos) + 0.5),
+                             squeeze=False)
+    for row, (video, label) in enumerate(zip(videos, labels)):
+        video = torch.as_tensor(video)
+        video = video.float() / 255 if video.dtype == torch.uint8 else video.float()
+        picks = np.linspace(0, video.shape[0] - 1, frames).round().astype(int)
+        for col, t in enumerate(picks):
+            ax = axes[row][col]
+            ax.imshow(video[t].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == len(videos) - 1:
+                ax.set_xlabel(f"frame {t}", fontsize=8)
+        axes[row][0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
+    fig.suptitle(prompt, fontsize=9)
+    return _save(fig, path)

@@ -1,0 +1,119 @@
+"""Recipe section of step distillation (``distill:``): method, variant, student schedule, real and fake score.
+
+The generator (student) is trained with the recipe's ``train:`` section (steps = iterations,
+optimizer, LoRA, EMA, engine, checkpoints); the fake score has its own optimiser here. Defaults
+where the paper is silent come from DMD2 / Self-Forcing / FastVideo (``../reference/anchors.md``
+section 4) and are marked as such in docs/distill.md; the paper's own numbers: ``teach_weight``
+0.01, schedule 2-2-1, LoRA for PT and PT*.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from pyrawan.pyramid.schedule import schedule_text
+from pyrawan.train.config import Optimizer
+
+# Self-Forcing's DMD optimiser for Wan (anchors.md 4.5): AdamW lr 2e-6, betas (0, 0.999), wd 0.01, constant.
+DMD_OPTIMIZER = Optimizer(lr=2e-6, betas=(0.0, 0.999), weight_decay=0.01, warmup_steps=0, schedule="constant")
+
+
+def _fail(message: str) -> PydanticCustomError:
+    return PydanticCustomError("pyrawan", "{message}", {"message": message})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FakeScore(_Section):
+    """The fake-score network: initialised from the teacher, trained every iteration with flow matching."""
+
+    optimizer: Optimizer = Field(DMD_OPTIMIZER, description="AdamW of the fake score (Self-Forcing: as the generator's).")
+    max_grad_norm: float = Field(10.0, ge=0, description="Clip the fake score's gradient norm (Self-Forcing: 10).")
+
+
+class Distill(_Section):
+    """How to distill: DMD variant, the student's few-step schedule, the real score and its guidance."""
+
+    method: Literal["dmd"] = Field("dmd", description="dmd (distribution matching distillation).")
+    variant: Literal["ot", "pt", "ptstar", "baseline"] = Field("ptstar", description=(
+        "ot: teacher = the original model finetuned at every stage resolution, ordinary re-noising; "
+        "pt: teacher = the pyramidal model, pyramidal re-noising, closed-form clean estimate; "
+        "ptstar: as pt with the simplified estimate (the paper's final recipe); "
+        "baseline: one-stage Wan-DMD (schedule 0-0-N)."))
+    teacher: str | None = Field(None, description="The real-score model (artifact, preset, hub id); null = base.")
+    schedule: str = Field("2-2-1", description="Student steps per stage, coarsest first (the paper: 2-2-1).")
+    levels: tuple[tuple[float, ...], ...] | None = Field(None, description=(
+        "Local levels rho of each student step, per stage (coarsest first), decreasing, starting at 1.0; "
+        "null = evenly spaced from each stage's noisy end (2-2-1 -> [[1, 0.5], [1, 0.5], [1]])."))
+    guidance: float = Field(4.0, ge=1.0, le=50.0, description=(
+        "Classifier-free guidance of the real score, standard form uncond + w (cond - uncond) "
+        "(Self-Forcing's 3.0 in its cond + w (cond - uncond) form equals 4.0 here)."))
+    generator_every: int = Field(5, ge=1, le=100, description="Fake-score steps per generator step (DMD2/Self-Forcing: 5).")
+    score_levels: tuple[float, float] = Field((0.02, 0.98), description=(
+        "Range of the local level rho at which x_hat is re-noised inside the exit step's stage (clamped away "
+        "from the stage ends; Self-Forcing clamps t to [0.02, 0.98])."))
+    teach_weight: float = Field(0.01, ge=0, le=100.0, description=(
+        "Weight of L_teach (the paper: 0.01): MSE between the student's exit-step estimate and the teacher's "
+        "multi-step sample from the same (coupled) noise, brought down to that stage; 0 = off."))
+    teach_pairs: int = Field(16, ge=1, le=100000, description="Teacher samples computed once (fixed noise) for L_teach.")
+    teach_schedule: str | None = Field(None, description="The teacher's sampler for those samples; null = its default.")
+    fake_score: FakeScore = FakeScore()
+
+    @field_validator("schedule", "teach_schedule", mode="before")
+    @classmethod
+    def _schedule_text(cls, value):
+        """Accept ``2`` and ``[2, 2, 1]`` as well as ``"2-2-1"``."""
+        return schedule_text(value)
+
+    @model_validator(mode="after")
+    def _rules(self) -> "Distill":
+        low, high = self.score_levels
+        if not 0.0 <= low < high <= 1.0:
+            raise _fail(f"distill.score_levels = {list(self.score_levels)} must satisfy 0 <= low < high <= 1")
+        if self.levels is not None and any(not 0.0 <= r <= 1.0 for stage in self.levels for r in stage):
+            raise _fail("every distill.levels value rho must lie in [0, 1] (1 = noisy end of the stage)")
+        return self
+
+
+def student_levels(distill: Distill, num_stages: int) -> list[list[float]]:
+    """The student's local levels per stage, coarsest first (``distill.levels`` or the evenly spaced default)."""
+    from pyrawan.pyramid.sampler import default_fewstep_levels
+    from pyrawan.pyramid.schedule import parse_schedule
+
+    steps = parse_schedule(distill.schedule, num_stages, key="distill.schedule")
+    if distill.levels is None:
+        return default_fewstep_levels(steps)
+    return [list(r) for r in distill.levels]
+
+
+def distill_problems(distill: Distill, num_stages: int) -> list[tuple[str, str]]:
+    """``(key, message)`` for rules that involve the pyramid (schedule and levels per stage)."""
+    from pyrawan.errors import InputError
+    from pyrawan.pyramid.schedule import parse_schedule
+
+    try:
+        steps = parse_schedule(distill.schedule, num_stages, key="distill.schedule")
+    except InputError as err:
+        return [("distill.schedule", str(err))]
+    problems = []
+    if distill.levels is not None:
+        counts = [len(r) for r in distill.levels]
+        if counts != list(steps):
+            problems.append(("distill.levels", f"distill.levels has {counts} levels per stage but distill.schedule = "
+                             f"{distill.schedule!r} asks for {list(steps)}; give one list per stage (coarsest first) "
+                             "with one level per step, or null for the default"))
+        elif any(list(r) != sorted(r, reverse=True) for r in distill.levels):
+            problems.append(("distill.levels", "distill.levels must decrease within each stage (1 = noisy end)"))
+        else:
+            first = next(r for r in distill.levels if r)
+            if first[0] != 1.0:
+                problems.append(("distill.levels", f"the first student step runs at rho = {first[0]}; it must be 1.0 "
+                                 "(the student starts from pure noise)"))
+    if distill.variant == "baseline" and sum(1 for n in steps if n) != 1:
+        problems.append(("distill.schedule", f"distill.variant = baseline is one-stage Wan-DMD, but distill.schedule = "
+                         f"{distill.schedule!r} uses several stages; use e.g. '0-0-2' (or schedule '2' with pyramid.stages: 1)"))
+    return problems

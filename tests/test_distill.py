@@ -1,0 +1,122 @@
+"""`pyrawan distill` in process: every variant runs on the tiny model and a synthetic cache, the result is a
+few-step model that `sample` runs with one forward per step and no guidance, recipes are checked early."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pyrawan.commands.distill import run
+from pyrawan.errors import InputError
+from pyrawan.models.artifact import load_model
+from pyrawan.recipe import load_recipe
+from pyrawan.train.synthetic import for_recipe
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+QUICK = ["train.checkpoint.every=0", "train.steps=6", "distill.generator_every=2"]
+ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def recipe(*overrides: str):
+    return load_recipe("tiny-dmd", [*QUICK, *overrides], kind="distill")
+
+
+def records(out: Path) -> list[dict]:
+    lines = (out.parent / f"{out.name}.run" / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == "train"]
+
+
+def distill(r, out: Path) -> Path:
+    return run(r, out, source=for_recipe(r, items=12), show_progress=False)
+
+
+def transformer(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "transformer" / "diffusion_pytorch_model.safetensors")
+
+
+def test_ptstar_makes_a_few_step_model_that_sample_runs_with_five_forwards(tmp_path):
+    out = distill(recipe(), tmp_path / "dmd")
+    spec = load_model(out).spec
+    assert spec.distilled.variant == "ptstar" and spec.distilled.schedule == "2-2-1"
+    assert spec.sampling.guidance == 1.0 and spec.sampling.fewstep_levels == [[1.0, 0.5], [1.0, 0.5], [1.0]]
+    rec = records(out)
+    assert [r["step"] for r in rec] == list(range(1, 7))
+    gen = [r for r in rec if "gen_loss" in r]
+    assert len(gen) == 3 and all(r["w_dmd"] > 0 and r["teach_loss"] >= 0 for r in gen)
+    assert {r["exit_step"] for r in rec} <= set(range(5)) and all(r["fake_loss"] > 0 for r in rec)
+    assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()                      # PT*: LoRA
+    assert (tmp_path / "dmd.run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "distill" and manifest["metrics"]["forwards_per_video"] == 5
+    proc = subprocess.run([sys.executable, "-m", "pyrawan", "sample", "--model", str(out), "--prompt", "a red square",
+                           "-o", str(tmp_path / "videos")], capture_output=True, text=True, env={**ENV, "PATH": ""},
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "videos" / "manifest.json").read_text())["metrics"]
+    assert metrics["nfe_per_video"] == 5 and metrics["forwards_per_video"] == 5
+
+
+def test_the_generator_trains_and_a_fresh_start_samples_new_teacher_pairs(tmp_path):
+    base = load_model("tiny").components.transformer.state_dict()
+    r = recipe("train.lora.enabled=false", "train.optimizer.lr=1e-3")
+    out = distill(r, tmp_path / "full")
+    trained = transformer(out)
+    assert any(not torch.equal(trained[k], base[k]) for k in base)
+    pairs = tmp_path / "full.run" / "teach_pairs.safetensors"
+    first = load_file(pairs)
+    assert first["target"].shape[0] == r.distill.teach_pairs and torch.isfinite(first["target"]).all()
+    r2 = recipe("train.lora.enabled=false", "train.optimizer.lr=1e-3", "distill.teach_pairs=2")
+    with pytest.raises(InputError, match="already exists"):
+        distill(r2, tmp_path / "full")
+    run(r2, tmp_path / "full", overwrite=True, source=for_recipe(r2, items=12), show_progress=False)
+    assert load_file(pairs)["target"].shape[0] == 2                      # a fresh start samples new pairs
+
+
+def test_ot_with_a_multires_teacher_and_the_one_stage_baseline(tmp_path):
+    from pyrawan.commands.finetune import run as finetune
+
+    ft = load_recipe("tiny-finetune", ["train.process=multires", "train.steps=2", "train.checkpoint.every=0",
+                                       "train.validation.every=0"], kind="finetune")
+    teacher = finetune(ft, tmp_path / "teacher", source=for_recipe(ft), show_progress=False)
+    assert load_model(teacher).spec.num_stages == 1                                           # a plain model
+    out = distill(recipe("distill.variant=ot", f"distill.teacher={teacher}", "train.lora.enabled=false"),
+                  tmp_path / "ot")
+    assert load_model(out).spec.distilled.teacher == str(teacher)
+    inputs = [i["path"] for i in json.loads((out / "manifest.json").read_text())["inputs"]]
+    assert any(Path(p).name == "teacher" for p in inputs)
+    base = distill(recipe("distill.variant=baseline", "pyramid.stages=1", "sampling.schedule=50",
+                          "distill.schedule=2", "train.lora.enabled=false"), tmp_path / "baseline")
+    spec = load_model(base).spec
+    assert spec.num_stages == 1 and spec.sampling.fewstep_levels == [[1.0, 0.5]]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["distill.levels=[[1.0],[1.0,0.5],[1.0]]"], r"distill.levels has \[1, 2, 1\] levels per stage"),
+    (["distill.levels=[[0.9,0.5],[1.0,0.5],[1.0]]"], "must be 1.0"),
+    (["distill.variant=baseline"], "one-stage Wan-DMD"),
+    (["distill.score_levels=[0.5,0.2]"], "low < high"),
+    (["train.engine=deepspeed", "train.zero_stage=3", "train.ema.enabled=false"], "zero_stage = 3 is not supported by distill"),
+    (["distill.schedule=2-0-1"], "skips a stage"),
+])
+def test_bad_distill_recipes_are_refused_before_anything_loads(tmp_path, overrides, message):
+    with pytest.raises(InputError, match=message):
+        run(recipe(*overrides), tmp_path / "x", source=None, show_progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_dry_run_counts_generator_fake_score_teacher_and_both_optimisers(capsys):
+    from pyrawan.commands.distill import dry_run
+
+    lora = dry_run(load_recipe("wan1.3b-dmd-ptstar", kind="distill"))
+    full = dry_run(load_recipe("wan1.3b-dmd-ot", kind="distill"))
+    mem_lora, mem_full = lora["memory"][1], full["memory"][1]
+    assert mem_lora["teacher (frozen)"] == 0 and mem_full["teacher (frozen)"] > 0          # LoRA: adapters off
+    assert mem_full["fake score gradients + AdamW"] == mem_lora["fake score gradients + AdamW"] > 0
+    assert mem_full["generator gradients + AdamW"] > 10 * mem_lora["generator gradients + AdamW"]
+    assert full["parameters"] == 1_418_996_800
+    assert "fake score" in capsys.readouterr().out

@@ -1,0 +1,84 @@
+"""``eval compare`` and ``eval report`` on three small synthetic eval artifacts, and the Pareto front."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pyrawan.cli import app
+from pyrawan.data.video import write_video
+from pyrawan.eval.artifact import build_eval, read_eval, write_eval
+from pyrawan.eval.compare import compare, pareto_front
+from pyrawan.manifest import artifact_dir, write_manifest
+
+PROMPTS = ["a red square", "a blue circle"]
+
+
+def make_artifact(folder: Path, label: str, psnr: list[float], tflops: float, seconds: float) -> Path:
+    """An eval artifact with two videos (mp4 inside), per-video pixel_psnr and flicker."""
+    with artifact_dir(folder) as tmp:
+        videos = []
+        for i, (prompt, value) in enumerate(zip(PROMPTS, psnr)):
+            write_video(tmp / "videos" / f"{i}.mp4", torch.full((5, 3, 16, 16), 0.2 + 0.1 * i), fps=8)
+            videos.append({"index": i, "prompt": prompt, "seed": 0, "video": f"videos/{i}.mp4",
+                           "values": {"pixel_psnr": value, "temporal_flickering": 0.99}})
+        write_eval(tmp, build_eval("quality", label, videos, model=label, schedule="2-2-1",
+                                   tflops_per_video=tflops, seconds_per_video=seconds))
+        write_manifest(tmp, "eval-quality", {"kind": "eval-quality"}, [], {}, None)
+    return folder
+
+
+@pytest.fixture
+def three(tmp_path):
+    return [make_artifact(tmp_path / "teacher", "teacher", [30.0, 32.0], 10.0, 5.0),
+            make_artifact(tmp_path / "cheap", "cheap", [20.0, 21.0], 1.0, 0.5),
+            make_artifact(tmp_path / "bad", "bad", [10.0, 12.0], 5.0, 2.0)]
+
+
+def test_pareto_front():
+    points = [(10.0, 31.0), (1.0, 20.5), (5.0, 11.0), (1.0, 19.0)]
+    assert pareto_front(points) == [1, 0]
+    assert pareto_front([(c, -q) for c, q in points], higher_is_better=False) == [1, 0]
+    assert pareto_front([(1.0, 5.0), (1.0, 5.0)]) == [0, 1]              # ties dominate nothing
+
+
+def test_compare_values_deltas_and_front(three):
+    result = compare([read_eval(p) for p in three], baseline=0)
+    assert result["quality_metric"] == "pixel_psnr" and result["cost_unit"] == "tflops"
+    rows = {r["label"]: r for r in result["rows"]}
+    assert rows["teacher"]["metrics"]["pixel_psnr"]["mean"] == pytest.approx(31.0)
+    assert rows["cheap"]["metrics"]["pixel_psnr"]["delta"] == pytest.approx(20.5 - 31.0)
+    assert rows["cheap"]["metrics"]["pixel_psnr"]["differs"] is True
+    assert rows["teacher"]["metrics"]["temporal_flickering"]["differs"] is False
+    assert [r["pareto"] for r in result["rows"]] == [True, True, False]    # "bad" costs more than "cheap", scores less
+    assert rows["cheap"]["tflops_per_video"] == 1.0 and rows["bad"]["seconds_per_video"] == 2.0
+
+
+def test_compare_and_report_cli(three, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["eval", "compare", *map(str, three), "--baseline", str(three[0]), "-o", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "c" / "compare.md").read_text()
+    assert "| cheap | 2-2-1 | 2 | 1.0000 |" in md and "20.500 [20.000, 21.000] (Δ -10.500*)" in md
+    data = json.loads((tmp_path / "c" / "compare.json").read_text())
+    assert data["baseline"] == "teacher" and len(data["rows"]) == 3
+    assert (tmp_path / "c" / "quality_vs_cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    r = runner.invoke(app, ["eval", "report", *map(str, three), "-o", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert page.count("<video ") == 6 and "quality_vs_cost.png" in page and "a blue circle" in page
+    for src in [part.split('"')[0] for part in page.split('<video src="')[1:]]:
+        assert not src.startswith("/") and (tmp_path / "r" / src).is_file()
+
+
+def test_compare_rejects_a_baseline_not_given_and_a_non_eval_artifact(three, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["eval", "compare", str(three[1]), "--baseline", str(three[0])])
+    assert r.exit_code == 2 and "not one of the artifacts" in r.output
+    (tmp_path / "plain").mkdir()
+    r = runner.invoke(app, ["eval", "compare", str(tmp_path / "plain")])
+    assert r.exit_code == 2 and "manifest.json" in r.output

@@ -1,0 +1,303 @@
+"""Output safety, clear exits and integrity limits (issue: nothing lost, nothing half-done). All in-process, fast."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pyrawan import fsutil
+from pyrawan import manifest as mf
+from pyrawan.cli import app
+from pyrawan.errors import InputError, RunError, io_fault_message
+from test_manifest import make_artifact
+
+
+def cli(*args, code: int):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output
+    return " ".join(result.output.split())
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+# ---- where an output may go ----------------------------------------------------------------------
+
+def test_output_refuses_dot_cwd_parent_and_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    for out, words in ((".", "working folder"), (tmp_path.parent, "working folder"), ("afile", "is a file")):
+        with pytest.raises(InputError, match=words):
+            mf.check_output(Path(out), overwrite=True)
+    assert not list(tmp_path.glob(".*lock"))
+
+
+def test_output_refuses_an_input_even_with_overwrite(tmp_path):
+    art = make_artifact(tmp_path / "cal")
+    with pytest.raises(InputError, match="is \\(or holds\\) an input"):
+        mf.check_output(art, overwrite=True, inputs=[art])
+    with pytest.raises(InputError, match="is \\(or holds\\) an input"):
+        mf.check_output(tmp_path, overwrite=True, inputs=["tiny", art])     # a folder holding the input
+    with pytest.raises(InputError, match="inside the input artifact"):
+        mf.check_output(art / "sub", overwrite=True, inputs=[art])
+    assert mf.verify(art) == []
+
+
+def test_overwrite_needs_an_artifact_of_the_same_kind_with_only_listed_files(tmp_path):
+    art = make_artifact(tmp_path / "a")
+    kind = mf.read_manifest(art)["kind"]
+    with pytest.raises(InputError, match="artifact and this command writes 'finetune'"):
+        mf.check_output(art, overwrite=True, kind="finetune" if kind != "finetune" else "convert")
+    (art / "notes.txt").write_text("my notes")
+    (art / "more.txt").write_text("more")
+    with pytest.raises(InputError, match=r"2 file\(s\) that its manifest.json does not list \(more.txt, notes.txt\)"):
+        mf.check_output(art, overwrite=True)
+    mf.check_output(art, overwrite=True, force=True, claim_it=False)
+    mf.check_output(art / "new", overwrite=False, claim_it=False)     # a new folder inside: fine, no input
+
+
+def test_unwritable_output_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(fsutil.os, "access", lambda path, mode: False)
+    with pytest.raises(InputError, match="read-only or not writable"):
+        mf.check_output(tmp_path / "out", overwrite=False)
+
+
+def test_demo_folder_never_replaces_a_folder_it_did_not_write(tmp_path):
+    """The demo once deleted any folder with a data/ subfolder; now only its own marked folder."""
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "README.md").write_text("mine")
+    with pytest.raises(InputError, match="was not written by `pyrawan demo`"):
+        mf.fresh_folder(project, "demo")
+    assert (project / "README.md").read_text() == "mine" and (project / "data").is_dir()
+    demo = mf.fresh_folder(tmp_path / "demo", "demo")
+    (demo / "results.json").write_text("{}")
+    mf.fresh_folder(demo, "demo")                                        # its own folder: replaced
+    assert not (demo / "results.json").exists() and (demo / mf.FOLDER_MARKER).is_file()
+    with pytest.raises(InputError, match="pass --overwrite"):
+        (demo / "x").write_text("1")
+        mf.fresh_folder(demo, "demo", overwrite=False)
+    mf.release_claims()
+
+
+# ---- claims and leftovers ------------------------------------------------------------------------
+
+def test_a_live_claim_refuses_a_second_writer_and_a_dead_one_is_taken_over(tmp_path):
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        fsutil.lock_path(out).write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename}))
+        with pytest.raises(InputError, match=f"another pyrawan run \\(pid {holder.pid}"):
+            with mf.artifact_dir(out):
+                pass
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    leftover = fsutil.temp_sibling(out, is_dir=True).with_name(f".out.tmp-{holder.pid}-0123abcd")
+    leftover.mkdir()
+    (leftover / "half.bin").write_bytes(b"\0" * 10)
+    with mf.artifact_dir(out) as tmp:                                    # the holder is gone: taken over
+        mf.write_manifest(tmp, "test", None)
+    assert not leftover.exists() and (out / mf.MANIFEST).is_file()
+    assert not fsutil.lock_path(out).exists()
+
+
+def test_claim_is_reentrant_in_one_process_and_released_with_created_parents(tmp_path):
+    out = tmp_path / "new" / "deeper" / "out"
+    mf.check_output(out, overwrite=False, claim_it=True)
+    assert fsutil.lock_path(out).is_file()
+    mf.check_output(out, overwrite=False, claim_it=True)                 # same process: fine
+    mf.release_claims()
+    assert not (tmp_path / "new").exists()                                # nothing left behind
+
+
+def test_a_folder_that_appears_meanwhile_is_not_replaced_and_the_result_is_kept(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RunError, match="changed while this run was working") as err:
+        with mf.artifact_dir(out) as tmp:
+            mf.write_manifest(tmp, "test", None)
+            out.mkdir()
+            (out / "someone-elses.txt").write_text("keep me")
+    assert (out / "someone-elses.txt").read_text() == "keep me"
+    kept = tmp_path / "out-2"
+    assert str(kept) in str(err.value) and (kept / mf.MANIFEST).is_file()
+
+
+def test_stale_temps_only_match_their_own_target_and_dead_pids(tmp_path):
+    pid = dead_pid()
+    mine = tmp_path / f".model.tmp-{pid}-0123abcd.safetensors"
+    other = tmp_path / f".model2.tmp-{pid}-0123abcd.safetensors"
+    alive = tmp_path / f".model.tmp-{os.getpid()}-0123abcd.safetensors"
+    for p in (mine, other, alive):
+        p.write_bytes(b"x")
+    assert fsutil.stale_temps(tmp_path / "model.safetensors") == [mine]
+
+
+# ---- integrity -----------------------------------------------------------------------------------
+
+def test_unlisted_files_inside_a_loaded_folder_fail_verification(tmp_path):
+    art = make_artifact(tmp_path / "a")                                   # holds sub/config.json
+    (art / "readme.txt").write_text("a note")
+    assert mf.verify(art) == []                                           # beside the components: a warning
+    (art / "sub" / "extra.safetensors").write_bytes(b"weights")
+    assert any("sub/extra.safetensors" in p for p in mf.verify(art))
+    with pytest.raises(InputError, match="does not verify"):
+        mf.require_verified(art)
+    out = cli("verify", art, code=1)
+    assert "sub/extra.safetensors" in out
+
+
+@pytest.mark.parametrize("inputs", ['"x"', '[1, 2]', '[{"kind": "convert"}]', '[{"path": 3}]'])
+def test_lineage_of_a_malformed_manifest_is_a_clear_error(tmp_path, inputs):
+    art = make_artifact(tmp_path / "a")
+    data = json.loads((art / mf.MANIFEST).read_text())
+    data["inputs"] = json.loads(inputs)
+    (art / mf.MANIFEST).write_text(json.dumps(data))
+    out = cli("lineage", art, code=2)
+    assert "'inputs' must be a list" in out and str(art / mf.MANIFEST) in out
+
+
+# ---- faults become sentences ---------------------------------------------------------------------
+
+def test_io_faults_are_recognised_in_the_exception_chain():
+    class SafetensorError(Exception):
+        pass
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/x/model.safetensors")
+    assert "no space left" in io_fault_message(full) and "/x/model.safetensors" in io_fault_message(full)
+    wrapped = RuntimeError("save failed")
+    wrapped.__cause__ = OSError(errno.EROFS, "Read-only file system")
+    assert "read-only" in io_fault_message(wrapped)
+    rust = SafetensorError('Error while serializing: IoError(Os { code: 27, kind: FileTooLarge, message: "x" })')
+    assert "file-size limit" in io_fault_message(rust)
+    assert "no space left" in io_fault_message(SafetensorError("I/O error: No space left on device (os error 28)"))
+    assert io_fault_message(ValueError("unrelated")) is None
+    assert io_fault_message(OSError(errno.ENOENT, "missing")) is None
+
+
+def test_cli_turns_a_disk_full_write_into_exit_1_and_ctrl_c_into_130(tmp_path, monkeypatch):
+    import pyrawan.cli as cli_module
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
+
+    monkeypatch.setattr(cli_module.rc, "builtin_recipes", full)
+    out = cli("recipe", "ls", code=1)
+    assert "no space left" in out and "unexpected" not in out
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module.rc, "builtin_recipes", interrupted)
+    out = cli("recipe", "ls", code=130)
+    assert "interrupted" in out and "run the command again" in out
+
+
+def test_interrupt_message_of_finetune_says_how_to_continue():
+    from pyrawan.cli import INTERRUPTED
+
+    assert "--resume" in INTERRUPTED["finetune"] and "checkpoints" in INTERRUPTED["finetune"]
+
+
+# ---- models: what is loaded, and from where ------------------------------------------------------
+
+def test_a_missing_local_looking_path_is_no_such_folder_not_a_hub_id(tmp_path, monkeypatch):
+    from pyrawan.models.loading import load_components, looks_like_hub_id, missing_local
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert not looks_like_hub_id("runs/pyr") and looks_like_hub_id("hf://runs/pyr")
+    assert looks_like_hub_id("Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
+    assert "no such folder: runs/pyr" in missing_local("runs/pyr")
+    assert missing_local("Wan-AI/Wan2.1-T2V-1.3B-Diffusers") is None
+    with pytest.raises(InputError, match="no such folder: runs/pyr"):
+        load_components("runs/pyr")
+
+
+def test_weights_that_are_not_safetensors_are_refused_by_name(tmp_path, tiny_pipeline_dir):
+    import shutil
+
+    from pyrawan.models.loading import load_component
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(tiny_pipeline_dir, folder)
+    weights = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(os.urandom(256))                                  # random bytes
+    with pytest.raises(InputError, match="cannot load the vae from .*vae"):
+        load_component("vae", folder, "vae", "cpu", __import__("torch").float32)
+    weights.unlink()
+    (folder / "vae" / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(InputError, match="never loads pickled weights"):
+        load_component("vae", folder, "vae", "cpu", __import__("torch").float32)
+
+
+# ---- damaged checkpoints and caches --------------------------------------------------------------
+
+def _checkpoint(root: Path, step: int) -> Path:
+    import torch
+
+    from pyrawan.train import checkpoint as ckpt
+
+    write = lambda folder: ckpt.save_tensors(folder / "model.safetensors", {"w": torch.ones(3)})  # noqa: E731
+    return ckpt.save(root, step, write, {"step": step, "consumed": step, "recipe": {}}, keep=5)
+
+
+def _rehash(folder: Path) -> None:
+    """Rewrite the marker so every file matches it again (damage that hashes cannot see)."""
+    from pyrawan.fsutil import sha256_file
+    from pyrawan.train.checkpoint import MARKER
+
+    marker = json.loads((folder / MARKER).read_text())
+    for rel in marker["files"]:
+        marker["files"][rel] = {"sha256": sha256_file(folder / rel), "bytes": (folder / rel).stat().st_size}
+    (folder / MARKER).write_text(json.dumps(marker))
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda f: (f / "state.json").write_text("{not json"), "state.json is missing or is not valid JSON"),
+    (lambda f: (f / "state.json").write_text('{"step": "ten"}'), "no valid 'step'"),
+    (lambda f: (f / "rng-0.json").write_text("\x00\x01"), "rng-0.json is damaged"),
+    (lambda f: (f / "model.safetensors").write_bytes(b"\xff" * 64), "model.safetensors is damaged"),
+    (lambda f: (f / "checkpoint.json").write_text('{"format": "pyrawan.checkpoint/1", "files": {"a": 3}}'),
+     "is malformed"),
+])
+def test_a_damaged_checkpoint_is_skipped_with_a_message(tmp_path, damage, words):
+    from pyrawan.train import checkpoint as ckpt
+
+    good = _checkpoint(tmp_path, 1)
+    bad = _checkpoint(tmp_path, 2)
+    damage(bad)
+    if "malformed" not in words:
+        _rehash(bad)
+    messages = []
+    assert ckpt.latest(tmp_path, report=messages.append) == good
+    assert len(messages) == 1 and words in messages[0] and str(bad) in messages[0]
+
+
+def test_the_latent_cache_checks_shard_hashes_on_open(tmp_path):
+    from pyrawan.data.cache import INDEX, LatentCache
+
+    folder = tmp_path / "cache"
+    (folder / "shards").mkdir(parents=True)
+    body = b"0123456789" * 10
+    (folder / "shards" / "00000.safetensors").write_bytes(body)
+    (folder / "records.jsonl").write_bytes(b"")
+    index = {"format": "pyrawan.latent_cache/1", "complete": True, "records_sha256": __import__("hashlib").sha256(
+        b"").hexdigest(), "shards": [{"file": "shards/00000.safetensors", "bytes": len(body),
+                                      "sha256": __import__("hashlib").sha256(body).hexdigest()}]}
+    (folder / INDEX).write_text(json.dumps(index))
+    (folder / "shards" / "00000.safetensors").write_bytes(b"9123456789" + body[10:])   # same size, other values
+    with pytest.raises(InputError, match="contents of shards/00000.safetensors changed"):
+        LatentCache(folder)
