@@ -60,7 +60,7 @@ def eval_quality(
     samples: Annotated[Optional[Path], typer.Option("--samples", help="Score this `pyrawan sample` artifact instead of sampling (--model then only decodes).")] = None,
     prompts_file: PromptsOpt = None,
     suite: SuiteOpt = None,
-    seeds: Annotated[str, typer.Option("--seeds", help="Seeds, comma-separated; every prompt is sampled with every seed.")] = "0",
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Seeds, comma-separated; every prompt is sampled with every seed [default: 0].")] = None,
     schedule: Annotated[Optional[str], typer.Option("--schedule", help="Steps per stage, coarsest first [default: the model's].")] = None,
     reference_schedule: Annotated[Optional[str], typer.Option("--reference-schedule", help="Schedule of a reference model [default: its own].")] = None,
     validation_cache: Annotated[Optional[Path], typer.Option("--validation-cache", help="Held-out latent cache: add the per-stage flow-matching validation loss.")] = None,
@@ -73,10 +73,13 @@ def eval_quality(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Sample (or read) videos and score them: ToyBench, flicker, motion proxy, and PSNR/SSIM vs a reference."""
-    from pyrawan.commands.evaluate import run_quality
+    from pyrawan.commands.eval_quality import run_quality
 
+    if samples is not None and (prompts_file or suite or seeds or schedule):
+        raise InputError(f"--samples {samples} already fixes the prompts, seeds and schedule; drop --prompts, --suite, "
+                         f"--seeds and --schedule (or sample anew with --model instead of --samples).")
     prompts = None if samples is not None else _prompts(prompts_file, suite)
-    run_quality(out, model, reference, prompts, _seeds(seeds), samples, schedule, reference_schedule, batch_size,
+    run_quality(out, model, reference, prompts, _seeds(seeds or "0"), samples, schedule, reference_schedule, batch_size,
                 validation_cache, label, device, dtype, not quiet, overwrite)
 
 

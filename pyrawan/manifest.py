@@ -3,8 +3,9 @@
 A manifest records how an artifact was made (kind, resolved recipe and its sha256, the input
 artifacts by manifest sha256, versions, git revision, command line) and what it holds (every file
 with its size and sha256). ``verify`` rechecks the files, ``require_verified`` is what a consumer
-calls on its inputs, ``lineage`` follows the inputs back, and ``artifact_dir`` makes sure an
-interrupted command never leaves a folder that looks complete.
+calls on its inputs, ``lineage`` follows the inputs back, and ``check_output`` / ``artifact_dir``
+(in ``pyrawan.outputs``, re-exported here) make sure an interrupted or concurrent command never leaves
+a folder that looks complete nor replaces one it did not write.
 """
 from __future__ import annotations
 
@@ -13,17 +14,16 @@ import json
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pyrawan import __version__
-from pyrawan.errors import InputError, RunError
+from pyrawan.errors import InputError
 from pyrawan.fsutil import atomic_write_text, sha256_file
 from pyrawan.recipe import recipe_sha256
 
@@ -318,7 +318,7 @@ def _visit(path: Path, entry: dict | None, parent: int | None, nodes: list[dict]
 
 # ---- writing an artifact folder safely: in pyrawan.outputs, re-exported here -----------------------
 
-from pyrawan.outputs import (  # noqa: E402  (outputs reads manifests, so it is imported last)
+from pyrawan.outputs import (  # noqa: E402,F401  (outputs reads manifests, so it is imported last)
     FOLDER_MARKER, artifact_dir, check_output, claim_output, fresh_folder, place_problem, release_claims,
     replace_problem, unlisted_files,
 )

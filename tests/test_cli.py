@@ -154,7 +154,7 @@ def _leaf_commands(group, prefix: str = "") -> list[str]:
 def test_every_help_has_an_example_and_no_markup_noise():
     import typer.main
 
-    from pyrawan.cli import EXAMPLES
+    from pyrawan.cli_help import EXAMPLES
 
     commands, helps = _leaf_commands(typer.main.get_command(app)), {}
     assert {"convert", "calibrate", "finetune", "sample", "demo", "eval flops", "recipe validate"} <= set(commands)

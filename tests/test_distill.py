@@ -39,15 +39,18 @@ def transformer(out: Path) -> dict[str, torch.Tensor]:
     return load_file(out / "transformer" / "diffusion_pytorch_model.safetensors")
 
 
-def test_ptstar_makes_a_few_step_model_that_sample_runs_with_five_forwards(tmp_path):
-    out = distill(recipe(), tmp_path / "dmd")
+def test_toy_ptstar_makes_a_few_step_model_that_sample_runs_with_five_forwards(tmp_path):
+    r = load_recipe("toy-dmd-ptstar", [*QUICK, "train.steps=10", "train.batch_size=2", "distill.teach_pairs=2",
+                                        "train.validation.holdout=2"],
+                    kind="distill")
+    out = distill(r, tmp_path / "dmd")
     spec = load_model(out).spec
     assert spec.distilled.variant == "ptstar" and spec.distilled.schedule == "2-2-1"
     assert spec.sampling.guidance == 1.0 and spec.sampling.fewstep_levels == [[1.0, 0.5], [1.0, 0.5], [1.0]]
     rec = records(out)
-    assert [r["step"] for r in rec] == list(range(1, 7))
+    assert [r["step"] for r in rec] == list(range(1, 11))
     gen = [r for r in rec if "gen_loss" in r]
-    assert len(gen) == 3 and all(r["w_dmd"] > 0 and r["teach_loss"] >= 0 for r in gen)
+    assert len(gen) == 5 and all(r["w_dmd"] > 0 and r["teach_loss"] >= 0 for r in gen)
     assert {r["exit_step"] for r in rec} <= set(range(5)) and all(r["fake_loss"] > 0 for r in rec)
     assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()                      # PT*: LoRA
     assert (tmp_path / "dmd.run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -120,3 +123,21 @@ def test_dry_run_counts_generator_fake_score_teacher_and_both_optimisers(capsys)
     assert mem_full["generator gradients + AdamW"] > 10 * mem_lora["generator gradients + AdamW"]
     assert full["parameters"] == 1_418_996_800
     assert "fake score" in capsys.readouterr().out
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_iteration(tmp_path, monkeypatch):
+    from pyrawan.commands import distill as cmd
+    from pyrawan.errors import RunError
+
+    calls, real = [], cmd.flow_matching_loss
+
+    def poisoned(pred, target):                       # the fake-score loss of iteration 4 becomes NaN
+        calls.append(1)
+        loss = real(pred, target)
+        return loss * float("nan") if len(calls) == 4 else loss
+    monkeypatch.setattr(cmd, "flow_matching_loss", poisoned)
+    r = recipe("train.lora.enabled=false", "distill.teach_weight=0", "train.checkpoint.every=2")
+    with pytest.raises(RunError, match=r"distill stopped at step 4: non-finite loss .* the last good checkpoint is "
+                                       r"\S+step-00000002"):
+        distill(r, tmp_path / "nan")
+    assert not (tmp_path / "nan").exists()

@@ -55,6 +55,14 @@ def test_compare_values_deltas_and_front(three):
     assert rows["teacher"]["metrics"]["temporal_flickering"]["differs"] is False
     assert [r["pareto"] for r in result["rows"]] == [True, True, False]    # "bad" costs more than "cheap", scores less
     assert rows["cheap"]["tflops_per_video"] == 1.0 and rows["bad"]["seconds_per_video"] == 2.0
+    assert result["warnings"] == []
+
+
+def test_compare_warns_when_the_videos_are_not_the_same_prompts_and_seeds(three):
+    evals = [read_eval(p) for p in three]
+    evals[2]["videos"][1]["seed"] = 7
+    warnings = compare(evals)["warnings"]
+    assert len(warnings) == 1 and warnings[0].startswith("bad: evaluated on other (prompt, seed) pairs")
 
 
 def test_compare_and_report_cli(three, tmp_path):

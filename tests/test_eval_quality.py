@@ -182,3 +182,42 @@ def test_eval_quality_samples_the_model_and_the_reference_with_the_same_noise(tm
     assert all(v["video"].startswith("samples/videos/") and (tmp_path / "two" / v["video"]).is_file()
                for v in two["videos"])
     assert len(list((tmp_path / "two" / "reference" / "latents").iterdir())) == 4
+
+
+def test_quality_usage_errors(tmp_path):
+    r = cli("eval", "quality", "-o", tmp_path / "x")
+    assert r.exit_code == 2 and "needs --model M" in r.output
+    r = cli("eval", "quality", "--model", "toy", "--suite", "toy-2", "--prompts", tmp_path / "p.txt", "-o", tmp_path / "x")
+    assert r.exit_code == 2 and "not both" in r.output
+    r = cli("eval", "quality", "--model", "toy", "--suite", "vbench", "-o", tmp_path / "x")
+    assert r.exit_code == 2 and "toy-N" in r.output
+    r = cli("eval", "quality", "--samples", tmp_path, "--seeds", "1", "-o", tmp_path / "x")
+    assert r.exit_code == 2 and "already fixes the prompts" in r.output
+    r = cli("eval", "quality", "--model", "toy", "--seeds", "0,x", "-o", tmp_path / "x")
+    assert r.exit_code == 2 and "comma-separated" in r.output
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_eval_quality_shards_videos_across_torchrun_ranks(tmp_path):
+    """Two ranks split 3 videos round robin; rank 0 writes one artifact equal to a single-process run."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["eval", "quality", "--model", "toy", "--schedule", "2", "--reference", "toy", "--reference-schedule", "3",
+            "--suite", "toy-3", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pyrawan",
+           *args, "-o", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert cli(*args, "-o", tmp_path / "one").exit_code == 0
+    two, one = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("two", "one"))
+    assert two["world_size"] == 2 and [v["index"] for v in two["videos"]] == [0, 1, 2]
+    for a, b in zip(two["videos"], one["videos"]):
+        assert a["prompt"] == b["prompt"] and a["video"] == b["video"]
+        assert a["values"] == pytest.approx(b["values"], rel=1e-3, abs=1e-4)
+    lines = (tmp_path / "two" / "samples" / "samples.jsonl").read_text().splitlines()
+    assert [json.loads(x)["index"] for x in lines] == [0, 1, 2] and verify(tmp_path / "two") == []
+    assert len(list((tmp_path / "two" / "reference" / "videos").iterdir())) == 3

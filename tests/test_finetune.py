@@ -1,7 +1,7 @@
 """`pyrawan finetune` in one process: recipe rules, data order, checkpoints, losses, LoRA, plan, a learning run.
 
 Runs use ``pyrawan.commands.finetune.run`` on the tiny preset with a synthetic latent cache
-(``pyrawan.train.synthetic``); multi-process and kill-and-resume runs are in test_finetune_dist.py.
+(``pyrawan.train.synthetic``, run by ``python -m pyrawan.commands.synthetic``); multi-process and kill-and-resume runs are in test_finetune_dist.py.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Faults with real processes: disk full (a file-size limit), a killed convert and its rerun, two writers, read-only.
+"""Faults with real processes: disk full (a file-size limit), Ctrl-C, a killed convert and its rerun, two
+writers, read-only writes.
 
 Each runs ``python -m pyrawan convert tiny`` (a few seconds); marked slow (multi-process).
 """
@@ -52,9 +53,7 @@ def test_disk_full_is_a_clear_exit_and_publishes_nothing(tmp_path):
 
 def test_a_killed_convert_leaves_no_output_and_the_rerun_cleans_up(tmp_path):
     proc = start("-o", "out", cwd=tmp_path)
-    deadline = time.time() + 240
-    while time.time() < deadline and not any(".out.tmp-" in name for name in leftovers(tmp_path)):
-        time.sleep(0.05)
+    _wait_for_temp(proc, tmp_path)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
@@ -64,6 +63,21 @@ def test_a_killed_convert_leaves_no_output_and_the_rerun_cleans_up(tmp_path):
     assert rc == 0, text
     assert "the unfinished output of a run that was killed" in text and "took it over" in text
     assert leftovers(tmp_path) == [] and verify(tmp_path / "out") == []
+
+
+def _wait_for_temp(proc: subprocess.Popen, folder: Path) -> None:
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not any(".out.tmp-" in n for n in leftovers(folder)):
+        time.sleep(0.05)
+
+
+def test_ctrl_c_exits_130_saying_what_is_kept_and_leaves_nothing(tmp_path):
+    proc = start("-o", "out", cwd=tmp_path)
+    _wait_for_temp(proc, tmp_path)
+    proc.send_signal(signal.SIGINT)
+    rc, text = finish(proc)
+    assert rc == 130 and "interrupted: convert: nothing was published" in text and "Traceback" not in text, text
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
 def test_two_writers_to_one_output_one_loses_cleanly(tmp_path):

@@ -226,3 +226,12 @@ def test_write_base_gives_a_loadable_toy_stack_with_another_patch(tmp_path):
     assert all(torch.equal(v, shipped.vae.state_dict()[k]) for k, v in stack.vae.state_dict().items())
     text = "a small red circle slowly moving up-left on a plain gray background"
     assert stack.tokenizer(text).input_ids == shipped.tokenizer(text).input_ids
+
+
+def test_vae_learning_rate_follows_time_or_steps():
+    from pyrawan.toy.train_vae import learning_rate
+
+    assert learning_rate(1.0, 0, 0.0, 10.0, 100) == pytest.approx(1 / 50)          # warm-up
+    assert learning_rate(1.0, 60, 5.0, 10.0, 100) == pytest.approx(0.55)            # half the time: mid-cosine
+    assert learning_rate(1.0, 60, 99.0, 0.0, 120) == pytest.approx(0.55)            # minutes 0: half the steps
+    assert learning_rate(1.0, 500, 0.0, 0.0, 100) == pytest.approx(0.1)             # floor at 10 %

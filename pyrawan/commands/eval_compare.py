@@ -40,6 +40,8 @@ def _print(result: dict, metrics: list[str] | None) -> None:
         table.add_row(*row)
     Console(soft_wrap=True).print(table)
     console.print(result["note"], markup=False)
+    for warning in result["warnings"]:
+        console.print(f"warning: {warning}", style="yellow", markup=False)
 
 
 def run_compare(paths: list[Path], out: Path | None, baseline: Path | None = None, metric: str | None = None,

@@ -20,7 +20,7 @@ def run_export(model: str, out: Path, suite: str = "vbench", info: Path | None =
                device: str | None = None, dtype: str | None = None, progress: bool = True,
                overwrite: bool = False) -> list[dict]:
     """Sample the suite's prompts into ``out/videos/`` with VBench's names; write the prompt map and manifest."""
-    from pyrawan.commands.evaluate import model_loader
+    from pyrawan.commands.eval_quality import model_loader
     from pyrawan.eval.sampling import plan_for
     from pyrawan.models.generate import generate_batches
 
@@ -52,7 +52,8 @@ def run_export(model: str, out: Path, suite: str = "vbench", info: Path | None =
         resolved = {"kind": "vbench-export", "suite": suite, "vbench_version": version, "prompt_file": path.name,
                     "prompt_file_sha256": vb.file_sha256(path), "dimensions": dimensions, "limit": limit,
                     "prompts": len(prompts), "samples_per_prompt": len(items) // max(len(prompts), 1),
-                    "seed_policy": "video i of every prompt uses seed + i", "seed": seed, "model": model,
+                    "seed_policy": "video i of every prompt uses seed + i", "seed": seed, "coupled_noise": True,
+                    "model": model,
                     **plan.as_dict()}
         write_manifest(tmp, "vbench-export", resolved, inputs, {"videos": len(items)}, started)
     console.print(f"eval vbench export: wrote {len(items)} videos to [bold]{out}/videos[/]; run VBench on them "

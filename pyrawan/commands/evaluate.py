@@ -1,4 +1,5 @@
-"""``pyrawan eval flops`` and ``pyrawan eval latency``: the cost of each schedule, per stage.
+"""``pyrawan eval flops``, ``eval latency`` and ``eval schedules``: the cost of each schedule, per stage, and the
+best schedule under a budget.
 
 FLOPs need no weights: the architecture comes from a recipe's base (known hub ids map to their
 architecture), a model folder's ``transformer/config.json``, or an architecture name.
@@ -119,144 +120,7 @@ def run_latency(model: str, schedules: list[str] | None, out: Path | None, frame
     return _finish(report, out, "latency", target, started, overwrite)
 
 
-# ---- eval quality / vbench / compare / report / schedules -----------------------------------------
-
-def model_loader(device: str | None, dtype: str | None, inputs: list[Path]):
-    """``load(spec)``: a cached model loader that verifies artifacts and records them as inputs."""
-    from pyrawan.manifest import verify_if_artifact
-    from pyrawan.models.artifact import load_model
-
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    cache: dict = {}
-
-    def load(spec: str):
-        if spec not in cache:
-            if verify_if_artifact(Path(spec), "model"):
-                inputs.append(Path(spec))
-            cache[spec] = load_model(spec, device=dev, dtype=dt)
-        return cache[spec]
-    return load
-
-
-def _decoded(load, sample_set, model: str | None, batch_size: int, progress: bool = True):
-    """Decode a sample set read from an artifact with its model's VAE (``model`` overrides)."""
-    from pyrawan.eval.quality import decode_in_batches
-    from pyrawan.models.vae import decode_latents
-
-    spec = model or sample_set.model
-    try:
-        m = load(spec)
-    except InputError as err:
-        raise InputError(f"the samples {sample_set.source} were made with model {spec!r}, which cannot be loaded "
-                         f"here ({err}); pass --model with that model so its VAE can decode the latents.") from None
-    with progress_bar(f"decode {sample_set.label}", total=len(sample_set), enabled=progress) as advance:
-        sample_set.frames = decode_in_batches(lambda z: decode_latents(m.components, z), sample_set.latents,
-                                              batch_size, advance)
-    return m
-
-
-def _set_from_artifact(load, folder: Path, model: str | None, batch_size: int, label: str | None, inputs: list[Path],
-                       progress: bool = True, pair_with=None):
-    """A sample artifact as a decoded SampleSet (``pair_with``: refuse a mismatch before decoding)."""
-    from pyrawan.eval.quality import check_pairing, read_sample_set
-    from pyrawan.eval.sampling import plan_for, plan_tflops
-    from pyrawan.manifest import read_manifest, require_verified
-
-    require_verified(folder, "--samples")
-    inputs.append(folder)
-    s = read_sample_set(folder, label)
-    if pair_with is not None:
-        check_pairing(pair_with, s)
-    m = _decoded(load, s, model, batch_size, progress)
-    resolved = read_manifest(folder)["recipe"]["resolved"]
-    s.tflops_per_video = plan_tflops(m, plan_for(m, model or s.model, s.prompts, s.schedule, s.video)) \
-        if resolved.get("fewstep_levels") is None else None
-    return s
-
-
-def _print_summary(body: dict) -> None:
-    from rich.table import Table
-
-    table = Table("metric", "mean", "95% CI", "n", title=f"eval {body['kind']}: {body['label']}")
-    for name, s in body["summary"].items():
-        ci = "–" if s["mean"] is None else f"[{s['low']:.4g}, {s['high']:.4g}]"
-        table.add_row(name, "–" if s["mean"] is None else f"{s['mean']:.4g}", ci, str(s["n"]))
-    Console(soft_wrap=True).print(table)
-    for note in body["notes"]:
-        console.print(f"note: {note}", markup=False)
-
-
-def run_quality(out: Path, model: str | None = None, reference: str | None = None, prompts: list[str] | None = None,
-                seeds: list[int] = (0,), samples: Path | None = None, schedule: str | None = None,
-                reference_schedule: str | None = None, batch_size: int = 8, validation_cache: Path | None = None,
-                label: str | None = None, device: str | None = None, dtype: str | None = None, progress: bool = True,
-                overwrite: bool = False) -> dict:
-    """``pyrawan eval quality``: sample (or read) a set, score it, pair it with a reference; write the artifact."""
-    from pyrawan.eval.artifact import build_eval, manifest_metrics, write_eval
-    from pyrawan.eval.quality import relative_videos, score_sets
-    from pyrawan.eval.sampling import grid, plan_for, sample_set
-    from pyrawan.manifest import check_output, read_manifest
-
-    started = time.time()
-    check_output(Path(out), overwrite)
-    if samples is None and model is None:
-        raise InputError("eval quality needs --model M (sample it here) or --samples S (a `pyrawan sample` artifact).")
-    inputs: list[Path] = []
-    load = model_loader(device, dtype, inputs)
-    with artifact_dir(out, overwrite=overwrite) as tmp:
-        if samples is not None:
-            subject = _set_from_artifact(load, Path(samples), model, batch_size, label, inputs, progress)
-        else:
-            P, S = grid(prompts or [], seeds)
-            m = load(model)
-            plan = plan_for(m, model, P, schedule)
-            name = label or f"{Path(model).name} {'-'.join(map(str, plan.steps))}"
-            subject = sample_set(m, model, plan, P, S, tmp / "samples", name, batch_size, progress)
-        ref = None
-        if reference is not None:
-            if (Path(reference) / "manifest.json").is_file() and read_manifest(reference).get("kind") == "sample":
-                ref = _set_from_artifact(load, Path(reference), None, batch_size, None, inputs, progress, subject)
-            else:
-                rm = load(reference)
-                rplan = plan_for(rm, reference, subject.prompts, reference_schedule, subject.video)
-                ref = sample_set(rm, reference, rplan, subject.prompts, subject.seeds, tmp / "reference",
-                                 f"reference {Path(reference).name}", batch_size, progress)
-        with progress_bar("score", total=len(subject), enabled=progress) as advance:
-            records, notes = score_sets(subject, ref, advance=advance)
-        body = build_eval("quality", label or subject.label, relative_videos(records, tmp), model=subject.model,
-                          schedule=subject.schedule, tflops_per_video=subject.tflops_per_video,
-                          seconds_per_video=subject.seconds_per_video, notes=notes,
-                          extra={"reference": None if ref is None else {"label": ref.label, "model": ref.model,
-                                                                        "schedule": ref.schedule},
-                                 "video_size": subject.video, "coupled_noise": subject.coupled})
-        if validation_cache is not None:
-            body["summary"].update(_validation(load(model or subject.model), model or subject.model,
-                                               Path(validation_cache), batch_size))
-            inputs.append(Path(validation_cache))
-        write_eval(tmp, body)
-        resolved = {"kind": "eval-quality", "model": subject.model, "samples": None if samples is None else str(samples),
-                    "reference": reference, "prompts": subject.prompts, "seeds": subject.seeds,
-                    "schedule": subject.schedule, "video": subject.video, "coupled_noise": subject.coupled}
-        write_manifest(tmp, "eval-quality", resolved, inputs, manifest_metrics(body), started)
-    _print_summary(body)
-    console.print(f"eval quality: wrote [bold]{out}[/]")
-    return body
-
-
-def _validation(m, spec: str, cache: Path, batch_size: int) -> dict:
-    """``{"fm_val_loss_stage<k>": summary}`` over the items of a latent cache (n = items, not videos)."""
-    from pyrawan.data.cache import LatentCache
-    from pyrawan.eval.artifact import summarise
-    from pyrawan.eval.sampling import plan_for
-    from pyrawan.eval.validation import validation_loss
-
-    pyramid = plan_for(m, spec, ["-"]).pyramid
-    losses = validation_loss(m.components.transformer, LatentCache(cache), pyramid, batch_size=batch_size)
-    info = {f"fm_val_loss_stage{k}": (False, "", f"flow-matching validation loss, stage {k}, over cache items")
-            for k in losses}
-    return {f"fm_val_loss_stage{k}": summarise(v, f"fm_val_loss_stage{k}", info) for k, v in losses.items()}
-
+# ---- eval schedules ------------------------------------------------------------------------------
 
 def parse_amount(text: str, what: str) -> float:
     """``2.5e14``, ``250T``, ``1.2P``, ``40G`` -> a float (suffixes K M G T P are powers of 1000)."""
@@ -277,6 +141,7 @@ def run_schedules(model: str, out: Path | None, budget_flops: str | None = None,
                   device: str | None = None, dtype: str | None = None, progress: bool = True,
                   overwrite: bool = False) -> dict:
     """``pyrawan eval schedules``: the best steps per stage under a FLOPs or time budget (see eval/schedules.py)."""
+    from pyrawan.commands.eval_quality import model_loader
     from pyrawan.eval.quality import score_sets, toy_prompts
     from pyrawan.eval.sampling import grid, plan_for, sample_set
     from pyrawan.eval.schedules import per_stage_cost, plan_pool, search
@@ -317,14 +182,14 @@ def run_schedules(model: str, out: Path | None, budget_flops: str | None = None,
     def score(steps: tuple[int, ...], seed_list) -> list[float]:
         P, S = grid(prompts, list(seed_list))
         plan = plan_for(m, model, P, "-".join(map(str, steps)))
-        subject = sample_set(m, model, plan, P, S, None, "candidate", batch_size, False, write_files=False)
+        subject = sample_set(m, model, plan, P, S, None, "candidate", batch_size, False)
         ref = None
         if metric == "latent_psnr":
             key = tuple(seed_list)
             if key not in refs:
                 rm = load(reference)
                 refs[key] = sample_set(rm, reference, plan_for(rm, reference, P, None, plan.video), P, S, None,
-                                       "reference", batch_size, False, write_files=False)
+                                       "reference", batch_size, False)
             ref = refs[key]
         records, _ = score_sets(subject, ref, toybench=metric == "toybench_overall")
         return [r["values"][metric] for r in records]

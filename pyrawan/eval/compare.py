@@ -95,11 +95,23 @@ def compare(evals: Sequence[dict], baseline: int = 0, quality: str | None = None
         rows[i]["pareto"] = k in front
     info = {n: next((e["summary"][n] for e in evals if n in e["summary"]), {}) for n in names}
     return {"baseline": rows[baseline]["label"], "baseline_index": baseline, "quality_metric": quality,
+            "warnings": same_videos_warnings(evals, baseline),
             "quality_higher_is_better": higher, "cost_unit": units.pop() if len(units) == 1 else None,
             "metrics": {n: {"higher_is_better": info[n].get("higher_is_better", True), "unit": info[n].get("unit", ""),
                             "description": info[n].get("description", n)} for n in names},
             "rows": rows,
             "note": "mean [95% CI over videos]; Δ = mean - baseline mean; * = the 95% intervals do not overlap."}
+
+
+def same_videos_warnings(evals: Sequence[dict], baseline: int) -> list[str]:
+    """One line per artifact whose (prompt, seed) set differs from the baseline's: its deltas then mix
+    a model difference with a prompt difference."""
+    def keys(e: dict) -> set:
+        return {(v.get("prompt"), v.get("seed")) for v in e.get("videos", [])}
+    base = keys(evals[baseline])
+    return [f"{e.get('label')}: evaluated on other (prompt, seed) pairs than the baseline "
+            f"({len(keys(e) - base)} not in it, {len(base - keys(e))} missing); its deltas are not paired"
+            for e in evals if keys(e) != base]
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -135,7 +147,8 @@ def markdown(result: dict, metrics: Sequence[str] | None = None) -> str:
     header, rows = table_rows(result, metrics)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-    return (f"Baseline: {result['baseline']}. {result['note']}\n\n" + "\n".join(lines) + "\n")
+    warnings = "".join(f"\n\nWarning: {w}" for w in result["warnings"])
+    return f"Baseline: {result['baseline']}. {result['note']}{warnings}\n\n" + "\n".join(lines) + "\n"
 
 
 def plot(result: dict, path: Path) -> Path | None:

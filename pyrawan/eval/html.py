@@ -75,7 +75,9 @@ def render_page(result: dict, evals: Sequence[dict], videos: list[dict[tuple[str
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p class='note'>Baseline: {html.escape(str(result['baseline']))}. {html.escape(result['note'])} "
-             f"Quality axis: {html.escape(result['quality_metric'])}.</p>", _table(header, rows)]
+             f"Quality axis: {html.escape(result['quality_metric'])}.</p>",
+             *(f"<p class='note'><b>Warning:</b> {html.escape(w)}</p>" for w in result["warnings"]),
+             _table(header, rows)]
     if plot_name:
         parts.append(f"<h2>Quality against cost</h2><img src='{html.escape(plot_name)}' alt='quality against cost'>")
     parts.append("<h2>Videos (same prompt, same seed; one row per model)</h2>")

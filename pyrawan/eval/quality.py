@@ -11,6 +11,7 @@ noise unrelated to the reference's, and its paired metrics are reported as not a
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,9 +44,31 @@ class SampleSet:
     tflops_per_video: float | None = None
     seconds_per_video: float | None = None
     source: Path | None = None                 # the sample artifact it was read from
+    positions: list[int] | None = None         # index of each video in the whole set (a shard); None = 0..N-1
+    records: list[dict] = field(default_factory=list)   # samples.jsonl records of the files written
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def index(self, i: int) -> int:
+        """Position of video ``i`` of this set in the whole set."""
+        return i if self.positions is None else self.positions[i]
+
+    def subset(self, positions: list[int]) -> "SampleSet":
+        """The videos at ``positions`` (of a whole set): this rank's shard."""
+        pick = lambda xs: [xs[i] for i in positions]  # noqa: E731
+        return dataclasses.replace(self, prompts=pick(self.prompts), seeds=pick(self.seeds),
+                                   latents=self.latents[positions],
+                                   frames=None if self.frames is None else self.frames[positions],
+                                   videos=pick(self.videos), positions=list(positions))
+
+
+def keys_only(label: str, prompts: list[str], seeds: list[int], latent_shape: tuple[int, int, int]) -> SampleSet:
+    """What a set will hold, before sampling: prompts, seeds and the latent shape (no data; the latents
+    are a zero-stride view). Used to refuse a mismatched reference before any video is sampled."""
+    latents = torch.empty(1, 16, *latent_shape).expand(len(prompts), -1, -1, -1, -1)
+    return SampleSet(label=label, model="", prompts=list(prompts), seeds=list(seeds), latents=latents, frames=None,
+                     videos=[None] * len(prompts))
 
 
 def first_stage_is_full(schedule: str | None) -> bool:
@@ -162,6 +185,8 @@ def score_sets(samples: SampleSet, reference: SampleSet | None = None, toybench:
     notes: list[str] = []
     if reference is not None:
         check_pairing(samples, reference)                 # before any scoring
+    if not len(samples):                                  # an empty shard
+        return [], notes
     values: list[dict[str, float]] = [{} for _ in range(len(samples))]
     if samples.frames is not None:
         toybench = toy_prompts(samples.prompts) if toybench is None else toybench
@@ -186,7 +211,7 @@ def score_sets(samples: SampleSet, reference: SampleSet | None = None, toybench:
             side = samples.label if not samples.coupled else reference.label
             notes.append(f"paired metrics not applicable: {side} was sampled from noise drawn at a coarse stage, not "
                          f"coupled to a full-resolution draw (sample it with `eval quality --model`, which couples)")
-    records = [{"index": i, "prompt": samples.prompts[i], "seed": samples.seeds[i],
+    records = [{"index": samples.index(i), "prompt": samples.prompts[i], "seed": samples.seeds[i],
                 "video": None if samples.videos[i] is None else str(samples.videos[i]), "values": values[i]}
                for i in range(len(samples))]
     return records, notes

@@ -80,35 +80,49 @@ def plan_tflops(model: LoadedModel, plan: Plan) -> float:
 
 def sample_set(model: LoadedModel, spec: str, plan: Plan, prompts: Sequence[str], seeds: Sequence[int],
                folder: Path | None, label: str, batch_size: int = 8, progress: bool = True,
-               write_files: bool = True) -> SampleSet:
-    """Sample ``prompts[i]`` with ``seeds[i]`` (coupled noise), decode, and (``write_files``) write the
-    mp4s, latents and ``samples.jsonl`` under ``folder``. Seconds per video count sampling and decoding
-    only (no model loading, no file writing)."""
+               positions: Sequence[int] | None = None) -> SampleSet:
+    """Sample ``prompts[i]`` with ``seeds[i]`` for every ``i`` of ``positions`` (default: all), with coupled
+    noise, decode, and write the mp4s and latents under ``folder`` (None: write nothing; the
+    ``samples.jsonl`` records are in ``.records``). Seconds per video count sampling and decoding only
+    (no model loading, no file writing)."""
+    positions = list(range(len(prompts))) if positions is None else list(positions)
+    if not positions:                                   # a rank with no share (more ranks than videos)
+        t, h, w = plan.latent_shapes()[0]
+        f, hp, wp = plan.video["frames"], plan.video["height"], plan.video["width"]
+        return SampleSet(label=label, model=spec, prompts=[], seeds=[], latents=torch.empty(0, 16, t, h, w),
+                         frames=torch.empty(0, f, 3, hp, wp), videos=[], schedule="-".join(map(str, plan.steps)),
+                         video=dict(plan.video), coupled=True, tflops_per_video=plan_tflops(model, plan),
+                         seconds_per_video=0.0, positions=[], records=[])
+    mine_p, mine_s = [prompts[i] for i in positions], [int(seeds[i]) for i in positions]
     latents, frames, records, busy = [], [], [], 0.0
-    with progress_bar(f"sample {label}", total=len(prompts) * plan.nfe, enabled=progress) as advance:
-        batches = generate_batches(model, plan, list(prompts), list(seeds), batch_size, coupled_noise=True,
-                                   advance=advance, decode=True)
+    with progress_bar(f"sample {label}", total=len(positions) * plan.nfe, enabled=progress) as advance:
+        batches = generate_batches(model, plan, mine_p, mine_s, batch_size, coupled_noise=True, advance=advance,
+                                   decode=True)
         while True:
             start = time.perf_counter()
             part = next(batches, None)
             busy += time.perf_counter() - start
             if part is None:
                 break
-            positions, z, video = part
+            local, z, video = part
             latents.append(z)
             frames.append(video)
-            if write_files and folder is not None:
-                records += write_batch(folder, positions, z, video, prompts, seeds, plan)
-    if write_files and folder is not None:
-        atomic_write_text(folder / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    videos = [folder / r["video"] for r in records] if records else [None] * len(prompts)
-    return SampleSet(label=label, model=spec, prompts=list(prompts), seeds=[int(s) for s in seeds],
-                     latents=torch.cat(latents), frames=torch.cat(frames), videos=videos,
-                     schedule="-".join(map(str, plan.steps)), video=dict(plan.video), coupled=True,
-                     tflops_per_video=plan_tflops(model, plan), seconds_per_video=busy / len(prompts))
+            if folder is not None:
+                records += write_batch(folder, [positions[k] for k in local], z, video, prompts, seeds, plan)
+    videos = [folder / r["video"] for r in records] if records else [None] * len(positions)
+    return SampleSet(label=label, model=spec, prompts=mine_p, seeds=mine_s, latents=torch.cat(latents),
+                     frames=torch.cat(frames), videos=videos, schedule="-".join(map(str, plan.steps)),
+                     video=dict(plan.video), coupled=True, tflops_per_video=plan_tflops(model, plan),
+                     seconds_per_video=busy / max(len(positions), 1), positions=positions, records=records)
 
 
-def write_batch(folder: Path, positions: range, latents: torch.Tensor, frames: torch.Tensor,
+def write_records(folder: Path, records: list[dict]) -> None:
+    """``folder/samples.jsonl``, sorted by index."""
+    ordered = sorted(records, key=lambda r: r["index"])
+    atomic_write_text(folder / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in ordered))
+
+
+def write_batch(folder: Path, positions: Sequence[int], latents: torch.Tensor, frames: torch.Tensor,
                 prompts: Sequence[str], seeds: Sequence[int], plan: Plan) -> list[dict]:
     """mp4 + latents of one batch; returns its ``samples.jsonl`` records."""
     records = []

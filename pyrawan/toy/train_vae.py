@@ -92,9 +92,11 @@ def edge_error(recon: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> to
     return dx + dy
 
 
-def learning_rate(lr: float, step: int, elapsed: float, minutes: float) -> float:
-    """50 warm-up steps, then a cosine over the time budget down to 10 % of ``lr``."""
-    cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / minutes)))
+def learning_rate(lr: float, step: int, elapsed: float, minutes: float, steps: int) -> float:
+    """50 warm-up steps, then a cosine down to 10 % of ``lr`` over the time budget, or over ``steps`` when
+    ``minutes`` is 0 (a step-budgeted run does not depend on the machine's speed)."""
+    progress = elapsed / minutes if minutes > 0 else step / steps
+    cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return lr * min(1.0, (step + 1) / 50) * cosine
 
 
@@ -102,7 +104,8 @@ def train(vae: AutoencoderKLWan, pool: torch.Tensor, tracks: torch.Tensor, minut
           lr: float, kl_weight: float, seed: int, object_boost: float = 0.0, crop: int = 32,
           checkpoint=None, save_every: float = 0.0, loss: str = "mse", decode: str = "sample",
           edge_weight: float = 0.0, state: dict | None = None) -> list[dict]:
-    """Train in place until ``steps`` or ``minutes`` (both counted over all resumes) run out; returns the loss log.
+    """Train in place until ``steps`` or ``minutes`` (both counted over all resumes; ``minutes`` 0: no time
+    limit, the learning rate follows the steps) run out; returns the loss log.
 
     ``loss`` is the pixel error, ``mse`` or ``l1`` (sharper edges: its gradient does not vanish
     with the error, so thin corners are not averaged away); the log's ``mse`` is always the MSE.
@@ -126,10 +129,10 @@ def train(vae: AutoencoderKLWan, pool: torch.Tensor, tracks: torch.Tensor, minut
     elapsed = spent
     for step in range(first, steps):
         elapsed = spent + (time.time() - start) / 60
-        if elapsed > minutes:
+        if 0 < minutes < elapsed:
             break
         for group in opt.param_groups:
-            group["lr"] = learning_rate(lr, step, elapsed, minutes)
+            group["lr"] = learning_rate(lr, step, elapsed, minutes, steps)
         if checkpoint is not None and save_every > 0 and elapsed - saved_at >= save_every:
             checkpoint(opt, gen, log, elapsed)
             saved_at = elapsed
@@ -268,7 +271,8 @@ def main(argv: list[str] | None = None) -> None:
     """CLI entry: ``python -m pyrawan.toy.train_vae --out DIR``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--minutes", type=float, default=12.0, help="time budget over all resumes")
+    ap.add_argument("--minutes", type=float, default=12.0,
+                    help="time budget over all resumes; 0 = none (the learning rate then follows --steps)")
     ap.add_argument("--steps", type=int, default=100_000)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--pool", type=int, default=256)
