@@ -52,6 +52,8 @@ INTERRUPTED = {
     "finetune": "the checkpoints already written under OUT.run/checkpoints/ are kept (one every "
                 "train.checkpoint.every steps); the model folder OUT was not written. Continue with the same "
                 "command plus --resume.",
+    "distill": "the checkpoints already written under OUT.run/checkpoints/ are kept; the model folder OUT was not "
+               "written. Continue with the same command plus --resume.",
     "calibrate": "the latent-cache shards already encoded are kept; the same command continues the cache from the "
                  "first missing shard. The calibration folder was not written.",
     "sample": "the videos already finished are kept (in OUT.partial/); continue with the same command plus "

@@ -133,7 +133,7 @@ class RecipeBase(Section):
 
     schema_version: Literal[1] = Field(description="Recipe format version; this pyrawan reads 1.")
     kind: str
-    base: str = Field(min_length=1, description="Preset name (tiny), hub id, local diffusers folder or .safetensors file.")
+    base: str = Field(min_length=1, max_length=4096, description="Preset name (tiny), hub id, local diffusers folder or .safetensors file.")
     calibration: Path | None = Field(None, description="A `pyrawan calibrate` artifact folder (relative to the working directory).")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed for every random draw (noise is drawn on the CPU).")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weight and compute dtype.")

@@ -96,6 +96,8 @@ def test_bad_flag(case: dict, work: Path):
     artifact = make_artifact(work / "artifact", kind="calibrate")
     if case.get("mkdir"):
         (work / case["mkdir"]).mkdir()
+    if case.get("touch"):
+        (work / case["touch"]).write_bytes(b"\x80\x04\x95 pickled or random bytes")
     args = [str(a).replace("{file}", "afile").replace("{folder}", "notes").replace("{artifact}", str(artifact))
             for a in case["args"]]
     refuse(args, work, [case["expect"]], case.get("exit", 2))

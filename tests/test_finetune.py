@@ -112,7 +112,7 @@ def test_a_corrupt_or_partial_checkpoint_is_skipped_with_a_message(tmp_path):
     def write(folder: Path) -> None:
         ckpt.save_tensors(folder / "model.safetensors", {"w": torch.arange(4.0)})
     for step in (2, 4, 6):
-        ckpt.save(tmp_path, step, write, {"step": step}, keep=3)
+        ckpt.save(tmp_path, step, write, {"step": step, "consumed": 0, "recipe": {}}, keep=3)
     assert ckpt.latest(tmp_path) == tmp_path / "step-00000006"
     (tmp_path / "step-00000006" / "checkpoint.json").unlink()                      # partial
     model = tmp_path / "step-00000004" / "model.safetensors"
@@ -120,7 +120,7 @@ def test_a_corrupt_or_partial_checkpoint_is_skipped_with_a_message(tmp_path):
     messages: list[str] = []
     assert ckpt.latest(tmp_path, messages.append) == tmp_path / "step-00000002"
     assert "interrupted while being written" in messages[0] and "does not match its sha256" in messages[1]
-    ckpt.save(tmp_path, 8, write, {"step": 8}, keep=2)
+    ckpt.save(tmp_path, 8, write, {"step": 8, "consumed": 0, "recipe": {}}, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000006", "step-00000008"]
 
 

@@ -17,7 +17,6 @@ states and the iteration; a killed run resumed with ``--resume`` ends bit-identi
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import time
@@ -38,7 +37,7 @@ from pyrawan.pyramid.geometry import pixel_to_latent
 from pyrawan.pyramid.process import clean_estimate
 from pyrawan.pyramid.sampler import FewStep, fewstep_rollout, randn
 from pyrawan.recipe import DistillRecipe, resolve_recipe
-from pyrawan.train.curves import plot_curves, read_records
+from pyrawan.train.curves import plot_curves, read_records, short
 from pyrawan.train.data import LatentSource, StageDataset, generator, pad_texts, position_item, split_holdout
 from pyrawan.train.distill_config import student_levels
 from pyrawan.train.dmd import (VARIANT_PROCESS, StageProcess, dmd_gradient, dmd_loss, exit_step, flow_matching_loss,
@@ -370,9 +369,9 @@ def summarise(metrics: Path, out: Path) -> None:
                        ("train", "w_dmd", "w_dmd"), ("train", "teach_loss", "L_teach")], f"distill {out.name}")
     records = [r for r in read_records(metrics) if r.get("kind") == "train"]
     gen = [r for r in records if r.get("gen_loss") is not None]
-    with contextlib.suppress(IndexError, KeyError, TypeError):
-        console.print(f"distill: {records[-1]['step']} iterations; last fake-score loss {records[-1]['fake_loss']:.4g}"
-                      + (f", last generator loss {gen[-1]['gen_loss']:.4g}" if gen else ""), markup=False)
+    if records:
+        console.print(f"distill: {records[-1]['step']} iterations; last fake-score loss {short(records[-1]['fake_loss'])}"
+                      + (f", last generator loss {short(gen[-1]['gen_loss'])}" if gen else ""), markup=False)
     console.print(f"  curves: {png or 'none'}; metrics: {metrics}", markup=False)
 
 

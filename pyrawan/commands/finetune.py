@@ -27,7 +27,7 @@ from pyrawan.pyramid.config import PyramidConfig
 from pyrawan.pyramid.geometry import pixel_to_latent
 from pyrawan.recipe import FinetuneRecipe, resolve_recipe
 from pyrawan.train.config import train_problems
-from pyrawan.train.curves import plot_curves, read_records
+from pyrawan.train.curves import plot_curves, read_records, short
 from pyrawan.train.data import LatentSource, StageDataset, split_holdout, train_batch, validation_batches
 from pyrawan.train.engine import Context, Ema, EngineSpec, TorchEngine, lr_at, make_engine, setup
 from pyrawan.train.loss import predict, stage_losses
@@ -310,11 +310,11 @@ def summarise(metrics: Path, out: Path) -> None:
     records = read_records(metrics)
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "validation"]
-    lines = [f"finetune: {train[-1]['step']} steps, final train loss {train[-1]['loss']:.4g}" if train else
+    lines = [f"finetune: {train[-1]['step']} steps, final train loss {short(train[-1]['loss'])}" if train else
              "finetune: no training step was logged"]
     if val:
-        lines.append(f"  validation loss per stage: {[round(v, 4) for v in val[0]['val_loss_stage']]} (step "
-                     f"{val[0]['step']}) -> {[round(v, 4) for v in val[-1]['val_loss_stage']]} (step {val[-1]['step']})")
+        lines.append(f"  validation loss per stage: {short(val[0]['val_loss_stage'])} (step {val[0]['step']}) -> "
+                     f"{short(val[-1]['val_loss_stage'])} (step {val[-1]['step']})")
     board = metrics.parent / "tensorboard"
     lines.append(f"  curves: {png or 'none'}; metrics: {metrics}" + (f"; TensorBoard: {board}" if board.is_dir() else ""))
     for line in lines:

@@ -1,4 +1,6 @@
-"""Evaluation: FLOPs (analytic or meta-device count) and latency of pyramidal schedules.
+"""Evaluation: FLOPs and latency of pyramidal schedules; per-video quality metrics with confidence
+intervals (``metrics``, ``stats``, ``quality``), comparisons (``compare``, ``html``), schedule search
+(``schedules``) and VBench files (``vbench``). See docs/eval.md.
 
 Importing this package imports neither torch nor diffusers; the names below load their module
 on first use (``from pyrawan.eval import flops_report``).

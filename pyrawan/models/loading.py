@@ -200,6 +200,11 @@ def resolve_folder(spec: str) -> tuple[Path, dict[str, str]]:
     missing = missing_local(spec)
     if missing:
         raise InputError(f"Model {missing}")
+    if path.is_file():
+        kind = ("a pickle: pyrawan never loads pickled weights" if path.suffix in PICKLE_SUFFIXES else
+                "not a model folder")
+        raise InputError(f"Model {spec!r} is a file, {kind}. Give a pipeline folder, or a transformer .safetensors "
+                         f"file together with config_from. Accepted model specs: {ACCEPTED_FORMS}.")
     if looks_like_hub_id(spec):
         return resolve_hub(spec.removeprefix(HUB_SCHEME))
     raise InputError(f"Model {spec!r} was not found: it is not a preset, an existing folder or a Hub id. "
@@ -216,9 +221,15 @@ def load_single_file(
             "Wan2.1 pipeline folder or Hub id whose transformer matches the file "
             f"{path} (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)."
         )
-    model = WanTransformer3DModel.from_single_file(
-        str(path), config=str(folder), subfolder="transformer", torch_dtype=dtype
-    )
+    try:
+        with _quiet_diffusers():
+            model = WanTransformer3DModel.from_single_file(
+                str(path), config=str(folder), subfolder="transformer", torch_dtype=dtype
+            )
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError, SafetensorError) as err:
+        if io_fault_message(err) is not None:
+            raise
+        raise unreadable_weights(path, "transformer", err) from None
     return model.to(device).eval()
 
 

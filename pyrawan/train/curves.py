@@ -58,3 +58,10 @@ def last_value(records: list[dict], kind: str, key: str):
         if r.get("kind") == kind and key in r:
             return r[key]
     return None
+
+
+def short(value) -> str:
+    """A logged number (or list of numbers) in 4 significant digits; "nan"/"inf" strings stay as they are."""
+    if isinstance(value, list):
+        return "[" + ", ".join(short(v) for v in value) + "]"
+    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)

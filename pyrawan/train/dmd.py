@@ -59,8 +59,15 @@ class StageProcess:
     project: Callable[[torch.Tensor], torch.Tensor] | None
 
     def level(self, rho: torch.Tensor) -> torch.Tensor:
-        """Natural level per sample and frame ``[B, T]``."""
-        return interpolate_level(rho.to(self.sigma_c.dtype), self.sigma_c, self.sigma_n)
+        """Natural level per sample and frame ``[B, T]``.
+
+        The ordinary process gives every frame one level (the stage's frame-mean range): its teacher is a
+        plain model trained with one level per sample; the pyramidal ones keep each frame's own level.
+        """
+        sigma_c, sigma_n = self.sigma_c, self.sigma_n
+        if self.kind == "ordinary":
+            sigma_c, sigma_n = sigma_c.mean().expand_as(sigma_c), sigma_n.mean().expand_as(sigma_n)
+        return interpolate_level(rho.to(sigma_c.dtype), sigma_c, sigma_n)
 
     def _pyramidal(self) -> bool:
         return self.kind != "ordinary" and self.project is not None
