@@ -110,6 +110,8 @@ def demo(
     steps: Annotated[Optional[int], typer.Option("--steps", help="Finetuning steps [default: 400; --quick: 3].")] = None,
     seed_sets: Annotated[Optional[int], typer.Option("--seed-sets", help="Seed sets per row (own prompts and noise) [default: 3; --quick: 1].")] = None,
     prompts: Annotated[Optional[int], typer.Option("--prompts", help="Prompts per seed set [default: 16; --quick: 2].")] = None,
+    boundaries: Annotated[Optional[str], typer.Option("--boundaries", help="Stage boundaries: calibrated, uniform or pyramid-flow [default: calibrated].")] = None,
+    align_weight: Annotated[Optional[float], typer.Option("--align-weight", help="Finetuning's alignment loss weight [default: 0 = off].")] = None,
     out: OutOpt = None,
 ) -> None:
     """The main job on the toy world: dataset → calibrate → convert → finetune → sample → ToyBench + FLOPs table."""
@@ -127,8 +129,13 @@ def demo(
     for flag, (value, low, high) in limits.items():
         if value is not None and not low <= value <= high:
             raise InputError(f"demo: {flag} {value} must be between {low} and {high}.")
+    if boundaries is not None and boundaries not in ("calibrated", "uniform", "pyramid-flow"):
+        raise InputError(f"demo: --boundaries {boundaries!r} is not a choice; use calibrated, uniform or pyramid-flow.")
+    if align_weight is not None and not 0 <= align_weight < float("inf"):
+        raise InputError(f"demo: --align-weight {align_weight} must be a finite number >= 0 (0 turns it off).")
     run_demo(out or Path("runs") / "demo", quick=quick, seed=seed, resizer=resizer, stage_data=stage_data,
-             finetune_steps=steps, seed_sets=seed_sets, prompts=prompts)
+             finetune_steps=steps, seed_sets=seed_sets, prompts=prompts, boundaries=boundaries,
+             align_weight=align_weight)
 
 
 SchedulesOpt = Annotated[Optional[str], typer.Option(

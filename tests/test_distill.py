@@ -126,7 +126,7 @@ def test_dry_run_counts_generator_fake_score_teacher_and_both_optimisers(capsys)
 
 
 def test_a_non_finite_loss_stops_the_run_naming_the_iteration(tmp_path, monkeypatch):
-    from pyrawan.commands import distill as cmd
+    from pyrawan.commands import distill_dmd as cmd
     from pyrawan.errors import RunError
 
     calls, real = [], cmd.flow_matching_loss
@@ -141,3 +141,21 @@ def test_a_non_finite_loss_stops_the_run_naming_the_iteration(tmp_path, monkeypa
                                        r"\S+step-00000002"):
         distill(r, tmp_path / "nan")
     assert not (tmp_path / "nan").exists()
+
+
+@pytest.mark.parametrize("backbone,real", [("pyramidal", "data"), ("original", "teacher")])
+def test_adversarial_distillation_trains_heads_and_generator_and_exports_only_the_generator(tmp_path, backbone, real):
+    extra = [f"distill.teacher={load_model('tiny').path or 'tiny'}"] if backbone == "original" else []
+    r = recipe("distill.method=adv", f"distill.adv.backbone={backbone}", f"distill.adv.real={real}",
+               "distill.teach_weight=0", "distill.adv.r1_weight=0.1", "train.checkpoint.every=3", *extra)
+    out = distill(r, tmp_path / "adv")
+    rec = records(out)
+    assert all("disc_loss" in x and x["disc_loss"] >= 0 for x in rec)
+    gen = [x for x in rec if "adv_loss" in x]
+    assert len(gen) == 3 and all(x["rec_loss"] >= 0 and "r1" in x for x in gen)
+    ckpt = tmp_path / "adv.run" / "checkpoints" / "step-00000006"
+    assert (ckpt / "discriminator-model.safetensors").is_file()                     # heads saved with the run
+    heads = load_file(ckpt / "discriminator-model.safetensors")
+    assert heads and all(k.startswith("heads.") for k in heads)
+    assert not any("heads" in k for k in transformer(out))                         # not with the model
+    assert load_model(out).spec.distilled.method == "adv"

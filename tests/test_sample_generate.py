@@ -111,3 +111,18 @@ def test_compiled_transformer_gives_the_eager_outputs(tiny_model, one_thread):
     eager, _ = generate_videos(tiny_model, p, PROMPTS[:2], SEEDS[:2], batch_size=2, decode=False)
     fast, _ = generate_videos(compiled(tiny_model), p, PROMPTS[:2], SEEDS[:2], batch_size=2, decode=False)
     assert torch.allclose(eager, fast, atol=1e-4, rtol=0), (eager - fast).abs().max()
+
+
+def test_channels_last_decode_gives_the_same_video_and_restores_the_weights(tiny_components, one_thread):
+    from pyrawan.models.vae import decode_latents
+
+    vae = tiny_components.vae
+    convs = [m for m in vae.modules() if isinstance(m, torch.nn.Conv3d)]
+    before = [(c.weight.data_ptr(), c.weight.stride()) for c in convs]
+    z = torch.randn(3, 16, 5, 8, 8, generator=torch.Generator().manual_seed(2))
+    plain = decode_latents(vae, z, layout_channels_last=False)
+    fast = decode_latents(vae, z, layout_channels_last=True)
+    chunked = decode_latents(vae, z, chunk=2)
+    assert plain.shape == (3, 17, 3, 64, 64)
+    assert torch.allclose(plain, fast, atol=1e-5) and torch.allclose(plain, chunked, atol=1e-5)
+    assert [(c.weight.data_ptr(), c.weight.stride()) for c in convs] == before

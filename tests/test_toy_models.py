@@ -97,14 +97,18 @@ def test_demo_prompts_differ_between_seed_sets_and_parse():
 def test_quick_demo_takes_resizer_and_definition(tmp_path):
     from pyrawan.commands import demo
 
-    rows = demo.run(tmp_path / "demo", quick=True, resizer="dct", stage_data=1, finetune_steps=2)
+    rows = demo.run(tmp_path / "demo", quick=True, resizer="dct", stage_data=1, finetune_steps=2,
+                    boundaries="pyramid-flow", align_weight=0.5)
     assert len(rows) == 4
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert saved["sizes"]["resizer"] == "dct" and saved["sizes"]["stage_data"] == 1
-    assert saved["sizes"]["finetune_steps"] == 2
+    assert saved["sizes"]["finetune_steps"] == 2 and saved["sizes"]["boundaries"] == "pyramid-flow"
     for model in ("pyramid", "finetuned"):
         spec = json.loads((tmp_path / "demo" / model / "pyramid.json").read_text())
         assert spec["resizer"] == "dct" and spec["stage_data"] == 1, spec
+        assert spec["boundaries"] == pytest.approx([0.5858, 0.9412], abs=1e-3)     # not the calibrated ones
+    manifest = json.loads((tmp_path / "demo" / "finetuned" / "manifest.json").read_text())
+    assert '"align_weight": 0.5' in json.dumps(manifest)
     calibration = json.loads((tmp_path / "demo" / "calibration" / "calibration.json").read_text())
     assert calibration["definition"] == 1
 
@@ -116,6 +120,10 @@ def test_demo_options_are_checked(tmp_path):
 
     result = CliRunner().invoke(app, ["demo", "--resizer", "lanczos", "-o", str(tmp_path / "d")])
     assert result.exit_code != 0 and "haar, dct or db4" in result.output
+    result = CliRunner().invoke(app, ["demo", "--boundaries", "pyramid", "-o", str(tmp_path / "d")])
+    assert result.exit_code != 0 and "calibrated, uniform or pyramid-flow" in result.output
+    result = CliRunner().invoke(app, ["demo", "--align-weight", "-1", "-o", str(tmp_path / "d")])
+    assert result.exit_code != 0 and "--align-weight" in result.output
     assert not (tmp_path / "d").exists()
 
 

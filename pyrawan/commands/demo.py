@@ -61,6 +61,8 @@ class DemoSizes:
     cheap: str = "4-4-2"
     resizer: str = "haar"     # the pyramid's orthogonal transform (haar | dct | db4)
     stage_data: int = 2       # coarse training data: Definition 1 (downsample latents) or 2 (resize pixels)
+    boundaries: str = "calibrated"   # stage boundaries: calibrated | uniform (1/3, 2/3) | pyramid-flow (0.586, 0.941)
+    align_weight: float = 0.0        # finetuning's alignment loss to the frozen teacher (docs/finetune.md); 0 = off
 
     @classmethod
     def quick(cls) -> DemoSizes:
@@ -76,6 +78,17 @@ class DemoSizes:
     def phases(self) -> int:
         """Number of phases the progress display counts: 4 to build, one per row and seed set."""
         return 4 + len(self.rows()) * self.seed_sets
+
+
+BOUNDARY_CHOICES = ("calibrated", "uniform", "pyramid-flow")
+
+
+def boundary_overrides(choice: str) -> list[str]:
+    """Recipe overrides of ``convert`` for a BOUNDARY_CHOICES entry (calibrated: none, the calibration is used)."""
+    from pyrawan.pyramid.schedule import default_boundaries, pyramid_flow_boundaries
+
+    values = {"calibrated": None, "uniform": default_boundaries(3), "pyramid-flow": pyramid_flow_boundaries(3)}[choice]
+    return [] if values is None else [f"pyramid.boundaries=[{', '.join(str(v) for v in values)}]"]
 
 
 def demo_prompts(n: int, seed_set: int) -> list[str]:
@@ -119,14 +132,17 @@ def build_models(out: Path, sizes: DemoSizes, seed: int, phases: Phases) -> dict
     with phases.phase("calibrate: latent cache + stage boundaries"):
         cal = calibrate.load_calibrate_recipe(out / "data", "toy-finetune", common + ["calibrate.plots=false"])
         calibrate.run(cal, out / "calibration", progress=True)
-    with phases.phase("convert: toy teacher -> 3-stage pyramid"):
-        conv = load_recipe("toy", [f"sampling.schedule={sizes.schedule}", *pyramid], kind="convert")
-        convert.run(conv, out / "pyramid", calibration=out / "calibration")
+    with phases.phase(f"convert: toy teacher -> 3-stage pyramid ({sizes.boundaries} boundaries)"):
+        conv = load_recipe("toy", [f"sampling.schedule={sizes.schedule}", *pyramid,
+                                   *boundary_overrides(sizes.boundaries)], kind="convert")
+        calibration = out / "calibration" if sizes.boundaries == "calibrated" else None
+        convert.run(conv, out / "pyramid", calibration=calibration)
     with phases.phase(f"finetune: {sizes.finetune_steps} steps of pyramidal flow matching"):
         ft = load_recipe("toy-finetune", common + [
             f"base={out / 'pyramid'}", f"train.steps={sizes.finetune_steps}", f"train.batch_size={sizes.batch_size}",
             f"train.validation.holdout={holdout}", f"train.validation.batch_size={sizes.batch_size}",
-            f"train.optimizer.warmup_steps={min(20, sizes.finetune_steps)}", f"sampling.schedule={sizes.schedule}"],
+            f"train.optimizer.warmup_steps={min(20, sizes.finetune_steps)}", f"sampling.schedule={sizes.schedule}",
+            f"train.align_weight={sizes.align_weight}"],
             kind="finetune")
         finetune.run(ft, out / "finetuned", show_progress=True)
     return {"teacher": "toy", "pyramid": str(out / "pyramid"), "finetuned": str(out / "finetuned")}
@@ -232,7 +248,8 @@ def run(out: Path, quick: bool = False, seed: int = 0, overwrite: bool = True, *
     """Run the whole demo into ``out`` and print the results table; returns its rows.
 
     ``changes`` override ``DemoSizes`` fields (e.g. ``resizer="dct"``, ``stage_data=1``,
-    ``finetune_steps=800``, ``seed_sets=3``, ``prompts=32``); ``None`` values are ignored.
+    ``finetune_steps=800``, ``seed_sets=3``, ``prompts=32``, ``boundaries="pyramid-flow"``,
+    ``align_weight=1.0``); ``None`` values are ignored.
     """
     fresh_folder(out, "demo", overwrite)  # replaces only a folder an earlier demo marked as its own
     sizes = DemoSizes.quick() if quick else DemoSizes()
@@ -243,7 +260,8 @@ def run(out: Path, quick: bool = False, seed: int = 0, overwrite: bool = True, *
     models = build_models(out, sizes, seed, phases)
     rows = sample_and_score(out, models, sizes, seed, phases)
     elapsed = time.time() - phases.t0
-    title = f"pyrawan demo: toy world, 17×64×64, {sizes.resizer}, Definition {sizes.stage_data}"
+    title = (f"pyrawan demo: toy world, 17×64×64, {sizes.resizer}, Definition {sizes.stage_data}, "
+             f"{sizes.boundaries} boundaries" + (f", alignment {sizes.align_weight:g}" if sizes.align_weight else ""))
     figures = write_figures(out, rows, sizes, title)
     (out / "results.json").write_text(json.dumps({"sizes": sizes.__dict__, "seconds": elapsed, "rows": rows,
                                                   "figures": [f.name for f in figures]}, indent=1) + "\n")

@@ -1,23 +1,22 @@
-"""``pyrawan distill``: DMD step distillation of a pyramidal model into a few-step one (e.g. 2-2-1).
+"""``pyrawan distill``: step distillation of a pyramidal model into a few-step one (e.g. 2-2-1).
 
-The loop, per iteration ``i`` (the math is in ``pyrawan/train/dmd.py``, the choices in docs/distill.md):
+This module is the run around the method's loop: recipe checks, the models (generator, critic,
+frozen teacher), the shared start of every iteration (backward simulation: the exit step ``k`` drawn
+from ``(seed, i)``, the same on every rank; the student's earlier steps without gradient), L_teach,
+checkpoints, export and the summary. One iteration of each method is written out in its own module:
+``distill_dmd.py`` (DMD: fake score + generator) and ``distill_adv.py`` (adversarial: discriminator
+heads + generator). The math is in ``pyrawan/train/dmd.py`` and ``pyrawan/train/adversarial.py``,
+the choices in docs/distill.md.
 
-1. Backward simulation: draw the exit step ``k`` from ``(seed, i)`` (the same on every rank); run the
-   student's few-step sampler without gradient up to step ``k`` and take that step's input ``x``.
-2. Every ``generator_every``-th iteration, the generator update: the student's clean estimate
-   ``x_hat`` of step ``k`` with gradient; re-noise it inside the step's stage; the frozen teacher
-   (with guidance) and the fake score give clean estimates; push ``x_hat`` along the DMD gradient,
-   plus ``teach_weight`` times L_teach on a batch of fixed teacher samples.
-3. Every iteration, the fake-score update: flow matching on the (detached) ``x_hat``.
-
-Both models are engines with their own optimiser (``train.optimizer`` for the generator,
-``distill.fake_score.optimizer`` for the fake score) under one engine kind (single, DDP, DeepSpeed).
-Checkpoints hold both engines, both optimisers, the generator's EMA, every rank's generator
-states and the iteration; a killed run resumed with ``--resume`` ends bit-identical.
+Both trained models are engines with their own optimiser under one engine kind (single, DDP,
+DeepSpeed). Checkpoints hold both engines, both optimisers, the generator's EMA, every rank's
+generator states and the iteration; a killed run resumed with ``--resume`` ends bit-identical.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 import shutil
 import time
 from dataclasses import dataclass
@@ -35,13 +34,12 @@ from pyrawan.models.pyramid_spec import Distilled, PyramidSpec
 from pyrawan.pyramid.config import PyramidConfig
 from pyrawan.pyramid.geometry import pixel_to_latent
 from pyrawan.pyramid.process import clean_estimate
-from pyrawan.pyramid.sampler import FewStep, fewstep_rollout, randn
+from pyrawan.pyramid.sampler import FewStep, fewstep_rollout
 from pyrawan.recipe import DistillRecipe, resolve_recipe
 from pyrawan.train.curves import plot_curves, read_records, short
 from pyrawan.train.data import LatentSource, StageDataset, generator, pad_texts, position_item, split_holdout
 from pyrawan.train.distill_config import student_levels
-from pyrawan.train.dmd import (VARIANT_PROCESS, StageProcess, dmd_gradient, dmd_loss, exit_step, flow_matching_loss,
-                               score_levels)
+from pyrawan.train.dmd import StageProcess, exit_step, flow_matching_loss, score_levels
 from pyrawan.train.engine import Context, Ema, EngineSpec, lr_at, make_engine, setup
 from pyrawan.train.metrics import MetricsLog, progress
 from pyrawan.train.model import Base, Frozen, build_student, export_model, load_base, load_frozen, trainable_copy
@@ -50,6 +48,8 @@ from pyrawan.train.run import (Trainable, describe_nonfinite, ema_state, nonfini
 from pyrawan.train.teach import TeachPairs, make_teach_pairs, teach_target
 
 RESUMABLE_CHANGES = ("train.steps", "train.checkpoint.every", "train.checkpoint.keep")
+LOGGED = ("fake_loss", "gen_loss", "teach_loss", "w_dmd", "disc_loss", "adv_loss", "rec_loss", "r1", "real_logit",
+          "fake_logit")
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Loop:
     recipe: DistillRecipe
     ctx: Context
     generator: Trainable                       # the student (full or LoRA), with its EMA
-    fake: Trainable                            # the fake score
+    critic: Trainable                          # dmd: the fake score; adv: the discriminator heads
     teacher: Frozen | None                     # None: the student's base with its adapters disabled
     pyramid: PyramidConfig
     levels: list[list[float]]
@@ -77,6 +77,11 @@ class Loop:
     def generator_steps(self, iteration: int | None = None) -> int:
         """Generator updates done after ``iteration`` iterations."""
         return (self.iteration if iteration is None else iteration) // self.recipe.distill.generator_every
+
+
+def needs_teacher_pairs(d) -> bool:
+    """Adversarial runs need the teacher pairs for L_rec or for their "real" samples."""
+    return d.method == "adv" and (d.adv.lambda_rec > 0 or d.adv.real == "teacher")
 
 
 def check_recipe(recipe: DistillRecipe, out: Path, overwrite: bool, need_data: bool) -> None:
@@ -108,19 +113,25 @@ def texts_with_empty(text: torch.Tensor, empty: torch.Tensor) -> tuple[torch.Ten
     return both[:-1], both[-1:]
 
 
+@contextlib.contextmanager
+def teacher_module(loop: Loop) -> Iterator[torch.nn.Module]:
+    """The frozen teacher: its own transformer, or the LoRA student's base with its adapters disabled."""
+    if loop.teacher is not None:
+        yield loop.teacher.transformer
+        return
+    module = loop.generator.engine.module
+    module.disable_adapters()
+    try:
+        yield module
+    finally:
+        module.enable_adapters()
+
+
 def real_velocity(loop: Loop, x: torch.Tensor, sigma_nat: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """The frozen teacher's guided velocity (no graph)."""
     cond, uncond = texts_with_empty(text, loop.base.empty_text)
-    guidance = loop.recipe.distill.guidance
-    with torch.no_grad():
-        if loop.teacher is not None:
-            return denoise(loop.teacher.transformer, x, sigma_nat, cond, uncond, guidance)
-        module = loop.generator.engine.module
-        module.disable_adapters()
-        try:
-            return denoise(module, x, sigma_nat, cond, uncond, guidance)
-        finally:
-            module.enable_adapters()
+    with torch.no_grad(), teacher_module(loop) as teacher:
+        return denoise(teacher, x, sigma_nat, cond, uncond, loop.recipe.distill.guidance)
 
 
 def student_estimate(loop: Loop, x: torch.Tensor, step: FewStep, text: torch.Tensor) -> torch.Tensor:
@@ -170,33 +181,6 @@ def draw_levels(loop: Loop, gens: list[torch.Generator]) -> torch.Tensor:
     return torch.cat([score_levels(1, *loop.recipe.distill.score_levels, g) for g in gens])
 
 
-def generator_update(loop: Loop, x: torch.Tensor, step: FewStep, text: torch.Tensor, proc: StageProcess,
-                     gens: list[torch.Generator], stop_at: int) -> tuple[torch.Tensor, dict]:
-    """One DMD step of the generator; returns the detached ``x_hat`` and the record's fields."""
-    d, engine = loop.recipe.distill, loop.generator.engine
-    x_hat = student_estimate(loop, x, step, text)
-    rho, eps = draw_levels(loop, gens), randn(x_hat.shape, gens, x_hat)
-    with torch.no_grad():
-        x_t = proc.noisy(x_hat.detach(), eps, rho)
-        sigma = proc.level(rho)
-        x0_real = proc.clean(x_t, real_velocity(loop, x_t, sigma, text), rho)
-        x0_fake = proc.clean(x_t, denoise(loop.fake.engine.model, x_t, sigma, text), rho)
-    grad = dmd_gradient(x_hat, x0_real, x0_fake, sigma.mean(1))
-    gen_loss = dmd_loss(x_hat, grad.g.to(x_hat.device))
-    objective, teach_loss = gen_loss.mean(), None
-    if loop.teach is not None and d.teach_weight > 0:
-        teach_loss = teach_step_loss(loop, stop_at)
-        objective = objective + d.teach_weight * teach_loss.mean()
-    engine.set_lr(lr_at(loop.generator_steps(), engine.spec))
-    engine.backward(objective, True)
-    norm, applied = engine.step(skip=not math.isfinite(float(objective.detach())), max_norm=engine.spec.max_grad_norm)
-    if applied and loop.generator.ema is not None:
-        loop.generator.ema.update(loop.generator_steps() + 1)
-    record = {"gen_loss": float(gen_loss.detach().mean()), "w_dmd": float(grad.w_dmd.mean()), "gen_grad_norm": norm,
-              "teach_loss": None if teach_loss is None else float(teach_loss.detach().mean()), "gen_applied": applied}
-    return x_hat.detach(), record
-
-
 def teach_step_loss(loop: Loop, stop_at: int) -> torch.Tensor:
     """L_teach per sample: the student's exit-step estimate from a teacher pair's coupled noise vs the
     teacher's sample from the same noise, brought down to the exit step's stage."""
@@ -211,42 +195,37 @@ def teach_step_loss(loop: Loop, stop_at: int) -> torch.Tensor:
     return flow_matching_loss(x_hat, target)
 
 
-def fake_update(loop: Loop, x_hat: torch.Tensor, text: torch.Tensor, proc: StageProcess,
-                gens: list[torch.Generator]) -> dict:
-    """One flow-matching step of the fake score on the student's detached samples."""
-    engine = loop.fake.engine
-    rho, eps = draw_levels(loop, gens), randn(x_hat.shape, gens, x_hat)
-    x_t, target = proc.noisy(x_hat, eps, rho), proc.target(x_hat, eps)
-    with engine.autocast():
-        pred = denoise(engine.model, x_t, proc.level(rho), text, dtype=engine.input_dtype)
-    loss = flow_matching_loss(pred, target)
-    engine.set_lr(lr_at(loop.iteration, engine.spec))
-    engine.backward(loss.mean(), True)
-    norm, applied = engine.step(skip=not bool(torch.isfinite(loss).all()), max_norm=engine.spec.max_grad_norm)
-    return {"fake_loss": float(loss.detach().mean()), "fake_grad_norm": norm, "fake_applied": applied}
+@dataclass
+class Rollout:
+    """An iteration's shared start: exit step ``k``, its input ``x`` and ``step``, the prompts and generators."""
+
+    k: int
+    x: torch.Tensor
+    step: FewStep
+    items: list[int]
+    text: torch.Tensor
+    gens: list[torch.Generator]
+    proc: StageProcess
 
 
-def iteration_step(loop: Loop) -> dict:
-    """One iteration (fake-score step, and a generator step every ``generator_every``); its record."""
-    d, ctx, i = loop.recipe.distill, loop.ctx, loop.iteration
+def start_iteration(loop: Loop, kind: str) -> Rollout:
+    """Draw the exit step, the prompts and the noise, and run the student's earlier steps without gradient."""
+    ctx, i = loop.ctx, loop.iteration
     k = exit_step(loop.recipe.seed, i, loop.total_steps)
     indices = sample_indices(loop, i)
     items = [position_item(len(loop.data), g, loop.recipe.seed) for g in indices]
     text = pad_texts([loop.data.text(j) for j in items]).to(ctx.device)
     gens = sample_generators(loop, "distill", indices)
     x, step = rollout(loop, first_noise(loop, gens).to(ctx.device), text, k, gens)
-    proc = StageProcess(VARIANT_PROCESS[d.variant], step.sigma_c.to(ctx.device), step.sigma_n.to(ctx.device),
-                        step.project)
-    record = {"kind": "train", "step": i + 1, "exit_step": k, "stage": step.stage}
-    if (i + 1) % d.generator_every == 0:
-        x_hat, fields = generator_update(loop, x, step, text, proc, gens, k)
-        record.update(fields)
-    else:
-        with torch.no_grad():
-            x_hat = student_estimate(loop, x, step, text)
-    record.update(fake_update(loop, x_hat, text, proc, gens))
+    proc = StageProcess(kind, step.sigma_c.to(ctx.device), step.sigma_n.to(ctx.device), step.project)
+    return Rollout(k, x, step, items, text, gens, proc)
+
+
+def finish_record(loop: Loop, record: dict, items: list[int]) -> dict:
+    """Average the record's losses over all processes; stop on a non-finite one."""
+    ctx, i = loop.ctx, loop.iteration
     record["lr"] = lr_at(loop.generator_steps(), loop.generator.engine.spec)
-    keys = [key for key in ("fake_loss", "gen_loss", "teach_loss", "w_dmd") if record.get(key) is not None]
+    keys = [key for key in LOGGED if record.get(key) is not None]
     means = dist.all_reduce_sum(torch.tensor([record[key] for key in keys], dtype=torch.float64).to(ctx.device))
     record.update({key: float(v) / ctx.world for key, v in zip(keys, means.cpu())})      # means over all samples
     values = [record[key] for key in keys]
@@ -261,7 +240,12 @@ def iteration_step(loop: Loop) -> dict:
 # ---- the run -------------------------------------------------------------------------------------
 
 def build_models(recipe: DistillRecipe, base: Base, ctx: Context) -> tuple[Trainable, Trainable, Frozen | None]:
-    """Generator (the base with LoRA or in full), fake score (a trainable copy of the teacher) and teacher."""
+    """Generator (the base with LoRA or in full), critic and frozen teacher.
+
+    The critic is the fake score (dmd: a trainable copy of the teacher) or the discriminator heads (adv:
+    on the frozen teacher's features). The teacher is ``distill.teacher``, else the base: a frozen copy,
+    or, for a LoRA student, the student itself with its adapters disabled (no copy).
+    """
     d, t = recipe.distill, recipe.train
     dtype = torch.bfloat16 if ctx.bf16 else torch.float32
     teacher = None
@@ -269,22 +253,28 @@ def build_models(recipe: DistillRecipe, base: Base, ctx: Context) -> tuple[Train
         teacher = load_frozen(d.teacher, ctx.device, dtype)
     elif not t.lora.enabled:
         teacher = Frozen(trainable_copy(base.transformer, False).requires_grad_(False).eval(), base.pyramid, [])
-    fake = trainable_copy(teacher.transformer if teacher is not None else base.transformer, t.gradient_checkpointing)
+    backbone = teacher.transformer if teacher is not None else base.transformer
+    if d.method == "adv":
+        from pyrawan.commands.distill_adv import make_heads
+
+        critic, prefix, optimizer, clip = make_heads(d.adv, backbone), "discriminator-", d.adv.optimizer, d.adv.max_grad_norm
+    else:
+        critic, prefix = trainable_copy(backbone, t.gradient_checkpointing), "fake_score-"
+        optimizer, clip = d.fake_score.optimizer, d.fake_score.max_grad_norm
     student = build_student(base, t.model_copy(update={"align_weight": 0.0}), recipe.seed, ctx.bf16)
     gen_engine = make_engine(student, EngineSpec.of(t, prefix="generator-", steps=max(1, t.steps // d.generator_every)),
                              ctx, 1)
-    fake_spec = EngineSpec.of(t, prefix="fake_score-", optimizer=d.fake_score.optimizer,
-                              max_grad_norm=d.fake_score.max_grad_norm, lora=False)
-    fake_engine = make_engine(fake, fake_spec, ctx, 1)
+    critic_spec = EngineSpec.of(t, prefix=prefix, optimizer=optimizer, max_grad_norm=clip, lora=False)
     ema = Ema(gen_engine.named, t.ema.decay, t.ema.start_step) if t.ema.enabled else None
-    return Trainable(gen_engine, ema), Trainable(fake_engine), teacher
+    return Trainable(gen_engine, ema), Trainable(make_engine(critic, critic_spec, ctx, 1)), teacher
 
 
 def distilled_pyramid(recipe: DistillRecipe, spec: PyramidSpec, levels: list[list[float]]) -> PyramidSpec:
     """The student's ``pyramid.json``: few-step defaults (no guidance) and how it was distilled."""
     d = recipe.distill
     sampling = spec.sampling.model_copy(update={"schedule": d.schedule, "fewstep_levels": levels, "guidance": 1.0})
-    info = Distilled(method=d.method, variant=d.variant, schedule=d.schedule, levels=levels,
+    variant = f"adv-{d.adv.backbone}" if d.method == "adv" else d.variant
+    info = Distilled(method=d.method, variant=variant, schedule=d.schedule, levels=levels,
                      teacher=d.teacher or recipe.base, teacher_guidance=d.guidance, steps=recipe.train.steps)
     return spec.model_copy(update={"sampling": sampling, "distilled": info})
 
@@ -306,21 +296,21 @@ def run(recipe: DistillRecipe, out: Path, resume: bool = False, overwrite: bool 
     pyramid = base.pyramid.config()
     check_source(source, pyramid, recipe)
     levels = student_levels(recipe.distill, pyramid.num_stages)
-    generator_, fake, teacher = build_models(recipe, base, ctx)
+    generator_, critic, teacher = build_models(recipe, base, ctx)
     train_idx, _ = split_holdout(source, recipe.train.validation.holdout)
-    loop = Loop(recipe, ctx, generator_, fake, teacher, pyramid, levels, StageDataset(source, train_idx, pyramid),
+    loop = Loop(recipe, ctx, generator_, critic, teacher, pyramid, levels, StageDataset(source, train_idx, pyramid),
                 base, teach=None, out=out)
-    if recipe.distill.teach_weight > 0:
+    if recipe.distill.teach_weight > 0 or needs_teacher_pairs(recipe.distill):
         loop.teach = make_teach_pairs(loop, run_dir, lambda x, s, text: real_velocity(loop, x, s, text),
                                       reuse=found is not None)
     if found is not None:
-        loop.iteration = restore_checkpoint("distill", Path(found), [loop.generator, loop.fake], ctx)["iteration"]
+        loop.iteration = restore_checkpoint("distill", Path(found), [loop.generator, loop.critic], ctx)["iteration"]
     loop.log = MetricsLog(run_dir, ctx.rank == 0, resume_step=loop.iteration if found is not None else None)
     train_loop(loop, resolved, show_progress and ctx.rank == 0)
     export(loop, out, overwrite, resolved, cache_folder, started)
     if ctx.rank == 0:
         summarise(loop.log.path, out)
-    teardown([loop.generator, loop.fake], loop.log.close)
+    teardown([loop.generator, loop.critic], loop.log.close)
     return out
 
 
@@ -328,16 +318,20 @@ def train_loop(loop: Loop, resolved: dict, show_progress: bool) -> None:
     """Iterations from ``loop.iteration`` to ``train.steps``: step, log, checkpoint."""
     t = loop.recipe.train
     every = t.checkpoint.every
+    if loop.recipe.distill.method == "adv":
+        from pyrawan.commands.distill_adv import adv_iteration_step as step
+    else:
+        from pyrawan.commands.distill_dmd import dmd_iteration_step as step
     with progress(t.steps, loop.iteration, show_progress, label="distill") as update:
         while loop.iteration < t.steps:
             tick = time.perf_counter()
-            record = iteration_step(loop)
+            record = step(loop)
             loop.iteration += 1
             record["seconds"] = round(time.perf_counter() - tick, 4)
             loop.log.log(record)
-            update(record["fake_loss"])
+            update(record.get("fake_loss", record.get("disc_loss", 0.0)))
             if every and (loop.iteration % every == 0 or loop.iteration == t.steps):
-                save_checkpoint(run_folder(loop.out), loop.iteration, [loop.generator, loop.fake], loop.ctx, resolved,
+                save_checkpoint(run_folder(loop.out), loop.iteration, [loop.generator, loop.critic], loop.ctx, resolved,
                                 {"iteration": loop.iteration}, t.checkpoint.keep)
 
 
@@ -366,12 +360,14 @@ def summarise(metrics: Path, out: Path) -> None:
     """Print the last losses and where the curves are; write ``curves.png`` in the run folder."""
     png = plot_curves(metrics, metrics.parent / "curves.png",
                       [("train", "fake_loss", "fake-score loss"), ("train", "gen_loss", "generator DMD loss"),
-                       ("train", "w_dmd", "w_dmd"), ("train", "teach_loss", "L_teach")], f"distill {out.name}")
+                       ("train", "w_dmd", "w_dmd"), ("train", "teach_loss", "L_teach"),
+                       ("train", "disc_loss", "discriminator hinge loss"), ("train", "adv_loss", "generator adv. loss"),
+                       ("train", "rec_loss", "L_rec")], f"distill {out.name}")
     records = [r for r in read_records(metrics) if r.get("kind") == "train"]
-    gen = [r for r in records if r.get("gen_loss") is not None]
     if records:
-        console.print(f"distill: {records[-1]['step']} iterations; last fake-score loss {short(records[-1]['fake_loss'])}"
-                      + (f", last generator loss {short(gen[-1]['gen_loss'])}" if gen else ""), markup=False)
+        last = {key: next((r[key] for r in reversed(records) if r.get(key) is not None), None) for key in LOGGED}
+        shown = ", ".join(f"{key} {short(value)}" for key, value in last.items() if value is not None)
+        console.print(f"distill: {records[-1]['step']} iterations; last {shown}", markup=False)
     console.print(f"  curves: {png or 'none'}; metrics: {metrics}", markup=False)
 
 

@@ -120,16 +120,22 @@ def _record_ok(folder: Path, record: dict, prompt: str, seed: int) -> bool:
         return False
 
 
-def open_partial(partial: Path, run_info: dict, prompts: list[str], seed: int, resume: bool,
-                 overwrite: bool) -> dict[int, dict]:
-    """Rank 0: prepare ``OUT.partial`` and return the verified records of the prompts already done."""
+def check_partial(partial: Path, resume: bool, overwrite: bool) -> None:
+    """Before loading anything: an ``OUT.partial`` is ours, and is either resumed or (``--overwrite``) replaced."""
     if partial.exists() and not (partial / RUN_FILE).is_file():
         raise InputError(f"{partial} exists but was not written by `pyrawan sample` (no {RUN_FILE}); move it away "
                          f"or choose another -o/--out.")
+    if partial.is_dir() and not resume and not overwrite:
+        raise InputError(f"{partial} holds the finished videos of an interrupted run of this output; pass --resume "
+                         f"to keep them and continue, or --overwrite to start over (deletes them).")
+
+
+def open_partial(partial: Path, run_info: dict, prompts: list[str], seed: int, resume: bool,
+                 overwrite: bool) -> dict[int, dict]:
+    """Rank 0: prepare ``OUT.partial`` and return the verified records of the prompts already done."""
+    check_partial(partial, resume, overwrite)
+    run_info = json.loads(json.dumps(run_info))                    # as it reads back from run.json
     if partial.is_dir() and not resume:
-        if not overwrite:
-            raise InputError(f"{partial} holds the finished videos of an interrupted run of this output; pass --resume "
-                             f"to keep them and continue, or --overwrite to start over (deletes them).")
         shutil.rmtree(partial)
     if not partial.is_dir():
         (partial / "done").mkdir(parents=True)
@@ -232,6 +238,7 @@ def run(settings: SampleSettings, out: Path | None = None) -> Path:
     partial = partial_folder(out)
     if rank == 0:
         check_output(out, settings.overwrite, inputs=[settings.model], kind="sample")   # before minutes of loading
+        check_partial(partial, settings.resume, settings.overwrite)
     model, inputs = load_for_sampling(settings)
     plan = make_plan(settings, model)
     if settings.compile:

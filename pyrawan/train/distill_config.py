@@ -35,10 +35,38 @@ class FakeScore(_Section):
     max_grad_norm: float = Field(10.0, ge=0, description="Clip the fake score's gradient norm (Self-Forcing: 10).")
 
 
-class Distill(_Section):
-    """How to distill: DMD variant, the student's few-step schedule, the real score and its guidance."""
+class Adversarial(_Section):
+    """Adversarial distillation (``method: adv``): heads on a frozen diffusion backbone's features, hinge loss.
 
-    method: Literal["dmd"] = Field("dmd", description="dmd (distribution matching distillation).")
+    The paper (7.4): frozen backbone + light spatial and temporal convolutional branches, hinge loss,
+    lambda_adv = 1, lambda_rec = 2. Taps, channels, re-noising, R1 and the optimiser are our choices after
+    LADD / FastGen (anchors.md section 5).
+    """
+
+    backbone: Literal["original", "pyramidal"] = Field("pyramidal", description=(
+        "original (Adv-OD): distill.teacher, the plain model, ordinary re-noising; pyramidal (Adv-PD): the base "
+        "pyramidal model, pyramidal re-noising."))
+    taps: tuple[float, ...] = Field((0.45, 0.70, 0.97), min_length=1, max_length=8, description=(
+        "Tapped blocks as fractions of the depth (LADD/FastGen: about 45/70/97 %); one head per tap."))
+    channels: int = Field(64, ge=1, le=4096, description="Channels of each head's convolutional branches.")
+    renoise: bool = Field(True, description="Re-noise real and generated latents to the same level before the backbone.")
+    real: Literal["data", "teacher"] = Field("data", description=(
+        "Real samples: data = the latent cache's clean latents of the same captions; teacher = the teacher pairs."))
+    lambda_adv: float = Field(1.0, ge=0, le=100.0, description="Weight of the generator's adversarial loss (paper: 1).")
+    lambda_rec: float = Field(2.0, ge=0, le=100.0, description=(
+        "Weight of L_rec (paper: 2): MSE to the teacher's sample from the same noise, at the exit step's stage."))
+    r1_weight: float = Field(0.0, ge=0, le=100.0, description="Approximate R1 weight (logit change under a small perturbation).")
+    r1_sigma: float = Field(0.01, gt=0, le=1.0, description="Perturbation scale of the approximate R1.")
+    optimizer: Optimizer = Field(Optimizer(lr=4e-6, betas=(0.0, 0.999), weight_decay=0.01, warmup_steps=0,
+                                           schedule="constant"), description="AdamW of the heads (FastGen: 2x the generator's lr).")
+    max_grad_norm: float = Field(10.0, ge=0, description="Clip the heads' gradient norm.")
+
+
+class Distill(_Section):
+    """How to distill: method, DMD variant, the student's few-step schedule, the real score and its guidance."""
+
+    method: Literal["dmd", "adv"] = Field("dmd", description=(
+        "dmd (distribution matching distillation) | adv (adversarial distillation; see distill.adv)."))
     variant: Literal["ot", "pt", "ptstar", "baseline"] = Field("ptstar", description=(
         "ot: teacher = the original model finetuned at every stage resolution, ordinary re-noising; "
         "pt: teacher = the pyramidal model, pyramidal re-noising, closed-form clean estimate; "
@@ -62,6 +90,7 @@ class Distill(_Section):
     teach_pairs: int = Field(16, ge=1, le=100000, description="Teacher samples computed once (fixed noise) for L_teach.")
     teach_schedule: str | None = Field(None, description="The teacher's sampler for those samples; null = its default.")
     fake_score: FakeScore = FakeScore()
+    adv: Adversarial = Adversarial()
 
     @field_validator("schedule", "teach_schedule", mode="before")
     @classmethod
@@ -113,6 +142,12 @@ def distill_problems(distill: Distill, num_stages: int) -> list[tuple[str, str]]
             if first[0] != 1.0:
                 problems.append(("distill.levels", f"the first student step runs at rho = {first[0]}; it must be 1.0 "
                                  "(the student starts from pure noise)"))
+    if distill.method == "adv" and distill.adv.backbone == "original" and distill.teacher is None:
+        problems.append(("distill.teacher", "distill.adv.backbone = original needs the original model as "
+                         "distill.teacher (e.g. the multi-resolution teacher of DMD-OT)"))
+    if distill.method == "adv" and distill.adv.lambda_rec > 0 and distill.teach_weight > 0:
+        problems.append(("distill.teach_weight", "method adv uses distill.adv.lambda_rec for the teacher term; set "
+                         "distill.teach_weight: 0 (they would add the same loss twice)"))
     if distill.variant == "baseline" and sum(1 for n in steps if n) != 1:
         problems.append(("distill.schedule", f"distill.variant = baseline is one-stage Wan-DMD, but distill.schedule = "
                          f"{distill.schedule!r} uses several stages; use e.g. '0-0-2' (or schedule '2' with pyramid.stages: 1)"))

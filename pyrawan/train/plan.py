@@ -186,6 +186,15 @@ def render(plan: dict, lines: list[str]) -> None:
                   "estimates, expect +-25% and allocator overhead on top.", markup=False)
 
 
+def heads_parameters(cfg: dict, adv) -> int:
+    """Parameters of the adversarial heads (``train.adversarial.Heads``) on a transformer config."""
+    from pyrawan.train.adversarial import tapped_blocks
+
+    dim, c = cfg["num_attention_heads"] * cfg["attention_head_dim"], adv.channels
+    per_head = (dim * c + c) + (9 * c * c + c) + (3 * c * c + c) + (c + 1)
+    return per_head * len(tapped_blocks(adv.taps, cfg["num_layers"]))
+
+
 def distill_plan(recipe, world: int = 1) -> tuple[dict, list[str]]:
     """The memory plan of a distill recipe: generator, fake score, frozen teacher, both optimisers, EMA.
 
@@ -209,16 +218,19 @@ def distill_plan(recipe, world: int = 1) -> tuple[dict, list[str]]:
     stored, transient = activation_elements(cfg, shape, recipe.text.max_sequence_length,
                                             _per_token(pyramid, 0, shape[0]), t.gradient_checkpointing)
     act = t.batch_size * (stored + transient) * (2 if bf16 else 4)
+    if d.method == "adv":
+        act *= 2        # the generator's loss backpropagates through the frozen backbone too
     own_teacher = d.teacher is not None or not t.lora.enabled
     fake_train = t.model_copy(update={"lora": t.lora.model_copy(update={"enabled": False}),
                                       "ema": t.ema.model_copy(update={"enabled": False}), "align_weight": 0.0})
-    memory = {}
+    memory, critic_name = {}, "fake score" if d.method == "dmd" else "discriminator heads"
     for w in sorted({1, 2, 4, 8, world}):
         gen = memory_per_gpu(params, trainable, 0.0, t.model_copy(update={"align_weight": 0.0}), kind, bf16, w)
-        fake = memory_per_gpu(params, params, 0.0, fake_train, kind, bf16, w)
+        critic = params if d.method == "dmd" else heads_parameters(cfg, d.adv)
+        fake = memory_per_gpu(critic, critic, 0.0, fake_train, kind, bf16, w)
         parts = {"generator weights": gen["weights"], "generator gradients + AdamW": gen["gradients"] +
                  gen["optimizer states"], "generator EMA": gen["EMA + frozen base"],
-                 "fake score weights": fake["weights"], "fake score gradients + AdamW": fake["gradients"] +
+                 f"{critic_name} weights": fake["weights"], f"{critic_name} gradients + AdamW": fake["gradients"] +
                  fake["optimizer states"], "teacher (frozen)": (2 if bf16 else 4) * params if own_teacher else 0.0,
                  "communication buffers": gen["communication buffers"] + fake["communication buffers"],
                  "activations (peak)": act}
@@ -229,7 +241,7 @@ def distill_plan(recipe, world: int = 1) -> tuple[dict, list[str]]:
             "stages": [{"stage": 0, "samples": t.batch_size, "latent": list(shape),
                         "per_token_timesteps": _per_token(pyramid, 0, shape[0]), "activation_bytes": act}]}
     lines = [
-        f"distill plan: DMD-{d.variant}; student {recipe.base} ({'LoRA r=' + str(t.lora.rank) if t.lora.enabled else 'full'})"
+        f"distill plan: {'DMD-' + d.variant if d.method == 'dmd' else 'adversarial, ' + d.adv.backbone + ' backbone'}; student {recipe.base} ({'LoRA r=' + str(t.lora.rank) if t.lora.enabled else 'full'})"
         f", teacher {d.teacher or recipe.base + (' (adapters disabled)' if t.lora.enabled else ' (frozen copy)')}; "
         f"schedule {d.schedule}; video {v.frames}x{v.height}x{v.width}",
         f"engine {kind}{f' ZeRO-{t.zero_stage}' if kind == 'deepspeed' else ''}, {recipe.dtype}; {t.steps} iterations "
