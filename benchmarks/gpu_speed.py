@@ -1,6 +1,6 @@
 """GPU speed check of Wan2.1-1.3B (random weights) at 81x448x832, three stages, in one process.
 
-    python benchmarks/gpu_speed.py --out OUT [--budget-s 540] [--skip compile,cudagraphs]
+    python benchmarks/gpu_speed.py --out OUT [--budget-s 480] [--skip compile,cudagraphs]
     python benchmarks/gpu_speed.py --tiny --out OUT        # CPU harness: tiny model, 17x64x64
 
 Sections, in this order (each is skipped, and says so, once the time budget is spent; the results
@@ -13,6 +13,7 @@ are written after every section, so a run cut short keeps what it measured):
               tables by CUDA time, kernel counts, chrome traces
   backends    the same forwards with each diffusers attention backend (native, cuDNN, flash, ...)
   cudnn       cudnn.benchmark on (conv algorithm search for the patch embedding)
+  regional    torch.compile of the repeated transformer blocks only (diffusers' compile_repeated_blocks)
   vae         VAE decode of one video: fp32, bf16, bf16 channels-last
   text        umT5-XXL text encoder (random weights), one prompt of 512 tokens
   compile     torch.compile of the transformer (default mode), per stage
@@ -108,7 +109,7 @@ def section_profile(run: Run, model) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if run.device.type == "cuda" else [])
-    sort = "self_cuda_time_total" if run.device.type == "cuda" else "self_cpu_time_total"
+    sort = "self_device_time_total" if run.device.type == "cuda" else "self_cpu_time_total"
     res = {}
     with torch.inference_mode():
         for stage in (1, 2):
@@ -241,6 +242,23 @@ def section_compile(run: Run, model, mode: str | None = None, stages: tuple[int,
     return res
 
 
+def section_regional(run: Run, model) -> dict:
+    """``compile_repeated_blocks``: torch.compile of the 30 transformer blocks only (compiles one block)."""
+    blocks = [m for m in model.modules() if type(m).__name__ in getattr(model, "_repeated_blocks", ())]
+    torch._dynamo.reset()
+    started = time.time()
+    model.compile_repeated_blocks(dynamic=False)
+    try:
+        ms = stage_ms(run, model)
+    finally:
+        for block in blocks:                      # back to eager for the sections that follow
+            block._compiled_call_impl = None
+        torch._dynamo.reset()
+    res = {"ms": ms, "compile_and_time_s": round(time.time() - started, 1)}
+    run.say(show("torch.compile of the repeated blocks", ms) + f"   ({res['compile_and_time_s']} s incl. compiling)")
+    return res
+
+
 def best_stage_ms(results: dict) -> tuple[list[float], dict]:
     """Fastest measured per-stage times (batch 1, sampler timesteps) and which variant gave each."""
     sections = {k: v for k, v in results["sections"].items() if isinstance(v, dict)}   # measured ones
@@ -248,6 +266,7 @@ def best_stage_ms(results: dict) -> tuple[list[float], dict]:
     for name, ms in (sections.get("backends") or {}).items():
         candidates[f"backend {name}"] = ms
     candidates["cudnn.benchmark"] = (sections.get("cudnn") or {}).get("cudnn.benchmark")
+    candidates["regional compile"] = (sections.get("regional") or {}).get("ms")
     compiled = sections.get("compile") or {}
     candidates["torch.compile"] = compiled.get("ms")
     graphs = sections.get("cudagraphs") or {}
@@ -283,16 +302,16 @@ def section_summary(run: Run, _model) -> dict:
     return {"best_stage_ms": best, "from": which, "schedules": rows}
 
 
-SECTIONS = ("forward", "profile", "backends", "cudnn", "vae", "text", "compile", "cudagraphs", "summary")
+SECTIONS = ("forward", "profile", "backends", "cudnn", "regional", "vae", "text", "compile", "cudagraphs", "summary")
 # Seconds of budget a section needs to start (compiling Wan2.1-1.3B for three shapes takes minutes).
-NEEDS_S = {"compile": 200.0, "cudagraphs": 120.0, "vae": 40.0, "text": 30.0}
+NEEDS_S = {"regional": 90.0, "compile": 240.0, "cudagraphs": 150.0, "vae": 60.0, "text": 30.0}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="Folder for results.json, summary.txt, profiles and traces.")
     ap.add_argument("--tiny", action="store_true", help="CPU harness: the tiny model at 17x64x64.")
-    ap.add_argument("--budget-s", type=float, default=540.0, help="Stop starting sections after this many seconds.")
+    ap.add_argument("--budget-s", type=float, default=480.0, help="Stop starting sections after this many seconds.")
     ap.add_argument("--repeats", type=int, default=5, help="Timed forwards per stage (median).")
     ap.add_argument("--skip", default="", help=f"Comma-separated sections to skip: {', '.join(SECTIONS)}.")
     args = ap.parse_args()
@@ -313,7 +332,8 @@ def main() -> None:
     model = build_transformer(run.arch, device=run.device, dtype=run.dtype)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     steps = {"forward": section_forward, "profile": section_profile, "backends": section_backends,
-             "cudnn": section_cudnn, "vae": section_vae, "text": section_text, "compile": section_compile,
+             "cudnn": section_cudnn, "regional": section_regional, "vae": section_vae, "text": section_text,
+             "compile": section_compile,
              "cudagraphs": lambda r, m: section_compile(r, m, "reduce-overhead", (1, 2)), "summary": section_summary}
     for name in SECTIONS:
         if name in skip or (name == "cudnn" and run.device.type != "cuda"):

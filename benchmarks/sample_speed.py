@@ -14,9 +14,9 @@
 with other jobs, wall time counts the time the process waits for a core, CPU time does not (run it
 with one thread, OMP_NUM_THREADS=1, so that CPU time is the work done; the mp4 encoder's own
 threads count too, alike in both paths). The toy teacher runs as a 3-stage haar pyramid with
-uniform boundaries (weights do not change the time). Each figure is the median of ``--repeats`` runs (the measurements interleave, so a busy
-neighbour slows every variant alike); the spread (min-max) is printed beside it. A benchmark, not
-a test: figures depend on the machine.
+uniform boundaries (weights do not change the time). Each figure is the median of ``--repeats``
+runs (the measurements interleave, so a busy neighbour slows every variant alike); the spread
+(min-max) is printed beside it. A benchmark, not a test: figures depend on the machine.
 """
 from __future__ import annotations
 

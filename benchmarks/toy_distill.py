@@ -8,8 +8,8 @@ output artifact exists, so an interrupted run continues where it stopped:
 1. a toy dataset (256 videos, 17x64x64) -> calibrate (latent cache, boundaries) -> convert the toy
    teacher into a 3-stage pyramid -> finetune it (pyramidal flow matching, 400 steps);
 2. the DMD-OT teacher: the toy teacher finetuned with plain flow matching at every stage resolution;
-3. distill: DMD-OT, DMD-PT, DMD-PT* (2-2-1, from the finetuned pyramid) and the one-stage Wan-DMD-like
-   baselines 1 and 2 steps (from the toy teacher);
+3. distill: DMD-OT, DMD-PT, DMD-PT*, Adv-OD, Adv-PD (2-2-1, from the finetuned pyramid) and the
+   one-stage Wan-DMD-like baselines 1 and 2 steps (from the toy teacher);
 4. every row sampled on the same seed sets (prompts drawn from the toy world; coupled seeds), scored
    with ToyBench (FD against the dataset), costed in FLOPs and CPU wall time per video.
 
@@ -31,6 +31,8 @@ ROWS = [  # (row, model key, schedule, guidance or None for the model's default)
     ("DMD-OT 2-2-1", "dmd-ot", "2-2-1", None),
     ("DMD-PT 2-2-1", "dmd-pt", "2-2-1", None),
     ("DMD-PT* 2-2-1", "dmd-ptstar", "2-2-1", None),
+    ("Adv-OD 2-2-1", "adv-od", "2-2-1", None),
+    ("Adv-PD 2-2-1", "adv-pd", "2-2-1", None),
     ("Wan-DMD-like 0-0-2", "dmd-baseline2", "2", None),
     ("Wan-DMD-like 0-0-1", "dmd-baseline1", "1", None),
 ]
@@ -73,6 +75,8 @@ def build(out: Path, iterations: int, log: Path) -> dict[str, Path]:
     runs = {"dmd-ot": ["toy-dmd-ot", f"base={out / 'finetuned'}", f"distill.teacher={out / 'ot-teacher'}"],
             "dmd-pt": ["toy-dmd-pt", f"base={out / 'finetuned'}"],
             "dmd-ptstar": ["toy-dmd-ptstar", f"base={out / 'finetuned'}"],
+            "adv-od": ["toy-adv-od", f"base={out / 'finetuned'}", f"distill.teacher={out / 'ot-teacher'}"],
+            "adv-pd": ["toy-adv-pd", f"base={out / 'finetuned'}"],
             "dmd-baseline2": ["toy-dmd-baseline", "distill.schedule=2"],
             "dmd-baseline1": ["toy-dmd-baseline", "distill.schedule=1", "distill.levels=[[1.0]]"]}
     for key, args in runs.items():

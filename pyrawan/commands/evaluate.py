@@ -6,7 +6,6 @@ architecture), a model folder's ``transformer/config.json``, or an architecture 
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,8 @@ from pyrawan.eval.flops import flops_report
 from pyrawan.eval.latency import environment_info, latency_report, measure_latency, measure_parts
 from pyrawan.eval.report import render_table, write_json
 from pyrawan.manifest import artifact_dir, write_manifest
-from pyrawan.models.arch import HUB_ARCHS, arch_of  # noqa: F401  (HUB_ARCHS re-exported)
+from pyrawan.models.arch import arch_of
+from pyrawan.models.pyramid_spec import PyramidSpec
 from pyrawan.models.presets import build_transformer
 from pyrawan.pyramid.geometry import check_sizes, pixel_to_latent, stage_shapes
 
@@ -53,10 +53,9 @@ def resolve_target(ref: str, overrides: list[str], stages: int | None = None) ->
         return Target(arch_of(r.base), r.video.frames, r.video.height, r.video.width, r.pyramid.stages,
                       r.pyramid.keep_time, r.sampling.guidance > 1, r.text.max_sequence_length, f"recipe {ref}")
     if (path / "pyramid.json").is_file():
-        p = json.loads((path / "pyramid.json").read_text())
-        v = p["video"]
-        return Target(arch_of(ref), v["frames"], v["height"], v["width"], p["num_stages"], p.get("keep_time", False),
-                      p["sampling"]["guidance"] > 1, p["sampling"].get("max_sequence_length", 512), f"model {ref}")
+        p = PyramidSpec.read(path / "pyramid.json")
+        return Target(arch_of(ref), p.video.frames, p.video.height, p.video.width, p.num_stages, p.keep_time,
+                      p.sampling.guidance > 1, p.sampling.max_sequence_length, f"model {ref}")
     arch = arch_of(ref)
     return Target(arch, 81, 448, 832, stages or 3, False, True, 512, f"architecture {ref}")
 

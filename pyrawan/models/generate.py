@@ -103,16 +103,13 @@ class Plan:
 
 
 def model_defaults(model: LoadedModel, spec: str) -> tuple[PyramidConfig, dict, dict]:
-    """(pyramid, sampling defaults, video defaults) of a pyramidal artifact or a plain model."""
-    if model.pyramid is None:
+    """(pyramid, sampling defaults, video defaults) of a pyramidal artifact (its validated ``pyramid.json``)
+    or a plain model (``PLAIN_DEFAULTS``)."""
+    if model.spec is None:
         plain = PLAIN_DEFAULTS[spec if spec in PLAIN_DEFAULTS else "wan"]
         return PyramidConfig(num_stages=1), plain["sampling"], plain["video"]
-    try:
-        p = model.pyramid
-        return PyramidConfig.from_dict(p), dict(p["sampling"]), {k: int(p["video"][k]) for k in VIDEO_KEYS}
-    except (KeyError, TypeError, ValueError) as err:
-        raise InputError(f"{model.path}/pyramid.json is damaged or from another tool ({type(err).__name__}: {err}); "
-                         f"re-create the model with `pyrawan convert`.") from None
+    p = model.spec
+    return p.config(), p.sampling.model_dump(), p.video.model_dump()
 
 
 def make_plan(settings: SampleSettings, model: LoadedModel) -> Plan:
