@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,6 @@ import torch
 
 from pyrawan import dist
 from pyrawan.commands.common import console, resolve_device
-from pyrawan.commands.finetune import check_source, open_source
 from pyrawan.errors import InputError
 from pyrawan.manifest import artifact_dir, check_output, write_manifest
 from pyrawan.models.denoiser import denoise
@@ -35,16 +34,17 @@ from pyrawan.pyramid.config import PyramidConfig
 from pyrawan.pyramid.geometry import pixel_to_latent
 from pyrawan.pyramid.process import clean_estimate
 from pyrawan.pyramid.sampler import FewStep, fewstep_rollout
-from pyrawan.recipe import DistillRecipe, resolve_recipe
+from pyrawan.recipe import DistillRecipe
 from pyrawan.train.curves import plot_curves, read_records, short
 from pyrawan.train.data import LatentSource, StageDataset, generator, pad_texts, position_item, split_holdout
 from pyrawan.train.distill_config import student_levels
 from pyrawan.train.dmd import StageProcess, exit_step, flow_matching_loss, score_levels
-from pyrawan.train.engine import Context, Ema, EngineSpec, lr_at, make_engine, setup
+from pyrawan.train.engine import Context, Ema, EngineSpec, lr_at, make_engine
 from pyrawan.train.metrics import MetricsLog, progress
-from pyrawan.train.model import Base, Frozen, build_student, export_model, load_base, load_frozen, trainable_copy
-from pyrawan.train.run import (Trainable, describe_nonfinite, ema_state, nonfinite, restore_checkpoint,
-                               resume_point, run_folder, save_checkpoint, teardown)
+from pyrawan.train.model import Base, Frozen, build_student, export_model, load_frozen, trainable_copy
+from pyrawan.train.run import (Trainable, describe_nonfinite, ema_state, nonfinite, restore_checkpoint, run_folder,
+                               save_checkpoint, teardown)
+from pyrawan.train.source import start_run
 from pyrawan.train.teach import TeachPairs, make_teach_pairs, teach_target
 
 RESUMABLE_CHANGES = ("train.steps", "train.checkpoint.every", "train.checkpoint.keep")
@@ -284,17 +284,10 @@ def run(recipe: DistillRecipe, out: Path, resume: bool = False, overwrite: bool 
     """Distill ``recipe.base`` into the few-step model artifact ``out``. ``source`` replaces the data (tests)."""
     started = time.time()
     check_recipe(recipe, out, overwrite, need_data=source is None)
-    ctx = setup(recipe.train, resolve_device(recipe.device), recipe.dtype)
-    resolved = resolve_recipe(recipe)
+    run = start_run("distill", recipe, out, resolve_device(recipe.device), resume, overwrite, source, RESUMABLE_CHANGES)
+    ctx, resolved, found, base, source, cache_folder, pyramid = (run.ctx, run.resolved, run.found, run.base, run.source,
+                                                                  run.cache_folder, run.pyramid)
     run_dir = run_folder(out)
-    found = resume_point("distill", run_dir, resolved, resume, overwrite, RESUMABLE_CHANGES) if ctx.rank == 0 else None
-    found = dist.broadcast(found)
-    base = load_base(recipe, ctx.device)
-    cache_folder = None
-    if source is None:
-        source, cache_folder = open_source(recipe, base, ctx)
-    pyramid = base.pyramid.config()
-    check_source(source, pyramid, recipe)
     levels = student_levels(recipe.distill, pyramid.num_stages)
     generator_, critic, teacher = build_models(recipe, base, ctx)
     train_idx, _ = split_holdout(source, recipe.train.validation.holdout)

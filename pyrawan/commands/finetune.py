@@ -20,21 +20,21 @@ import torch
 
 from pyrawan import dist
 from pyrawan.commands.common import console, resolve_device
-from pyrawan.errors import InputError, RunError
+from pyrawan.errors import InputError
 from pyrawan.manifest import artifact_dir, check_output, write_manifest
 from pyrawan.models.pyramid_spec import PyramidSpec, define_pyramid
 from pyrawan.pyramid.config import PyramidConfig
-from pyrawan.pyramid.geometry import pixel_to_latent
-from pyrawan.recipe import FinetuneRecipe, resolve_recipe
+from pyrawan.recipe import FinetuneRecipe
 from pyrawan.train.config import train_problems
 from pyrawan.train.curves import plot_curves, read_records, short
 from pyrawan.train.data import LatentSource, StageDataset, split_holdout, train_batch, validation_batches
-from pyrawan.train.engine import Context, Ema, EngineSpec, TorchEngine, lr_at, make_engine, setup
+from pyrawan.train.engine import Context, Ema, EngineSpec, TorchEngine, lr_at, make_engine
 from pyrawan.train.loss import predict, stage_losses
 from pyrawan.train.metrics import MetricsLog, progress
-from pyrawan.train.model import Base, build_student, export_model, load_base
-from pyrawan.train.run import (Trainable, describe_nonfinite, ema_state, nonfinite, restore_checkpoint,
-                               resume_point, run_folder, save_checkpoint, teardown)
+from pyrawan.train.model import Base, build_student, export_model
+from pyrawan.train.run import (Trainable, describe_nonfinite, ema_state, nonfinite, restore_checkpoint, run_folder,
+                               save_checkpoint, teardown)
+from pyrawan.train.source import start_run
 
 # Keys that may change between a run and its resume (everything else must match the checkpoint).
 RESUMABLE_CHANGES = ("train.steps", "train.checkpoint.every", "train.checkpoint.keep", "train.validation.every")
@@ -77,62 +77,6 @@ def check_recipe(recipe: FinetuneRecipe, out: Path, overwrite: bool, need_data: 
     if problems:
         raise InputError("finetune recipe: " + "; ".join(problems) + ".")
     check_output(out, overwrite, inputs=[recipe.base, recipe.data.root, recipe.data.cache], kind="finetune")
-
-
-def open_source(recipe: FinetuneRecipe, base: Base, ctx: Context) -> tuple[LatentSource, Path]:
-    """The latent cache (built from ``data.root`` on rank 0 when needed) and its folder."""
-    try:
-        from pyrawan.data.cache import LatentCache, ensure_cache
-    except ImportError:
-        raise RunError("this pyrawan has no latent cache (pyrawan.data.cache), so finetune cannot read data.cache "
-                       "or data.root; update pyrawan.") from None
-    folder = None
-    if ctx.rank == 0:
-        if recipe.data.root is not None:
-            comps = base.components
-            comps.vae, comps.text_encoder = comps.vae.to(ctx.device), comps.text_encoder.to(ctx.device)
-            folder = ensure_cache(recipe, comps, folder=recipe.data.cache, progress=True)
-        else:
-            folder = Path(recipe.data.cache)
-            if not folder.is_dir():
-                raise InputError(f"data.cache = '{folder}' is not a folder; build it with `pyrawan calibrate` or set "
-                                 "data.root to cache videos on the fly.")
-    folder = Path(dist.broadcast(str(folder) if folder else None))
-    return LatentCache(folder), folder
-
-
-def check_source(source: LatentSource, pyramid: PyramidConfig, recipe: FinetuneRecipe, components=None) -> None:
-    """The cache must hold this pyramid's latent shapes (and data definition when it says so)."""
-    v = recipe.video
-    want = pyramid.shapes(pixel_to_latent(v.frames, v.height, v.width))
-    have = [tuple(s) for s in getattr(source, "stage_shapes", want)]
-    if have[: len(want)] != want[: len(have)]:
-        raise InputError(f"the latent cache holds stage shapes {have} but video {v.frames}x{v.height}x{v.width} with "
-                         f"{pyramid.num_stages} stages needs {want}; rebuild the cache for this recipe (data.cache).")
-    definition = getattr(source, "definition", recipe.pyramid.stage_data)
-    if len(have) < pyramid.num_stages and definition == 2:
-        raise InputError(f"the latent cache holds {len(have)} stages but pyramid.stages = {pyramid.num_stages} and "
-                         "pyramid.stage_data = 2 (re-encoded pixels); rebuild the cache with the recipe's pyramid.")
-    if definition != recipe.pyramid.stage_data and pyramid.num_stages > 1:
-        raise InputError(f"the latent cache uses stage data definition {definition} but pyramid.stage_data = "
-                         f"{recipe.pyramid.stage_data}; set pyramid.stage_data: {definition} or rebuild the cache.")
-    if components is not None and getattr(source, "settings", None) is not None:
-        check_cache_models(source.settings, recipe, components)
-
-
-def check_cache_models(settings: dict, recipe: FinetuneRecipe, components) -> None:
-    """A reused cache must come from this model's VAE and text encoder, and from this pyramid's resizer."""
-    from pyrawan.data.encode import normalisation, text_encoder_fingerprint, vae_sha256
-
-    p = recipe.pyramid
-    now = {"vae_sha256": vae_sha256(components), "normalisation": normalisation(components),
-           "text_encoder": text_encoder_fingerprint(components), "max_sequence_length": recipe.text.max_sequence_length,
-           "keep_time": p.keep_time, "resizer": p.resizer if p.stage_data == 1 else None}
-    differ = [k for k, v in now.items() if k in settings and settings[k] != v]
-    if differ:
-        raise InputError(f"the latent cache was built with another {', '.join(differ)} than this run's base model and "
-                         f"recipe ({recipe.base}); its latents or caption embeddings would not match. Rebuild it "
-                         f"for this recipe (set data.root, and data.cache to a new folder or null).")
 
 
 def make_teacher(loop: Loop):
@@ -268,18 +212,9 @@ def run(recipe: FinetuneRecipe, out: Path, resume: bool = False, overwrite: bool
     """Finetune ``recipe.base`` into the model artifact ``out``. ``source`` replaces the recipe's data (tests)."""
     started = time.time()
     check_recipe(recipe, out, overwrite, need_data=source is None)
-    ctx = setup(recipe.train, resolve_device(recipe.device), recipe.dtype)
-    resolved = resolve_recipe(recipe)
-    run_dir = run_folder(out)
-    found = (resume_point("finetune", run_dir, resolved, resume, overwrite, RESUMABLE_CHANGES)
-             if ctx.rank == 0 else None)
-    found = dist.broadcast(found)
-    base = load_base(recipe, ctx.device)
-    cache_folder = None
-    if source is None:
-        source, cache_folder = open_source(recipe, base, ctx)
-    pyramid = base.pyramid.config()
-    check_source(source, pyramid, recipe, base.components)
+    run = start_run("finetune", recipe, out, resolve_device(recipe.device), resume, overwrite, source, RESUMABLE_CHANGES)
+    ctx, resolved, found, base, source, cache_folder, pyramid = (run.ctx, run.resolved, run.found, run.base, run.source,
+                                                                  run.cache_folder, run.pyramid)
     train_idx, held_idx = split_holdout(source, recipe.train.validation.holdout)
     student = build_student(base, recipe.train, recipe.seed, ctx.bf16)
     groups = sum(1 for n in recipe.train.split(pyramid.num_stages) if n)
@@ -292,7 +227,7 @@ def run(recipe: FinetuneRecipe, out: Path, resume: bool = False, overwrite: bool
     if found is not None:
         state = restore_checkpoint("finetune", Path(found), [loop.trainable], ctx)
         loop.step, loop.consumed, loop.validated = state["step"], state["consumed"], {state["step"]}
-    loop.log = MetricsLog(run_dir, ctx.rank == 0, resume_step=loop.step if found is not None else None)
+    loop.log = MetricsLog(run_folder(out), ctx.rank == 0, resume_step=loop.step if found is not None else None)
     train_loop(loop, resolved, show_progress and ctx.rank == 0)
     export(loop, out, overwrite, resolved, cache_folder, started)
     if ctx.rank == 0:

@@ -12,7 +12,6 @@ Run a finetune or distill on it (also under ``torchrun``)::
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F

@@ -1,0 +1,115 @@
+"""The training data of a run: the latent cache (built on the fly from ``data.root`` when asked) and its checks.
+
+Shared by ``finetune`` (latents and captions) and ``distill`` (captions as prompts; latents as the
+adversarial method's real samples). Rank 0 opens or builds the cache; the folder is broadcast.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pyrawan import dist
+from pyrawan.errors import InputError, RunError
+from pyrawan.pyramid.config import PyramidConfig
+from pyrawan.pyramid.geometry import pixel_to_latent
+from pyrawan.recipe import DistillRecipe, FinetuneRecipe
+from pyrawan.train.data import LatentSource
+from pyrawan.train.engine import Context
+from pyrawan.train.model import Base
+
+TrainRecipe = FinetuneRecipe | DistillRecipe
+
+
+def open_source(recipe: TrainRecipe, base: Base, ctx: Context) -> tuple[LatentSource, Path]:
+    """The latent cache (built from ``data.root`` on rank 0 when needed) and its folder."""
+    try:
+        from pyrawan.data.cache import LatentCache, ensure_cache
+    except ImportError:
+        raise RunError("this pyrawan has no latent cache (pyrawan.data.cache), so finetune cannot read data.cache "
+                       "or data.root; update pyrawan.") from None
+    folder = None
+    if ctx.rank == 0:
+        if recipe.data.root is not None:
+            comps = base.components
+            comps.vae, comps.text_encoder = comps.vae.to(ctx.device), comps.text_encoder.to(ctx.device)
+            folder = ensure_cache(recipe, comps, folder=recipe.data.cache, progress=True)
+        else:
+            folder = Path(recipe.data.cache)
+            if not folder.is_dir():
+                raise InputError(f"data.cache = '{folder}' is not a folder; build it with `pyrawan calibrate` or set "
+                                 "data.root to cache videos on the fly.")
+    folder = Path(dist.broadcast(str(folder) if folder else None))
+    return LatentCache(folder), folder
+
+
+def check_source(source: LatentSource, pyramid: PyramidConfig, recipe: TrainRecipe, components=None) -> None:
+    """The cache must hold this pyramid's latent shapes (and data definition when it says so)."""
+    v = recipe.video
+    want = pyramid.shapes(pixel_to_latent(v.frames, v.height, v.width))
+    have = [tuple(s) for s in getattr(source, "stage_shapes", want)]
+    if have[: len(want)] != want[: len(have)]:
+        raise InputError(f"the latent cache holds stage shapes {have} but video {v.frames}x{v.height}x{v.width} with "
+                         f"{pyramid.num_stages} stages needs {want}; rebuild the cache for this recipe (data.cache).")
+    definition = getattr(source, "definition", recipe.pyramid.stage_data)
+    if len(have) < pyramid.num_stages and definition == 2:
+        raise InputError(f"the latent cache holds {len(have)} stages but pyramid.stages = {pyramid.num_stages} and "
+                         "pyramid.stage_data = 2 (re-encoded pixels); rebuild the cache with the recipe's pyramid.")
+    if definition != recipe.pyramid.stage_data and pyramid.num_stages > 1:
+        raise InputError(f"the latent cache uses stage data definition {definition} but pyramid.stage_data = "
+                         f"{recipe.pyramid.stage_data}; set pyramid.stage_data: {definition} or rebuild the cache.")
+    if components is not None and getattr(source, "settings", None) is not None:
+        check_cache_models(source.settings, recipe, components)
+
+
+def check_cache_models(settings: dict, recipe: TrainRecipe, components) -> None:
+    """A reused cache must come from this model's VAE and text encoder, and from this pyramid's resizer."""
+    from pyrawan.data.encode import normalisation, text_encoder_fingerprint, vae_sha256
+
+    p = recipe.pyramid
+    now = {"vae_sha256": vae_sha256(components), "normalisation": normalisation(components),
+           "text_encoder": text_encoder_fingerprint(components), "max_sequence_length": recipe.text.max_sequence_length,
+           "keep_time": p.keep_time, "resizer": p.resizer if p.stage_data == 1 else None}
+    differ = [k for k, v in now.items() if k in settings and settings[k] != v]
+    if differ:
+        raise InputError(f"the latent cache was built with another {', '.join(differ)} than this run's base model and "
+                         f"recipe ({recipe.base}); its latents or caption embeddings would not match. Rebuild it "
+                         f"for this recipe (set data.root, and data.cache to a new folder or null).")
+
+
+@dataclass
+class Start:
+    """What every training command has once its run has started (every rank)."""
+
+    ctx: Context
+    resolved: dict
+    found: Path | None                  # the checkpoint to resume from
+    base: Base
+    source: LatentSource
+    cache_folder: Path | None           # the latent cache (a parent of the result), None for a given source
+    pyramid: PyramidConfig
+
+
+def start_run(command: str, recipe: TrainRecipe, out: Path, device: torch.device, resume: bool, overwrite: bool,
+              source: LatentSource | None, resumable: tuple[str, ...]) -> Start:
+    """Start the processes, find the resume point, load the base and open the data (in that order).
+
+    ``device``: the recipe's device resolved by the command; ``source`` replaces the recipe's data (tests).
+    """
+    from pyrawan.recipe import resolve_recipe
+    from pyrawan.train.engine import setup
+    from pyrawan.train.model import load_base
+    from pyrawan.train.run import resume_point, run_folder
+
+    ctx = setup(recipe.train, device, recipe.dtype)
+    resolved = resolve_recipe(recipe)
+    found = resume_point(command, run_folder(out), resolved, resume, overwrite, resumable) if ctx.rank == 0 else None
+    found = dist.broadcast(found)
+    base = load_base(recipe, ctx.device)
+    cache_folder = None
+    if source is None:
+        source, cache_folder = open_source(recipe, base, ctx)
+    pyramid = base.pyramid.config()
+    check_source(source, pyramid, recipe, base.components)
+    return Start(ctx, resolved, None if found is None else Path(found), base, source, cache_folder, pyramid)
