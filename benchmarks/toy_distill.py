@@ -105,10 +105,10 @@ def score_rows(out: Path, models: dict[str, Path], seed_sets: int, n: int, log: 
                          "analytic", 16)
     per_forward = {s["schedule"]: s["total_tflops"] / sum(map(int, s["schedule"].split("-"))) for s in flops["schedules"]}
     rows = []
-    for index, (name, key, schedule, _) in enumerate(ROWS):
+    for name, key, schedule, _ in ROWS:
         reports, seconds = [], 0.0
         for seed_set in range(seed_sets):
-            folder, bench = out / f"samples-{index}-{seed_set}", out / f"bench-{index}-{seed_set}"
+            folder, bench = out / f"samples-{key}-{seed_set}", out / f"bench-{key}-{seed_set}"
             if not done(folder):
                 prompt_file = out / f"prompts-{seed_set}.txt"
                 prompt_file.write_text("\n".join(prompts(n, seed_set)) + "\n")
@@ -118,7 +118,7 @@ def score_rows(out: Path, models: dict[str, Path], seed_sets: int, n: int, log: 
                 pyrawan("toy", "bench", str(folder), "--reference", str(out / "data"), "-o", str(bench), log=log)
             reports.append(json.loads((bench / "toybench.json").read_text()))
             seconds += json.loads((folder / "manifest.json").read_text())["metrics"]["seconds"]
-        manifest = json.loads((out / f"samples-{index}-0" / "manifest.json").read_text())
+        manifest = json.loads((out / f"samples-{key}-0" / "manifest.json").read_text())
         cfg = manifest["recipe"]["guidance"] > 1
         steps = [int(s) for s in schedule.split("-")]
         three = "-".join(map(str, ([0] * (3 - len(steps)) + steps)))

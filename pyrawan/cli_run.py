@@ -65,7 +65,7 @@ def sample(
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32 or bfloat16 [default: bfloat16 on GPU].")] = None,
     batch_size: Annotated[Optional[int], typer.Option(
-        "--batch-size", help="Prompts sampled and decoded together (the same videos for any value) [default: 16].")] = None,
+        "--batch-size", help="Prompts sampled and decoded together (the same videos for any value) [default: 16 on a CPU, 1 on a GPU].")] = None,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the transformer (slow start, faster steps).")] = False,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Keep the finished videos of an interrupted run (in OUT.partial/) and do the rest.")] = False,

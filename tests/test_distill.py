@@ -159,3 +159,28 @@ def test_adversarial_distillation_trains_heads_and_generator_and_exports_only_th
     assert heads and all(k.startswith("heads.") for k in heads)
     assert not any("heads" in k for k in transformer(out))                         # not with the model
     assert load_model(out).spec.distilled.method == "adv"
+
+
+def test_backward_simulation_runs_the_earlier_steps_without_gradient():
+    """The loop's rollout gives step k's input with no graph; step k's estimate then carries one."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from pyrawan.commands.distill import rollout, student_estimate
+    from pyrawan.pyramid.config import PyramidConfig
+    from pyrawan.pyramid.sampler import default_fewstep_levels
+
+    model = load_model("tiny").components.transformer.train()
+    engine = SimpleNamespace(model=model, input_dtype=torch.float32, autocast=contextlib.nullcontext)
+    loop = SimpleNamespace(generator=SimpleNamespace(engine=engine), pyramid=PyramidConfig(num_stages=3),
+                           levels=default_fewstep_levels((2, 2, 1)))
+    text = torch.randn(1, 8, 32)
+    noise = torch.randn(1, 16, 2, 2, 2)
+    for k in (0, 2, 4):
+        x, step = rollout(loop, noise, text, k, [torch.Generator().manual_seed(0)])
+        assert not x.requires_grad and step.index == k
+        x_hat = student_estimate(loop, x, step, text)
+        assert x_hat.requires_grad
+        x_hat.sum().backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+        model.zero_grad()

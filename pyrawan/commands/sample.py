@@ -28,7 +28,7 @@ from pyrawan.fsutil import atomic_path, atomic_write_text, sha256_file
 from pyrawan.manifest import artifact_dir, check_output, manifest_sha256, verify_if_artifact, write_manifest
 from pyrawan.models.artifact import LoadedModel, load_model
 from pyrawan.models.generate import (  # noqa: F401  (SampleSettings, Plan, make_plan: the command's API)
-    DEFAULT_BATCH_SIZE, Plan, SampleSettings, check_batch_size, compiled, generate_batches, make_plan,
+    Plan, SampleSettings, check_batch_size, compiled, default_batch_size, generate_batches, make_plan,
 )
 
 PARTIAL_SCHEMA = "pyrawan.sample-partial/1"
@@ -250,7 +250,7 @@ def run(settings: SampleSettings, out: Path | None = None) -> Path:
     if rank == 0 and done:
         console.print(f"sample: --resume: {len(done)} of {len(settings.prompts)} video(s) already done in {partial}; "
                       f"rendering {len(todo)}", markup=False)
-    batch_size = settings.batch_size or DEFAULT_BATCH_SIZE
+    batch_size = settings.batch_size or default_batch_size(next(model.components.transformer.parameters()).device)
     mine = [todo[k] for k in dist.shard(todo, rank, size)]
     try:
         records = render(model, plan, settings.prompts, mine, settings.seed, partial, batch_size,

@@ -26,10 +26,18 @@ from pyrawan.pyramid.schedule import parse_schedule
 
 VIDEO_KEYS = ("frames", "height", "width", "fps")
 
-# Prompts per batch when none is given: measured on a 2-core CPU with the toy model
-# (benchmarks/sample_speed.py, docs/results.md): 16 prompts per batch decode and sample ~3x faster
-# per video than one at a time; larger batches gain little there and cost memory on a GPU.
+# Prompts per batch when none is given. On a CPU, measured with the toy model (one thread,
+# benchmarks/sample_speed.py --sweep, docs/results.md): seconds per video (sampling + decode) fall
+# from batch 1 to 8-16 (0-0-50: 0.72 -> 0.34, 20-20-10: 0.62 -> 0.18) and rise again at 32. On a GPU
+# (not measured yet) a full-resolution step of a real model is compute bound already at batch 1
+# with guidance, so batching gains little there and costs memory: one prompt at a time.
 DEFAULT_BATCH_SIZE = 16
+DEFAULT_GPU_BATCH_SIZE = 1
+
+
+def default_batch_size(device: torch.device | str) -> int:
+    """``--batch-size`` when none is given: 16 on a CPU, 1 on a GPU."""
+    return DEFAULT_GPU_BATCH_SIZE if torch.device(device).type == "cuda" else DEFAULT_BATCH_SIZE
 
 # Sampling defaults of a plain (non-pyramidal) model: Wan2.1 at 480p, the CI-sized preset and the toy teacher.
 PLAIN_DEFAULTS = {

@@ -1,13 +1,18 @@
 """Train the toy preset's small ``AutoencoderKLWan`` on toy-world clips (a plain loop, CPU-sized).
 
-    python -m pyrawan.toy.train_vae --out runs/toy-vae [--minutes 12] [--steps 100000] [--seed 0] [--init DIR]
-        [--decoder-only] [--base-dim 16] [--crop 32] [--device auto] [--save-every 0]
+    python -m pyrawan.toy.train_vae --out runs/toy-vae [--minutes 12 | --minutes 0 --steps N] [--seed 0]
+        [--init DIR|shipped] [--decoder-only] [--base-dim 16] [--crop 32] [--device auto] [--save-every 0]
+        [--loss mse|l1] [--decode sample|mode] [--edge-weight 0] [--resume]
+    python -m pyrawan.toy.train_vae --out DIR --init DIR|shipped --bench-only --holdout 96
 
 Data: a pool of rendered toy scenes (17×64×64). Each step trains on a batch of random 5-, 9- or
 17-frame windows (the first frame plus one, two or four 4-frame chunks of Wan's causal VAE; without
 17-frame windows the later chunks' reconstructions degrade) cut to a
 random ``--crop``² crop on the 8-pixel latent grid: the VAE is convolutional, so crops cut the cost
-(32 px: four-fold; 64 = whole frames). Loss: pixel MSE on a posterior sample + ``kl_weight`` × mean KL. Afterwards the
+(32 px: four-fold; 64 = whole frames). Loss: pixel MSE or L1 on a posterior sample (or its mode) +
+``edge_weight`` × the L1 error of pixel gradients + ``kl_weight`` × mean KL. The learning rate
+follows the time budget (``--minutes``) or, with ``--minutes 0``, the step budget. Checkpoints
+(weights + ``train_state.pt``) make a stopped run resumable with ``--resume``. Afterwards the
 per-channel latent mean/std of the posterior mode over full clips go into the config
 (``latents_mean``/``latents_std``), and reconstructions of held-out clips are scored by ToyBench.
 Writes ``OUT/vae.safetensors``, ``OUT/config.json`` (constructor kwargs) and ``OUT/report.json``.

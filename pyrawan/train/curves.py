@@ -39,7 +39,14 @@ def plot_curves(metrics: Path, png: Path, panels: Sequence[tuple[str, str, str]]
         return None
     fig, axes = plt.subplots(1, len(found), figsize=(4.2 * len(found), 3.2), squeeze=False)
     for ax, (label, steps, values) in zip(axes[0], found):
-        ax.plot(steps, values, lw=1.2, marker="o" if len(steps) < 30 else None, ms=3)
+        ax.plot(steps, values, lw=0.8 if len(steps) >= 30 else 1.2, alpha=0.45 if len(steps) >= 30 else 1.0,
+                marker="o" if len(steps) < 30 else None, ms=3)
+        if len(steps) >= 30:                                      # noisy per-step values: add a running mean
+            window = max(5, len(steps) // 20)
+            smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
+                      for i in range(len(values))]
+            ax.plot(steps, smooth, lw=1.6, color="C3", label=f"mean of last {window}")
+            ax.legend(fontsize=7)
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         ax.set_title(label, fontsize=10)
