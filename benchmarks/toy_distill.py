@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROWS = [  # (row, model key, schedule, guidance or None for the model's default)
-    ("teacher, 50 steps, CFG 3", "toy", "0-0-50", None),
+    ("teacher, 50 steps, CFG 3", "toy", "50", None),
     ("finetuned pyramid 20-20-10, CFG 3", "finetuned", "20-20-10", None),
     ("DMD-OT 2-2-1", "dmd-ot", "2-2-1", None),
     ("DMD-PT 2-2-1", "dmd-pt", "2-2-1", None),

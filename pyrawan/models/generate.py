@@ -198,6 +198,7 @@ def sample_latents(model: LoadedModel, plan: Plan, prompts: Sequence[str], seeds
 
 
 def check_batch_size(batch_size: int) -> int:
+    """``batch_size`` itself when it is a whole number >= 1, else an ``InputError`` naming ``--batch-size``."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"--batch-size = {batch_size!r} must be a whole number >= 1 (prompts sampled together).")
     return batch_size
