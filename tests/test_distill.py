@@ -105,6 +105,9 @@ def test_ot_with_a_multires_teacher_and_the_one_stage_baseline(tmp_path):
     (["distill.score_levels=[0.5,0.2]"], "low < high"),
     (["train.engine=deepspeed", "train.zero_stage=3", "train.ema.enabled=false"], "zero_stage = 3 is not supported by distill"),
     (["distill.schedule=2-0-1"], "skips a stage"),
+    (["distill.variant=ot"], "variant = ot needs the original model"),
+    (["distill.method=adv", "distill.teach_weight=0", "distill.teacher=tiny"], "backbone = pyramidal uses the base"),
+    (["distill.method=adv"], "method adv has its own teacher term"),
 ])
 def test_bad_distill_recipes_are_refused_before_anything_loads(tmp_path, overrides, message):
     with pytest.raises(InputError, match=message):
@@ -143,11 +146,13 @@ def test_a_non_finite_loss_stops_the_run_naming_the_iteration(tmp_path, monkeypa
     assert not (tmp_path / "nan").exists()
 
 
-@pytest.mark.parametrize("backbone,real", [("pyramidal", "data"), ("original", "teacher")])
-def test_adversarial_distillation_trains_heads_and_generator_and_exports_only_the_generator(tmp_path, backbone, real):
-    extra = [f"distill.teacher={load_model('tiny').path or 'tiny'}"] if backbone == "original" else []
+@pytest.mark.parametrize("backbone,real,checkpointing", [("pyramidal", "data", "true"), ("original", "teacher", "false")])
+def test_adversarial_distillation_trains_heads_and_generator_and_exports_only_the_generator(tmp_path, backbone, real,
+                                                                                           checkpointing):
+    extra = ["distill.teacher=tiny"] if backbone == "original" else []
     r = recipe("distill.method=adv", f"distill.adv.backbone={backbone}", f"distill.adv.real={real}",
-               "distill.teach_weight=0", "distill.adv.r1_weight=0.1", "train.checkpoint.every=3", *extra)
+               "distill.teach_weight=0", "distill.adv.r1_weight=0.1", "train.checkpoint.every=3",
+               f"train.gradient_checkpointing={checkpointing}", *extra)
     out = distill(r, tmp_path / "adv")
     rec = records(out)
     assert all("disc_loss" in x and x["disc_loss"] >= 0 for x in rec)

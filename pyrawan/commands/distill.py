@@ -37,11 +37,11 @@ from pyrawan.pyramid.sampler import FewStep, fewstep_rollout
 from pyrawan.recipe import DistillRecipe
 from pyrawan.train.curves import plot_curves, read_records, short
 from pyrawan.train.data import LatentSource, StageDataset, generator, pad_texts, position_item, split_holdout
-from pyrawan.train.distill_config import student_levels
+from pyrawan.train.distill_config import separate_teacher, student_levels
 from pyrawan.train.dmd import StageProcess, exit_step, flow_matching_loss, score_levels
 from pyrawan.train.engine import Context, Ema, EngineSpec, lr_at, make_engine
 from pyrawan.train.metrics import MetricsLog, progress
-from pyrawan.train.model import Base, Frozen, build_student, export_model, load_frozen, trainable_copy
+from pyrawan.train.model import Base, Frozen, build_student, export_model, frozen_copy, load_frozen, trainable_copy
 from pyrawan.train.run import (Trainable, describe_nonfinite, ema_state, nonfinite, restore_checkpoint, run_folder,
                                save_checkpoint, teardown)
 from pyrawan.train.source import start_run
@@ -251,8 +251,11 @@ def build_models(recipe: DistillRecipe, base: Base, ctx: Context) -> tuple[Train
     teacher = None
     if d.teacher is not None and d.teacher != recipe.base:
         teacher = load_frozen(d.teacher, ctx.device, dtype)
-    elif not t.lora.enabled:
-        teacher = Frozen(trainable_copy(base.transformer, False).requires_grad_(False).eval(), base.pyramid, [])
+        check_teacher(recipe, teacher)
+    elif separate_teacher(recipe):     # adv always: its loss backpropagates through the backbone, adapters must stay off
+        teacher = Frozen(frozen_copy(base.transformer, dtype), base.pyramid, [])
+    if teacher is not None and d.method == "adv" and t.gradient_checkpointing:
+        teacher.transformer.enable_gradient_checkpointing()    # frozen weights: recompute is safe and saves memory
     backbone = teacher.transformer if teacher is not None else base.transformer
     if d.method == "adv":
         from pyrawan.commands.distill_adv import make_heads
@@ -267,6 +270,15 @@ def build_models(recipe: DistillRecipe, base: Base, ctx: Context) -> tuple[Train
     critic_spec = EngineSpec.of(t, prefix=prefix, optimizer=optimizer, max_grad_norm=clip, lora=False)
     ema = Ema(gen_engine.named, t.ema.decay, t.ema.start_step) if t.ema.enabled else None
     return Trainable(gen_engine, ema), Trainable(make_engine(critic, critic_spec, ctx, 1)), teacher
+
+
+def check_teacher(recipe: DistillRecipe, teacher: Frozen) -> None:
+    """PT and PT* re-noise pyramidally: their teacher must be a pyramidal model."""
+    d = recipe.distill
+    if d.method == "dmd" and d.variant in ("pt", "ptstar") and (teacher.spec is None or teacher.spec.num_stages == 1):
+        raise InputError(f"distill.variant = {d.variant} needs a pyramidal teacher, but distill.teacher = "
+                         f"'{d.teacher}' is a plain one-stage model; use variant ot for it, or a pyramidal teacher "
+                         "(e.g. the finetuned model, or teacher: null for the base).")
 
 
 def distilled_pyramid(recipe: DistillRecipe, spec: PyramidSpec, levels: list[list[float]]) -> PyramidSpec:

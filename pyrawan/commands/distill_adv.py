@@ -27,6 +27,7 @@ from pyrawan.train.adversarial import (Heads, approximate_r1, hinge_discriminato
                                        token_grid)
 from pyrawan.train.distill_config import Adversarial
 from pyrawan.train.engine import lr_at
+from pyrawan.train.data import pad_texts
 from pyrawan.train.teach import teach_target
 
 PROCESS = {"original": "ordinary", "pyramidal": "pyramidal"}
@@ -51,12 +52,14 @@ def heads_of(loop: Loop) -> Heads:
     return loop.critic.engine.module
 
 
-def real_latents(loop: Loop, r, stage: int) -> torch.Tensor:
-    """Real clean latents at ``stage``: the cache's latents of the batch's captions, or the teacher pairs."""
+def real_latents(loop: Loop, r, stage: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real clean latents at ``stage`` and their captions ``[B, L, D]``: the cache's latents of the batch's
+    captions, or the teacher pairs (with the pairs' own captions)."""
     if loop.recipe.distill.adv.real == "teacher":
         picks = [g % len(loop.teach) for g in sample_indices(loop, loop.iteration)]
-        return teach_target(loop.teach.target[picks], loop.pyramid, stage).to(loop.ctx.device)
-    return torch.stack([loop.data.latents(j)[stage] for j in r.items]).to(loop.ctx.device)
+        text = pad_texts([loop.teach.text[p] for p in picks]).to(loop.ctx.device)
+        return teach_target(loop.teach.target[picks], loop.pyramid, stage).to(loop.ctx.device), text
+    return torch.stack([loop.data.latents(j)[stage] for j in r.items]).to(loop.ctx.device), r.text
 
 
 def noisy_pair(loop: Loop, r, x_real: torch.Tensor, x_fake: torch.Tensor) -> tuple:
@@ -74,18 +77,18 @@ def noisy_pair(loop: Loop, r, x_real: torch.Tensor, x_fake: torch.Tensor) -> tup
 
 def discriminator_update(loop: Loop, r, x_hat: torch.Tensor) -> dict:
     adv, engine = loop.recipe.distill.adv, loop.critic.engine
-    real = real_latents(loop, r, r.step.stage)
+    real, real_text = real_latents(loop, r, r.step.stage)
     with torch.no_grad():
         x_real, x_fake, sigma = noisy_pair(loop, r, real, x_hat.detach())
     with engine.autocast():
-        d_real = logits(loop, engine.model, x_real, sigma, r.text)
+        d_real = logits(loop, engine.model, x_real, sigma, real_text)
         d_fake = logits(loop, engine.model, x_fake, sigma, r.text)
         loss = hinge_discriminator(d_real, d_fake)
         record = {"disc_loss": float(loss.detach().mean()), "real_logit": float(d_real.detach().mean()),
                   "fake_logit": float(d_fake.detach().mean())}
         if adv.r1_weight > 0:
             shaken = x_real + adv.r1_sigma * randn(x_real.shape, r.gens, x_real)
-            r1 = approximate_r1(d_real, logits(loop, engine.model, shaken, sigma, r.text))
+            r1 = approximate_r1(d_real, logits(loop, engine.model, shaken, sigma, real_text))
             loss = loss + adv.r1_weight * r1
             record["r1"] = float(r1.detach().mean())
     engine.set_lr(lr_at(loop.iteration, engine.spec))

@@ -30,7 +30,9 @@ def generator_update(loop: Loop, x: torch.Tensor, step: FewStep, text: torch.Ten
         x_t = proc.noisy(x_hat.detach(), eps, rho)
         sigma = proc.level(rho)
         x0_real = proc.clean(x_t, real_velocity(loop, x_t, sigma, text), rho)
-        x0_fake = proc.clean(x_t, denoise(loop.critic.engine.model, x_t, sigma, text), rho)
+        with loop.critic.engine.autocast():                  # the fake score as it is trained
+            f_fake = denoise(loop.critic.engine.model, x_t, sigma, text, dtype=loop.critic.engine.input_dtype)
+        x0_fake = proc.clean(x_t, f_fake, rho)
     grad = dmd_gradient(x_hat, x0_real, x0_fake, sigma.mean(1))
     gen_loss = dmd_loss(x_hat, grad.g.to(x_hat.device))
     objective, teach_loss = gen_loss.mean(), None

@@ -133,7 +133,11 @@ def make_plan(settings: SampleSettings, model: LoadedModel) -> Plan:
     steps = parse_schedule(settings.schedule or defaults["schedule"], pyramid.num_stages, key="--schedule")
     levels = settings.fewstep_levels if settings.fewstep_levels is not None else defaults.get("fewstep_levels")
     fewstep = settings.fewstep if settings.fewstep is not None else levels is not None
-    if fewstep:
+    if settings.fewstep_levels is not None and [len(r) for r in settings.fewstep_levels] != list(steps):
+        raise InputError(f"sampling.fewstep_levels has {[len(r) for r in settings.fewstep_levels]} levels per stage but "
+                         f"--schedule {'-'.join(map(str, steps))} asks for {list(steps)}; give one list per stage "
+                         "(coarsest first) with one level per step, or leave the levels out for the default.")
+    if fewstep:  # the model's own levels fit its own schedule; another schedule gets evenly spaced levels
         levels = [list(r) for r in levels] if levels and [len(r) for r in levels] == list(steps) else default_fewstep_levels(steps)
     shift = settings.shift if settings.shift is not None else defaults["shift"]
     if min(shift if isinstance(shift, (list, tuple)) else [shift]) <= 0:

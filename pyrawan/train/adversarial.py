@@ -45,7 +45,8 @@ class Heads(nn.Module):
         maps = []
         for head, h in zip(self.heads, hidden):
             b, n, d = h.shape
-            maps.append(head(h.float().transpose(1, 2).reshape(b, d, *grid)).flatten(1))
+            h = h.to(head.proj.weight.dtype).transpose(1, 2).reshape(b, d, *grid)    # DeepSpeed may keep bf16 heads
+            maps.append(head(h).float().flatten(1))
         return torch.cat(maps, dim=1)
 
 

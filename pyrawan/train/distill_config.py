@@ -145,10 +145,23 @@ def distill_problems(distill: Distill, num_stages: int) -> list[tuple[str, str]]
     if distill.method == "adv" and distill.adv.backbone == "original" and distill.teacher is None:
         problems.append(("distill.teacher", "distill.adv.backbone = original needs the original model as "
                          "distill.teacher (e.g. the multi-resolution teacher of DMD-OT)"))
-    if distill.method == "adv" and distill.adv.lambda_rec > 0 and distill.teach_weight > 0:
-        problems.append(("distill.teach_weight", "method adv uses distill.adv.lambda_rec for the teacher term; set "
-                         "distill.teach_weight: 0 (they would add the same loss twice)"))
+    if distill.method == "adv" and distill.teach_weight > 0:
+        problems.append(("distill.teach_weight", "method adv has its own teacher term, distill.adv.lambda_rec; set "
+                         "distill.teach_weight: 0"))
+    if distill.method == "adv" and distill.adv.backbone == "pyramidal" and distill.teacher is not None:
+        problems.append(("distill.teacher", "distill.adv.backbone = pyramidal uses the base pyramidal model as the "
+                         "discriminator backbone; set distill.teacher: null (or backbone: original to use the teacher)"))
+    if distill.method == "dmd" and distill.variant == "ot" and distill.teacher is None:
+        problems.append(("distill.teacher", "distill.variant = ot needs the original model finetuned at every stage "
+                         "resolution as distill.teacher (`pyrawan finetune wan1.3b-ot-teacher`); it is null"))
     if distill.variant == "baseline" and sum(1 for n in steps if n) != 1:
         problems.append(("distill.schedule", f"distill.variant = baseline is one-stage Wan-DMD, but distill.schedule = "
                          f"{distill.schedule!r} uses several stages; use e.g. '0-0-2' (or schedule '2' with pyramid.stages: 1)"))
     return problems
+
+
+def separate_teacher(recipe) -> bool:
+    """True when the run holds its own frozen teacher; False when the teacher is the LoRA student's base with its
+    adapters disabled (DMD with a LoRA student and no other teacher)."""
+    d, lora = recipe.distill, recipe.train.lora.enabled
+    return (d.teacher is not None and d.teacher != recipe.base) or not lora or d.method == "adv"

@@ -16,6 +16,7 @@ import math
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,11 @@ import torch
 
 from pyrawan.errors import InputError, RunError
 from pyrawan.train.config import Optimizer, Train
+
+
+# Collectives may wait long for one rank's one-off work (building a latent cache, sampling L_teach's teacher
+# videos): a training run's process group waits up to 2 hours instead of NCCL's 10-minute default.
+GROUP_TIMEOUT = timedelta(hours=2)
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,7 @@ def setup(train: Train, device: torch.device, dtype: str) -> Context:
     if kind == "deepspeed":
         _init_deepspeed(device)
     elif world > 1:
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=GROUP_TIMEOUT)
     return Context(rank, world, local_rank, device, kind, dtype == "bfloat16")
 
 
@@ -71,7 +77,8 @@ def _init_deepspeed(device: torch.device) -> None:
             os.environ.setdefault(key, value)
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", auto_mpi_discovery=False)
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", auto_mpi_discovery=False,
+                               timeout=GROUP_TIMEOUT)
 
 
 @dataclass(frozen=True)

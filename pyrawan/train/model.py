@@ -131,6 +131,11 @@ def load_frozen(ref: str, device: torch.device, dtype: torch.dtype) -> Frozen:
     return Frozen(transformer.requires_grad_(False).eval(), spec, inputs)
 
 
+def frozen_copy(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A frozen copy of a transformer in the run's compute ``dtype`` (a teacher or discriminator backbone)."""
+    return cast_keep_fp32(copy.deepcopy(module), dtype).requires_grad_(False).eval()
+
+
 def trainable_copy(module: torch.nn.Module, gradient_checkpointing: bool) -> torch.nn.Module:
     """An fp32 trainable copy of a (frozen) transformer: the fake score, initialised from the teacher."""
     copy_ = copy.deepcopy(module).float().requires_grad_(True).train()

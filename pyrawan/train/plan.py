@@ -205,6 +205,7 @@ def distill_plan(recipe, world: int = 1) -> tuple[dict, list[str]]:
     """
     from pyrawan.models.arch import arch_of
     from pyrawan.pyramid.geometry import pixel_to_latent
+    from pyrawan.train.distill_config import separate_teacher
 
     t, d, p, v = recipe.train, recipe.distill, recipe.pyramid, recipe.video
     kind = t.engine if t.engine != "auto" else ("ddp" if world > 1 else "single")
@@ -220,7 +221,7 @@ def distill_plan(recipe, world: int = 1) -> tuple[dict, list[str]]:
     act = t.batch_size * (stored + transient) * (2 if bf16 else 4)
     if d.method == "adv":
         act *= 2        # the generator's loss backpropagates through the frozen backbone too
-    own_teacher = d.teacher is not None or not t.lora.enabled
+    own_teacher = separate_teacher(recipe)
     fake_train = t.model_copy(update={"lora": t.lora.model_copy(update={"enabled": False}),
                                       "ema": t.ema.model_copy(update={"enabled": False}), "align_weight": 0.0})
     memory, critic_name = {}, "fake score" if d.method == "dmd" else "discriminator heads"

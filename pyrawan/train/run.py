@@ -68,7 +68,11 @@ def resume_point(command: str, run: Path, resolved: dict, resume: bool, overwrit
     if found is None:
         console.print(f"{command}: no complete checkpoint in {root}; starting from step 0", markup=False)
         return None
-    old, new = flat(ckpt.read_state(found)["recipe"]), flat(resolved)
+    saved = ckpt.read_state(found).get("recipe")
+    if not isinstance(saved, dict):
+        raise InputError(f"--resume: checkpoint {found} records no recipe, so it cannot be checked against this run; "
+                         "start over with --overwrite.")
+    old, new = flat(saved), flat(resolved)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in resumable)
     if changed:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])

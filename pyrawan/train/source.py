@@ -35,6 +35,7 @@ def open_source(recipe: TrainRecipe, base: Base, ctx: Context) -> tuple[LatentSo
             comps = base.components
             comps.vae, comps.text_encoder = comps.vae.to(ctx.device), comps.text_encoder.to(ctx.device)
             folder = ensure_cache(recipe, comps, folder=recipe.data.cache, progress=True)
+            comps.vae, comps.text_encoder = comps.vae.cpu(), comps.text_encoder.cpu()      # free the GPU for training
         else:
             folder = Path(recipe.data.cache)
             if not folder.is_dir():

@@ -71,8 +71,13 @@ def teacher_sampler(loop) -> tuple[PyramidConfig, tuple[int, ...], float | list[
 
 
 def compute(loop, real_velocity: RealVelocity) -> TeachPairs:
-    """Rank 0: draw the noise and captions and run the teacher (batches of ``train.batch_size``)."""
-    recipe, device = loop.recipe, loop.ctx.device
+    """Draw the noise and captions (the same on every rank) and sample this rank's share of the pairs.
+
+    Pair ``j`` is sampled by rank ``j mod world`` in batches of ``train.batch_size``, with its own noise
+    generator, so a pair's target does not depend on the batch size or the number of processes. Returns
+    the pairs whose targets this rank sampled (``target`` rows for the others are left out).
+    """
+    recipe, device, ctx = loop.recipe, loop.ctx.device, loop.ctx
     n, v = recipe.distill.teach_pairs, recipe.video
     full = loop.pyramid.shapes(pixel_to_latent(v.frames, v.height, v.width))[0]
     z = torch.randn((n, 16, *full), generator=generator(recipe.seed, "teach-noise"))
@@ -80,33 +85,43 @@ def compute(loop, real_velocity: RealVelocity) -> TeachPairs:
     texts = [loop.data.text(int(order[j % len(order)])) for j in range(n)]
     t_pyramid, steps, shift = teacher_sampler(loop)
     t_first = active_stages(steps)[0][0]
-    targets = []
-    for start in range(0, n, recipe.train.batch_size):
-        text = pad_texts(texts[start:start + recipe.train.batch_size]).to(device)
-        noise = couple_down(z[start:start + len(text)], t_pyramid, t_first).to(device)
+    mine, targets = list(range(ctx.rank, n, ctx.world)), []
+    for start in range(0, len(mine), recipe.train.batch_size):
+        batch = mine[start:start + recipe.train.batch_size]
+        text = pad_texts([texts[j] for j in batch]).to(device)
+        noise = couple_down(z[batch], t_pyramid, t_first).to(device)
         velocity = lambda x, s, text=text: real_velocity(x, s, text)  # noqa: E731
-        gen = generator(recipe.seed, "teach-sampler", start)
+        gens = [generator(recipe.seed, "teach-sampler", j) for j in batch]
         with torch.no_grad():
-            targets.append(sample_multistep(velocity, noise, t_pyramid, steps, shift, gen).float().cpu())
+            targets.append(sample_multistep(velocity, noise, t_pyramid, steps, shift, gens).float().cpu())
     student = couple_down(z, loop.pyramid, first_stage(loop.levels))
-    return TeachPairs(student, texts, torch.cat(targets))
+    return TeachPairs(student, texts, torch.cat(targets) if targets else torch.zeros(0, 16, *full))
+
+
+def gather_targets(pairs: TeachPairs, world: int) -> TeachPairs:
+    """Collective: every rank's share of the targets, put back in pair order (rank r holds pairs r, r + world, ...)."""
+    parts = dist.gather(pairs.target)
+    target = torch.empty((len(pairs.text), *parts[0].shape[1:]), dtype=parts[0].dtype)
+    for rank, part in enumerate(parts):
+        target[rank::world] = part
+    return TeachPairs(pairs.student_noise, pairs.text, target)
 
 
 def make_teach_pairs(loop, run_dir: Path, real_velocity: RealVelocity, reuse: bool) -> TeachPairs:
     """Collective: the run's teacher pairs; ``reuse``: read them from ``run_dir`` when a previous start of
-    this run (same recipe, resumed) wrote them. ``real_velocity(x, sigma_nat, text)``: the guided teacher."""
-    pairs = None
+    this run (same recipe, resumed) wrote them. ``real_velocity(x, sigma_nat, text)``: the guided teacher.
+    Every rank samples its share; rank 0 writes the file."""
+    path = run_dir / FILE
+    if dist.broadcast(reuse and path.is_file() if loop.ctx.rank == 0 else None):
+        saved = load_file(str(path))
+        return TeachPairs(saved["student_noise"], [saved[f"text.{j}"] for j in range(len(saved["target"]))],
+                          saved["target"])
     if loop.ctx.rank == 0:
-        path = run_dir / FILE
-        if reuse and path.is_file():
-            saved = load_file(str(path))
-            texts = [saved[f"text.{j}"] for j in range(len(saved["target"]))]
-            pairs = TeachPairs(saved["student_noise"], texts, saved["target"])
-        else:
-            console.print(f"distill: sampling {loop.recipe.distill.teach_pairs} teacher videos for L_teach", markup=False)
-            pairs = compute(loop, real_velocity)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp:
-                save_file({"student_noise": pairs.student_noise.contiguous(), "target": pairs.target.contiguous(),
-                           **{f"text.{j}": t.contiguous() for j, t in enumerate(pairs.text)}}, str(tmp))
-    return dist.broadcast(pairs)
+        console.print(f"distill: sampling {loop.recipe.distill.teach_pairs} teacher videos for L_teach", markup=False)
+    pairs = gather_targets(compute(loop, real_velocity), loop.ctx.world)
+    if loop.ctx.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file({"student_noise": pairs.student_noise.contiguous(), "target": pairs.target.contiguous(),
+                       **{f"text.{j}": t.contiguous() for j, t in enumerate(pairs.text)}}, str(tmp))
+    return pairs
