@@ -405,7 +405,7 @@ def distill(
         "--dry-run", help="Print the plan: generator, teacher, fake score, both optimisers, memory per GPU; "
         "load no weights.")] = False,
 ) -> None:
-    """DMD step distillation into a few-step pyramidal model (DMD-OT, DMD-PT, DMD-PT*, Wan-DMD baseline).
+    """Step distillation into a few-step model: DMD (OT, PT, PT*, the Wan-DMD baseline) or adversarial (Adv-OD, Adv-PD).
 
     Example: pyrawan distill toy-dmd-ptstar data.cache=runs/cache -o runs/dmd
     """

@@ -37,7 +37,7 @@ from pyrawan.pyramid.sampler import FewStep, fewstep_rollout
 from pyrawan.recipe import DistillRecipe
 from pyrawan.train.curves import plot_curves, read_records, short
 from pyrawan.train.data import LatentSource, StageDataset, generator, pad_texts, position_item, split_holdout
-from pyrawan.train.distill_config import separate_teacher, student_levels
+from pyrawan.train.distill_config import Distill, separate_teacher, student_levels
 from pyrawan.train.dmd import StageProcess, exit_step, flow_matching_loss, score_levels
 from pyrawan.train.engine import Context, Ema, EngineSpec, lr_at, make_engine
 from pyrawan.train.metrics import MetricsLog, progress
@@ -79,7 +79,7 @@ class Loop:
         return (self.iteration if iteration is None else iteration) // self.recipe.distill.generator_every
 
 
-def needs_teacher_pairs(d) -> bool:
+def needs_teacher_pairs(d: Distill) -> bool:
     """Adversarial runs need the teacher pairs for L_rec or for their "real" samples."""
     return d.method == "adv" and (d.adv.lambda_rec > 0 or d.adv.real == "teacher")
 
@@ -221,6 +221,17 @@ def start_iteration(loop: Loop, kind: str) -> Rollout:
     return Rollout(k, x, step, items, text, gens, proc)
 
 
+def step_generator(loop: Loop, objective: torch.Tensor) -> tuple[float, bool]:
+    """Backward and step the generator (skipped on a non-finite objective), then its EMA; ``(grad norm, applied)``."""
+    engine = loop.generator.engine
+    engine.set_lr(lr_at(loop.generator_steps(), engine.spec))
+    engine.backward(objective, True)
+    norm, applied = engine.step(skip=not math.isfinite(float(objective.detach())), max_norm=engine.spec.max_grad_norm)
+    if applied and loop.generator.ema is not None:
+        loop.generator.ema.update(loop.generator_steps() + 1)
+    return norm, applied
+
+
 def finish_record(loop: Loop, record: dict, items: list[int]) -> dict:
     """Average the record's losses over all processes; stop on a non-finite one."""
     ctx, i = loop.ctx, loop.iteration
@@ -233,7 +244,8 @@ def finish_record(loop: Loop, record: dict, items: list[int]) -> dict:
         loss = next((v for v in values if not math.isfinite(v)), float("nan"))
         nonfinite("distill", run_folder(loop.out), i + 1, describe_nonfinite(loss, record.get("gen_grad_norm", 0.0)),
                   [loop.data.name(j) for j in items], ctx.rank, loop.recipe.train.on_nonfinite,
-                  "lower train.optimizer.lr or distill.fake_score.optimizer.lr, or distill.guidance.")
+                  "lower train.optimizer.lr or the critic's lr (distill.fake_score.optimizer.lr for dmd, "
+                  "distill.adv.optimizer.lr for adv), or distill.guidance.")
     return record
 
 

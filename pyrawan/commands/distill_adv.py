@@ -15,12 +15,10 @@ Per iteration (the run, checkpoints and export are ``commands/distill.py``'s):
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from pyrawan.commands.distill import (Loop, finish_record, sample_indices, start_iteration, student_estimate,
-                                      teach_step_loss, teacher_module)
+from pyrawan.commands.distill import (Loop, draw_levels, finish_record, sample_indices, start_iteration, step_generator,
+                                      student_estimate, teach_step_loss, teacher_module)
 from pyrawan.models.denoiser import denoise
 from pyrawan.pyramid.sampler import randn
 from pyrawan.train.adversarial import (Heads, approximate_r1, hinge_discriminator, hinge_generator, tapped_blocks,
@@ -68,10 +66,7 @@ def noisy_pair(loop: Loop, r, x_real: torch.Tensor, x_fake: torch.Tensor) -> tup
     if not adv.renoise:
         sigma = torch.zeros(len(x_real), x_real.shape[2], dtype=torch.float64, device=x_real.device)
         return x_real, x_fake, sigma
-    rho = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in r.gens])
-    low, high = loop.recipe.distill.score_levels
-    rho = low + (high - low) * rho
-    eps = randn(x_fake.shape, r.gens, x_fake)
+    rho, eps = draw_levels(loop, r.gens), randn(x_fake.shape, r.gens, x_fake)
     return r.proc.noisy(x_real, eps, rho), r.proc.noisy(x_fake, eps, rho), r.proc.level(rho)
 
 
@@ -98,7 +93,7 @@ def discriminator_update(loop: Loop, r, x_hat: torch.Tensor) -> dict:
 
 
 def generator_update(loop: Loop, r) -> dict:
-    adv, engine = loop.recipe.distill.adv, loop.generator.engine
+    adv = loop.recipe.distill.adv
     x_hat = student_estimate(loop, r.x, r.step, r.text)
     _, x_fake, sigma = noisy_pair(loop, r, x_hat.detach(), x_hat)
     heads = heads_of(loop)
@@ -111,11 +106,7 @@ def generator_update(loop: Loop, r) -> dict:
     rec = teach_step_loss(loop, r.k) if adv.lambda_rec > 0 else None
     if rec is not None:
         objective = objective + adv.lambda_rec * rec.mean()
-    engine.set_lr(lr_at(loop.generator_steps(), engine.spec))
-    engine.backward(objective, True)
-    norm, applied = engine.step(skip=not math.isfinite(float(objective.detach())), max_norm=engine.spec.max_grad_norm)
-    if applied and loop.generator.ema is not None:
-        loop.generator.ema.update(loop.generator_steps() + 1)
+    norm, applied = step_generator(loop, objective)
     return {"adv_loss": float(adv_loss.detach().mean()), "rec_loss": None if rec is None else float(rec.detach().mean()),
             "gen_grad_norm": norm, "gen_applied": applied}
 

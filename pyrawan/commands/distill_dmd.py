@@ -8,11 +8,9 @@ every iteration the fake score's flow-matching step on the detached estimate. Th
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from pyrawan.commands.distill import (Loop, draw_levels, finish_record, real_velocity, start_iteration,
+from pyrawan.commands.distill import (Loop, draw_levels, finish_record, real_velocity, start_iteration, step_generator,
                                       student_estimate, teach_step_loss)
 from pyrawan.models.denoiser import denoise
 from pyrawan.pyramid.sampler import FewStep, randn
@@ -23,7 +21,7 @@ from pyrawan.train.engine import lr_at
 def generator_update(loop: Loop, x: torch.Tensor, step: FewStep, text: torch.Tensor, proc: StageProcess,
                      gens: list[torch.Generator], stop_at: int) -> tuple[torch.Tensor, dict]:
     """One DMD step of the generator; returns the detached ``x_hat`` and the record's fields."""
-    d, engine = loop.recipe.distill, loop.generator.engine
+    d = loop.recipe.distill
     x_hat = student_estimate(loop, x, step, text)
     rho, eps = draw_levels(loop, gens), randn(x_hat.shape, gens, x_hat)
     with torch.no_grad():
@@ -39,11 +37,7 @@ def generator_update(loop: Loop, x: torch.Tensor, step: FewStep, text: torch.Ten
     if loop.teach is not None and d.teach_weight > 0:
         teach_loss = teach_step_loss(loop, stop_at)
         objective = objective + d.teach_weight * teach_loss.mean()
-    engine.set_lr(lr_at(loop.generator_steps(), engine.spec))
-    engine.backward(objective, True)
-    norm, applied = engine.step(skip=not math.isfinite(float(objective.detach())), max_norm=engine.spec.max_grad_norm)
-    if applied and loop.generator.ema is not None:
-        loop.generator.ema.update(loop.generator_steps() + 1)
+    norm, applied = step_generator(loop, objective)
     record = {"gen_loss": float(gen_loss.detach().mean()), "w_dmd": float(grad.w_dmd.mean()), "gen_grad_norm": norm,
               "teach_loss": None if teach_loss is None else float(teach_loss.detach().mean()), "gen_applied": applied}
     return x_hat.detach(), record

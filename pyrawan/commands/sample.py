@@ -28,7 +28,7 @@ from pyrawan.fsutil import atomic_path, atomic_write_text, sha256_file
 from pyrawan.manifest import artifact_dir, check_output, manifest_sha256, verify_if_artifact, write_manifest
 from pyrawan.models.artifact import LoadedModel, load_model
 from pyrawan.models.generate import (  # noqa: F401  (SampleSettings, Plan, make_plan: the command's API)
-    Plan, SampleSettings, check_batch_size, compiled, default_batch_size, generate_batches, make_plan,
+    Plan, SampleSettings, check_batch_size, compiled, default_batch_size, generate_batches, make_plan, slug,
 )
 
 PARTIAL_SCHEMA = "pyrawan.sample-partial/1"
@@ -37,10 +37,6 @@ SEED_MAX = 2**63 - 1          # torch.Generator.manual_seed takes a 64-bit seed;
 FLAG_NAMES = {"negative_prompt": "--negative-prompt", "fewstep_levels": "sampling.fewstep_levels",
               "max_sequence_length": "text.max_sequence_length"}
 
-
-def slug(text: str, limit: int = 40) -> str:
-    """A file-name-safe short form of a prompt."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
 
 
 def sample_name(index: int, prompt: str) -> str:

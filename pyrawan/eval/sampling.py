@@ -23,7 +23,7 @@ from pyrawan.eval.cost import stage_forward_tflops, video_tflops
 from pyrawan.eval.quality import SampleSet
 from pyrawan.fsutil import atomic_path, atomic_write_text
 from pyrawan.models.artifact import LoadedModel
-from pyrawan.models.generate import Plan, SampleSettings, generate_batches, make_plan
+from pyrawan.models.generate import Plan, SampleSettings, generate_batches, make_plan, slug
 from pyrawan.ui import progress_bar
 
 SUITE = re.compile(r"^toy-(\d+)$")
@@ -59,9 +59,6 @@ def grid(prompts: Sequence[str], seeds: Sequence[int]) -> tuple[list[str], list[
         raise InputError("evaluation needs at least one prompt and one seed.")
     return [p for p in prompts for _ in seeds], [int(s) for _ in prompts for s in seeds]
 
-
-def slug(text: str, limit: int = 40) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
 
 
 def plan_for(model: LoadedModel, spec: str, prompts: Sequence[str], schedule: str | None = None,

@@ -9,6 +9,7 @@ seed, so a sample's latents do not depend on the batch it ran in (up to float re
 """
 from __future__ import annotations
 
+import re
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -108,6 +109,11 @@ class Plan:
         return {"pyramid": self.pyramid.to_dict(), "schedule": "-".join(map(str, self.steps)), "shift": self.shift,
                 "guidance": self.guidance, "negative_prompt": self.negative_prompt, "fewstep_levels": self.levels,
                 "video": self.video, "max_sequence_length": self.max_sequence_length}
+
+
+def slug(text: str, limit: int = 40) -> str:
+    """A file-name-safe short form of a prompt."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
 
 
 def model_defaults(model: LoadedModel, spec: str) -> tuple[PyramidConfig, dict, dict]:

@@ -73,7 +73,7 @@ def sample_multistep(
     pyramid: PyramidConfig,
     steps: Sequence[int] | None = None,
     shift: float | Sequence[float] = 1.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callback | None = None,
     levels: Sequence[Sequence[float]] | None = None,
 ) -> torch.Tensor:
@@ -137,7 +137,7 @@ def check_fewstep_levels(pyramid: PyramidConfig, levels: Sequence[Sequence[float
 
 
 def _fewstep(velocity: Velocity, noise: torch.Tensor, pyramid: PyramidConfig, levels: Sequence[Sequence[float]],
-             generator: torch.Generator | None) -> Iterator[tuple[FewStep, torch.Tensor, torch.Tensor]]:
+             generator: Generators) -> Iterator[tuple[FewStep, torch.Tensor, torch.Tensor]]:
     """Run the few-step sampler, yielding ``(step, x, x0_hat)`` after every model evaluation.
 
     Before each evaluation it yields ``(step, x, None)`` (the step's noisy input); a consumer that
@@ -168,7 +168,7 @@ def sample_fewstep(
     noise: torch.Tensor,
     pyramid: PyramidConfig,
     levels: Sequence[Sequence[float]],
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Few-step sampling for distilled models (e.g. ``2-2-1``).
@@ -191,7 +191,7 @@ def fewstep_rollout(
     pyramid: PyramidConfig,
     levels: Sequence[Sequence[float]],
     stop_at: int,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> tuple[torch.Tensor, FewStep]:
     """Run the few-step sampler up to step ``stop_at`` (0-based over all stages) and return its input.
 

@@ -27,7 +27,7 @@ def open_source(recipe: TrainRecipe, base: Base, ctx: Context) -> tuple[LatentSo
     try:
         from pyrawan.data.cache import LatentCache, ensure_cache
     except ImportError:
-        raise RunError("this pyrawan has no latent cache (pyrawan.data.cache), so finetune cannot read data.cache "
+        raise RunError("this pyrawan has no latent cache (pyrawan.data.cache), so training cannot read data.cache "
                        "or data.root; update pyrawan.") from None
     folder = None
     if ctx.rank == 0:
