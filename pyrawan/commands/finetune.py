@@ -90,13 +90,13 @@ def make_teacher(loop: Loop):
         def without_adapters(x, sigma, text):
             module.disable_adapters()
             try:
-                return predict(module, x, sigma, text, loop.patch, loop.ctx.device, engine.input_dtype)
+                return predict(module, x, sigma, text, engine.input_dtype)
             finally:
                 module.enable_adapters()
         return without_adapters
     teacher = loop.base.teacher.to(loop.ctx.device)
     dtype = getattr(teacher, "dtype", torch.float32)                   # diffusers: skips the fp32-kept modules
-    return lambda x, sigma, text: predict(teacher, x, sigma, text, loop.patch, loop.ctx.device, dtype)
+    return lambda x, sigma, text: predict(teacher, x, sigma, text, dtype)
 
 
 def validate(loop: Loop) -> list[float]:

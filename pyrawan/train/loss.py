@@ -21,12 +21,11 @@ Teacher = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def predict(model: Callable, x: torch.Tensor, sigma_nat: torch.Tensor, text: torch.Tensor,
-            patch: tuple[int, int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+            dtype: torch.dtype) -> torch.Tensor:
     """Velocity ``[B, C, T, H, W]`` (float32) of ``model`` (a transformer, DDP or DeepSpeed engine).
 
     ``x`` ``[B, C, T, H, W]``, ``sigma_nat`` ``[B, T]``, ``text`` ``[B, L, D]``; inputs are cast to
-    ``dtype`` (the weights' dtype; under autocast float32 is fine). ``patch`` and ``device`` are
-    implied by the model and kept for callers that pass them.
+    ``dtype`` (the weights' dtype; under autocast float32 is fine) on the model's device.
     """
     return denoise(model, x, sigma_nat, text, dtype=dtype)
 
@@ -44,7 +43,7 @@ def stage_losses(model: Callable, batch: StageBatch, pyramid: PyramidConfig, pat
     ``teacher(x, sigma_nat, text)`` returns the frozen base model's velocity (no graph).
     """
     x, sigma_nat, target = batch.sample(pyramid, process)
-    pred = predict(model, x, sigma_nat, batch.text, patch, device, dtype)
+    pred = predict(model, x, sigma_nat, batch.text, dtype)
     mse = per_sample_mse(pred, target.to(device))
     if teacher is None:
         return mse, None
