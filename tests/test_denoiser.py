@@ -1,8 +1,11 @@
 """`denoise`: the one transformer call (guidance, per-sample per-frame levels, hidden states of blocks)."""
+import pytest
 import torch
 
 from pyrawan.models.denoiser import Velocity, denoise
 from pyrawan.models.presets import build_preset
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_guidance_levels_and_block_states():

@@ -8,6 +8,8 @@ from pyrawan.pyramid.process import clean_estimate, per_frame
 from pyrawan.pyramid.sampler import default_fewstep_levels, fewstep_rollout, sample_fewstep
 from pyrawan.train.dmd import StageProcess, dmd_gradient, dmd_loss, exit_step, flow_matching_loss, score_levels
 
+pytestmark = pytest.mark.usefixtures("one_thread")     # many tiny ops: threads only contend
+
 # --- a 2-D Gaussian problem -------------------------------------------------------------------------
 # A "latent" is [B, 1, 1, 1, 2]: one frame of two pixels; P averages the pair (Haar's low band).
 MU = torch.tensor([1.0, -0.5], dtype=torch.float64)
