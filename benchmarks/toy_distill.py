@@ -119,7 +119,7 @@ def score_rows(out: Path, models: dict[str, Path], seed_sets: int, n: int, log: 
             reports.append(json.loads((bench / "toybench.json").read_text()))
             seconds += json.loads((folder / "manifest.json").read_text())["metrics"]["seconds"]
         manifest = json.loads((out / f"samples-{key}-0" / "manifest.json").read_text())
-        cfg = manifest["recipe"]["guidance"] > 1
+        cfg = manifest["metrics"]["forwards_per_video"] > manifest["metrics"]["nfe_per_video"]
         steps = [int(s) for s in schedule.split("-")]
         three = "-".join(map(str, ([0] * (3 - len(steps)) + steps)))
         tflops = per_forward[three] * sum(steps) * (2 if cfg else 1) if three in per_forward else None
