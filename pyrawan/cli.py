@@ -26,7 +26,7 @@ from typer.core import TyperGroup
 from pyrawan import __version__
 from pyrawan import manifest as mf
 from pyrawan import recipe as rc
-from pyrawan.errors import InputError, PyrawanError, RunError, io_fault_message
+from pyrawan.errors import InputError, PyrawanError, io_fault_message
 from pyrawan.cli_help import EXAMPLES, polish_help  # noqa: F401  (EXAMPLES: other cli modules add theirs)
 from pyrawan.recipe_io import read_yaml
 
@@ -163,18 +163,6 @@ def run_options(recipe: str, overrides: Sequence[str] | None, kind: str | Sequen
     name = Path(recipe).name.removesuffix(".yaml").removesuffix(".yml")
     default = Path("runs") / f"{loaded.kind}-{name}"
     return RunOptions(loaded, rc.resolve_recipe(loaded), out or default, overwrite)
-
-
-def _not_built(command: str, recipe: str | None, overrides: Sequence[str] | None, kind: str) -> None:
-    """Validate what was given, then say plainly that the command does not exist yet (exit 1)."""
-    if recipe is None and overrides:
-        raise InputError(f"key=value overrides need a recipe; pass --recipe FILE to `pyrawan {command}`.")
-    checked = ""
-    if recipe is not None:
-        run_options(recipe, overrides, kind)
-        checked = f"the recipe {recipe} is valid, but "
-    raise RunError(f"`pyrawan {command}` is not built yet in pyrawan {__version__}: {checked}nothing was run and "
-                   f"no artifact was written.")
 
 
 # ---- recipe --------------------------------------------------------------------------------------
@@ -369,57 +357,10 @@ def calibrate(
     cmd.run(loaded, out or Path("runs") / f"calibrate-{data_dir.resolve().name}", overwrite=overwrite)
 
 
-@app.command("finetune", rich_help_panel=RUN_PANEL)
-def finetune(
-    recipe: RecipeArg,
-    overrides: OverridesArg = None,
-    out: OutOpt = None,
-    overwrite: OverwriteOpt = False,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue from the latest complete checkpoint in OUT.run/checkpoints/.")] = False,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Print the plan: parameters, trainable parameters, memory per GPU; load no weights.")] = False,
-) -> None:
-    """Pyramidal flow-matching finetuning: one process, torchrun (DDP) or DeepSpeed ZeRO, resumable."""
-    from pyrawan.commands import finetune as cmd
-
-    opts = run_options(recipe, overrides, ("finetune", "convert") if dry_run else "finetune", out, overwrite)
-    if dry_run:
-        if opts.recipe.kind != "finetune":
-            stderr().print(f"note: {recipe} is a {opts.recipe.kind} recipe; planning with the default train: section.",
-                           style="yellow", markup=False)
-        cmd.dry_run(rc.FinetuneRecipe.model_validate({**opts.recipe.model_dump(), "kind": "finetune"}))
-        return
-    cmd.run(opts.recipe, opts.out, resume=resume, overwrite=opts.overwrite)
-
-
-@app.command("distill", rich_help_panel=RUN_PANEL)
-def distill(
-    recipe: RecipeArg,
-    overrides: OverridesArg = None,
-    out: OutOpt = None,
-    overwrite: OverwriteOpt = False,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue from the latest complete checkpoint in OUT.run/checkpoints/.")] = False,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Print the plan: generator, teacher, fake score, both optimisers, memory per GPU; "
-        "load no weights.")] = False,
-) -> None:
-    """Step distillation into a few-step model: DMD (OT, PT, PT*, the Wan-DMD baseline) or adversarial (Adv-OD, Adv-PD).
-
-    Example: pyrawan distill toy-dmd-ptstar data.cache=runs/cache -o runs/dmd
-    """
-    from pyrawan.commands import distill as cmd
-
-    opts = run_options(recipe, overrides, "distill", out, overwrite)
-    if dry_run:
-        cmd.dry_run(opts.recipe)
-        return
-    cmd.run(opts.recipe, opts.out, resume=resume, overwrite=opts.overwrite)
-
-
-# convert, sample and eval live in cli_run.py (imported here so they register on `app`).
+# convert, sample and eval live in cli_run.py, finetune and distill in cli_train.py (imported here so
+# they register on `app`).
 from pyrawan import cli_run  # noqa: E402,F401
+from pyrawan import cli_train  # noqa: E402,F401
 from pyrawan import cli_toy  # noqa: E402,F401
 
 

@@ -13,6 +13,7 @@ EXAMPLES = {
     "calibrate": "pyrawan calibrate data/toy -o runs/calibration",
     "convert": "pyrawan convert toy --calibration runs/calibration -o runs/pyramid",
     "finetune": "pyrawan finetune toy-finetune base=runs/pyramid -o runs/finetuned",
+    "distill": "pyrawan distill toy-dmd-ptstar base=runs/finetuned data.cache=runs/cache -o runs/dmd",
     "sample": "pyrawan sample --model runs/finetuned --prompt 'a red square moving left' -o runs/samples",
     "demo": "pyrawan demo --quick -o runs/demo-quick",
     "verify": "pyrawan verify runs/pyramid",

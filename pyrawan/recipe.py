@@ -22,9 +22,10 @@ from pydantic_core import PydanticCustomError
 
 from pyrawan.data.config import Calibrate, Data
 from pyrawan.errors import InputError
-from pyrawan.train.config import Train, train_problems
-from pyrawan.train.distill_config import Distill, distill_problems
+from pyrawan.train.config import Train
+from pyrawan.train.distill_config import Distill
 from pyrawan.recipe_io import apply_overrides, error_lines, problems_error, read_yaml
+from pyrawan.recipe_rules import partial_problems
 
 SCHEMA_VERSIONS = (1,)
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -154,6 +155,8 @@ class RecipeBase(Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> RecipeBase:
         """Rules that involve several keys; all of them are reported together."""
+        from pyrawan.recipe_rules import cross_field_problems
+
         problems = cross_field_problems(self)
         if problems:
             summary = "; ".join(message for _, message in problems)
@@ -237,118 +240,6 @@ RECIPE_KINDS: dict[str, type[RecipeBase]] = {
 _ADAPTER: TypeAdapter = TypeAdapter(Recipe)
 
 
-# ---- cross-field rules ---------------------------------------------------------------------------
-
-def cross_field_problems(r: RecipeBase, skip: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    """``(key, message)`` for every rule that spans keys: pyramid sizes, schedule, boundaries, ...
-
-    Rules that read a top-level key in ``skip`` (one that failed its own validation) are not run.
-    """
-    from pyrawan.pyramid.geometry import check_sizes
-    from pyrawan.pyramid.schedule import check_boundaries, parse_schedule
-
-    p, s = r.pyramid, r.sampling
-    checks = [
-        (f"video.{dim}", ("video", "pyramid"), lambda dim=dim: check_sizes(
-            {dim: getattr(r.video, dim)}, p.stages, p.keep_time, frame_unit=4, space_unit=8, what="pixel"))
-        for dim in ("frames", "height", "width")
-    ]
-    checks += [
-        ("sampling.schedule", ("sampling", "pyramid"),
-         lambda: parse_schedule(s.schedule, p.stages, key="sampling.schedule")),
-        ("pyramid.boundaries", ("pyramid",), lambda: p.boundaries is None or check_boundaries(p.boundaries, p.stages)),
-        ("sampling.shift", ("sampling", "pyramid"), lambda: _check_per_stage("sampling.shift", s.shift, p.stages)),
-        ("sampling.fewstep_levels", ("sampling", "pyramid"),
-         lambda: _check_fewstep(s.fewstep_levels, p.stages, _steps_or_none(r))),
-        ("calibration", ("calibration",), lambda: _check_folder("calibration", r.calibration)),
-        ("base", ("base",), lambda: _check_base(r.base)),
-    ]
-    problems = []
-    train = getattr(r, "train", None)
-    if train is not None and r.kind == "finetune" and not skip.intersection(("train", "pyramid")):
-        problems += train_problems(train, p.stages)
-    distill = getattr(r, "distill", None)
-    if distill is not None and not skip.intersection(("distill", "pyramid")):
-        problems += distill_problems(distill, p.stages)
-    for key, needs, check in checks:
-        if skip.intersection(needs):
-            continue
-        try:
-            check()
-        except InputError as err:
-            message = str(err)
-            problems.append((key, message if message.startswith(key) else f"{key}: {message}"))
-    return problems
-
-
-def _partial_problems(data: dict) -> list[tuple[str, str]]:
-    """Cross-key rules over the top-level values that validate on their own (when others do not)."""
-    cls = RECIPE_KINDS.get(data.get("kind")) if isinstance(data.get("kind"), str) else None
-    if cls is None:
-        return []
-    parts, bad = {}, {"base"} if "base" not in data else set()
-    for name in ("base", "calibration", "video", "pyramid", "sampling"):
-        try:
-            if name in data:
-                parts[name] = TypeAdapter(cls.model_fields[name].annotation).validate_python(data[name])
-        except ValidationError:
-            bad.add(name)
-    return cross_field_problems(cls.model_construct(**parts), skip=frozenset(bad))
-
-
-def _steps_or_none(r: RecipeBase) -> tuple[int, ...] | None:
-    """The parsed schedule, or None when it is invalid (reported by its own check)."""
-    try:
-        return r.steps()
-    except InputError:
-        return None
-
-
-def _check_per_stage(key: str, value: Any, stages: int, scalar_ok: bool = True) -> None:
-    """A per-stage list must have one value per stage (``scalar_ok``: a single value may stand for all)."""
-    if isinstance(value, tuple) and len(value) != stages:
-        alt = " or a single number for all stages" if scalar_ok else ""
-        raise InputError(f"{key} = {json.dumps(value)} has {len(value)} values but the pyramid has {stages} stages; "
-                         f"give one value per stage (coarsest first){alt}.")
-
-
-def _check_fewstep(levels: tuple[tuple[float, ...], ...] | None, stages: int, steps: tuple[int, ...] | None) -> None:
-    """One decreasing list per stage, as long as the stage's step count, starting from pure noise."""
-    key = "sampling.fewstep_levels"
-    if levels is None:
-        return
-    _check_per_stage(key, levels, stages, scalar_ok=False)
-    for i, stage in enumerate(levels):
-        if steps is not None and len(stage) != steps[i]:
-            raise InputError(f"{key}[{i}] = {json.dumps(stage)} has {len(stage)} levels but sampling.schedule gives "
-                             f"that stage (entry {i}, coarsest first) {steps[i]} steps; give one level per step.")
-        if any(a <= b for a, b in zip(stage, stage[1:])):
-            raise InputError(f"{key}[{i}] = {json.dumps(stage)} must be strictly decreasing (noisy to clean).")
-    first = next((stage for stage in levels if stage), None)
-    if first is None or first[0] != 1.0:
-        raise InputError(f"{key}: the first level of the first stage with steps must be 1.0 (sampling starts "
-                         f"from pure noise); got {list(first) if first else 'no levels at all'}.")
-
-
-def _check_folder(key: str, path: Path | None) -> None:
-    """An input artifact folder must exist."""
-    if path is not None and not path.is_dir():
-        raise InputError(f"{key} = '{path}' is not an existing folder (relative paths start at the working "
-                         f"directory {Path.cwd()}); run `pyrawan calibrate DATA_DIR -o {path}` first or set "
-                         f"{key}: null.")
-
-
-def _check_base(base: str) -> None:
-    """Local files and folders named as the base must exist (hub ids and presets are checked on load)."""
-    first = base.split("/", 1)[0]
-    local = base.endswith(".safetensors") or base.startswith(("/", "./", "../", "~")) or (
-        "/" in base and not base.startswith("hf://") and Path(first).is_dir())
-    if local and not Path(base).expanduser().exists():
-        raise InputError(f"base = '{base}': no such folder or file; give a preset name (tiny), a hub id such as "
-                         f"Wan-AI/Wan2.1-T2V-1.3B-Diffusers (or hf://owner/name), a diffusers folder or a .safetensors "
-                         f"file.")
-
-
 # ---- validation ----------------------------------------------------------------------------------
 
 def validate_recipe(data: dict, source: str = "recipe", origin: dict[str, str] | None = None,
@@ -361,7 +252,7 @@ def validate_recipe(data: dict, source: str = "recipe", origin: dict[str, str] |
         return _ADAPTER.validate_python(data)
     except ValidationError as err:
         ran_rules = any(e["type"] == "recipe_rules" for e in err.errors())
-        extra = [] if ran_rules else _partial_problems(data)
+        extra = [] if ran_rules else partial_problems(data)
         raise problems_error(source, error_lines(err, RECIPE_KINDS, origin or {}, extra)) from None
 
 
