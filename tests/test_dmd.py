@@ -137,7 +137,11 @@ def test_clean_estimate_is_exact_for_the_true_velocity(resizer, kind):
     proc = StageProcess(kind, sigma_c, sigma_n, pyramid.resize.project)
     rho = torch.tensor([0.1, 0.5, 0.95], dtype=torch.float64)
     x = proc.noisy(x0, eps, rho)
-    assert torch.allclose(proc.clean(x, proc.target(x0, eps), rho), x0, atol=1e-9)
+    v = proc.target(x0, eps)
+    assert torch.allclose(proc.clean(x, v, rho), x0, atol=1e-9)
+    if kind == "pyramidal":                                     # the closed-form noise estimate, too
+        _, eps_hat = clean_estimate(x, v, rho, sigma_c, sigma_n, pyramid.resize.project)
+        assert torch.allclose(eps_hat, eps, atol=1e-9)
 
 
 def test_ptstar_is_the_ordinary_formula_on_a_one_stage_pyramid():
