@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fnmatch
 import json
 import os
 import shutil
@@ -204,11 +205,13 @@ def _free_name(out: Path) -> Path:
     return out.with_name(f"{out.name}-{n}")
 
 
-def fresh_folder(out: str | Path, kind: str, overwrite: bool = True) -> Path:
+def fresh_folder(out: str | Path, kind: str, overwrite: bool = True, own: Sequence[str] = ()) -> Path:
     """Claim ``out`` and make it an empty folder for a command that writes in place (the demo).
 
     Only a new or empty folder, or one holding ``FOLDER_MARKER`` of ``kind`` (written here by an
-    earlier run of the same command), is replaced; anything else is refused untouched.
+    earlier run of the same command), is replaced; anything else is refused untouched. ``own``:
+    glob patterns of the top-level names the command writes; when given, a marked folder that also
+    holds other entries (files a user added) is refused, naming them.
     """
     out = Path(out)
     problem = place_problem(out)
@@ -217,9 +220,14 @@ def fresh_folder(out: str | Path, kind: str, overwrite: bool = True) -> Path:
             marker = json.loads((out / FOLDER_MARKER).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             marker = None
+        foreign = sorted(p.name for p in out.iterdir() if own and p.name != FOLDER_MARKER and
+                         not p.name.startswith(".") and not any(fnmatch.fnmatch(p.name, pat) for pat in own))
         if not isinstance(marker, dict) or marker.get("kind") != kind:
             problem = (f"{out} exists and was not written by `pyrawan {kind}` (it has no {FOLDER_MARKER} of kind "
                        f"{kind!r}); refusing to delete it. Give another -o folder, or remove it yourself.")
+        elif foreign:
+            problem = (f"{out} holds an earlier `pyrawan {kind}` run and also {', '.join(foreign[:8])}, which "
+                       f"`pyrawan {kind}` did not write; refusing to delete them. Move them out or choose another -o.")
         elif not overwrite:
             problem = f"{out} holds an earlier `pyrawan {kind}` run; pass --overwrite to replace it or choose another -o."
     if problem:

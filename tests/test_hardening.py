@@ -89,6 +89,12 @@ def test_demo_folder_never_replaces_a_folder_it_did_not_write(tmp_path):
         (demo / "x").write_text("1")
         mf.fresh_folder(demo, "demo", overwrite=False)
     mf.release_claims()
+    (demo / "notes.txt").write_text("mine")                   # a file the user added to a demo folder
+    (demo / "samples-0-0").mkdir()
+    with pytest.raises(InputError, match=r"also notes.txt, x, which `pyrawan demo` did not write"):
+        mf.fresh_folder(demo, "demo", own=("samples-*", "results.json"))
+    assert (demo / "notes.txt").read_text() == "mine"
+    mf.release_claims()
 
 
 # ---- claims and leftovers ------------------------------------------------------------------------

@@ -27,6 +27,10 @@ from rich.table import Table
 from pyrawan.commands.common import console
 from pyrawan.manifest import fresh_folder
 
+# What the demo writes at the top of its folder (a marked folder holding anything else is not replaced).
+DEMO_OUTPUTS = ("data", "cache", "calibration", "pyramid", "finetuned", "finetuned.run", "samples-*", "bench-*",
+                "results.json", "*.png")
+
 DEMO_PROMPTS = (
     "a large red square slowly moving left on a plain black background",
     "a large yellow circle quickly moving down on a plain gray background",
@@ -251,7 +255,7 @@ def run(out: Path, quick: bool = False, seed: int = 0, overwrite: bool = True, *
     ``finetune_steps=800``, ``seed_sets=3``, ``prompts=32``, ``boundaries="pyramid-flow"``,
     ``align_weight=1.0``); ``None`` values are ignored.
     """
-    fresh_folder(out, "demo", overwrite)  # replaces only a folder an earlier demo marked as its own
+    fresh_folder(out, "demo", overwrite, own=DEMO_OUTPUTS)  # only a folder an earlier demo marked, holding only its files
     sizes = DemoSizes.quick() if quick else DemoSizes()
     for key, value in changes.items():
         if value is not None:
