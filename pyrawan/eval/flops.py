@@ -273,8 +273,10 @@ def flops_report(
 
     ``arch``: a ``WanArch``, a diffusers transformer config dict, a module, or a preset name.
     ``method``: ``"analytic"`` (paper.md section 8.2) or ``"meta"`` (FlopCounterMode on the meta
-    device; needs a config, not a bare ``WanArch``). The baseline is ``0-...-0-50`` with the same
-    guidance setting. Stage lists are indexed by stage (0 = full resolution).
+    device; needs a config, not a bare ``WanArch``). ``guidance`` applies to the listed schedules; the
+    baseline of every ratio is ``0-...-0-50`` *with* guidance, the 50-step model as users run it (so a
+    distilled model's unguided rows are divided by the same baseline as a guided model's). Stage lists
+    are indexed by stage (0 = full resolution).
     """
     from pyrawan.pyramid.geometry import stage_shapes
     from pyrawan.pyramid.schedule import parse_schedule
@@ -298,7 +300,7 @@ def flops_report(
     else:
         forwards = [analytic_forward_flops(wan, s, text_len, small_terms) for s in shapes]
     baseline = baseline_schedule(num_stages)
-    baseline_total = schedule_flops(forwards, [0] * (num_stages - 1) + [DEFAULT_STEPS], guidance)["total"]
+    baseline_total = schedule_flops(forwards, [0] * (num_stages - 1) + [DEFAULT_STEPS], True)["total"]
     return {
         "kind": "flops",
         "method": method,
@@ -313,5 +315,6 @@ def flops_report(
         "baseline_tflops": baseline_total / TERA,
         "schedules": _schedule_rows(forwards, schedules, num_stages, guidance, baseline_total),
         "note": EXCLUDED_NOTE + " Schedules are written coarsest first; stage 0 is full resolution."
-        + (" Guidance (CFG) doubles every forward." if guidance else " No classifier-free guidance."),
+        + (" Guidance (CFG) doubles every forward." if guidance else " These rows run without classifier-free "
+           "guidance.") + f" Ratios: against {baseline} with CFG.",
     }

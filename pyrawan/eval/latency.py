@@ -236,7 +236,7 @@ def latency_report(
         raise InputError("latency report needs at least one stage time.")
     num_stages = len(ms)
     schedules = list(schedules) if schedules else default_schedules(num_stages)
-    base = schedule_flops(ms, [0] * (num_stages - 1) + [DEFAULT_STEPS], guidance)["total"]
+    base = schedule_flops(ms, [0] * (num_stages - 1) + [DEFAULT_STEPS], True)["total"]   # the 50-step model with CFG
     rows = []
     for text in schedules:
         cost = schedule_flops(ms, parse_schedule(text, num_stages), guidance)
