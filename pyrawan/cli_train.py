@@ -8,6 +8,11 @@ import typer
 from pyrawan import recipe as rc
 from pyrawan.cli import RUN_PANEL, OutOpt, OverridesArg, OverwriteOpt, RecipeArg, app, run_options, stderr
 
+ResumeOpt = Annotated[bool, typer.Option(
+    "--resume", help="Continue from the latest complete checkpoint in OUT.run/checkpoints/.")]
+DryRunOpt = Annotated[bool, typer.Option(
+    "--dry-run", help="Print the plan (models, trainable parameters, optimisers) and memory per GPU; load no weights.")]
+
 
 @app.command("finetune", rich_help_panel=RUN_PANEL)
 def finetune(
@@ -15,10 +20,8 @@ def finetune(
     overrides: OverridesArg = None,
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue from the latest complete checkpoint in OUT.run/checkpoints/.")] = False,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Print the plan: parameters, trainable parameters, memory per GPU; load no weights.")] = False,
+    resume: ResumeOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Pyramidal flow-matching finetuning: one process, torchrun (DDP) or DeepSpeed ZeRO, resumable."""
     from pyrawan.commands import finetune as cmd
@@ -39,11 +42,8 @@ def distill(
     overrides: OverridesArg = None,
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue from the latest complete checkpoint in OUT.run/checkpoints/.")] = False,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Print the plan: generator, teacher, fake score, both optimisers, memory per GPU; "
-        "load no weights.")] = False,
+    resume: ResumeOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Step distillation into a few-step model: DMD (OT, PT, PT*, the Wan-DMD baseline) or adversarial
     (Adv-OD, Adv-PD)."""

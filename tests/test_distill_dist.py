@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from test_finetune_dist import ENV, launch, weights
+from test_finetune_dist import kill_after_checkpoint, launch, weights
 
 TOLERANCE = 1e-4
 BASE = ["tiny-dmd", "train.steps=10", "train.checkpoint.every=5", "train.lora.enabled=false", "distill.generator_every=2"]
@@ -44,16 +40,8 @@ def reference(tmp_path_factory) -> Path:
 
 def test_a_killed_distill_resumes_to_the_same_weights(reference, tmp_path):
     args = [*BASE, "train.batch_size=4", "-o", "B"]
-    proc = subprocess.Popen([sys.executable, "-m", "pyrawan.commands.synthetic", *args], cwd=tmp_path, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = tmp_path / "B.run" / "checkpoints" / "step-00000005" / "checkpoint.json"
-    deadline = time.time() + 300
-    while not marker.exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before writing its step-5 checkpoint"
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL and not (tmp_path / "B").exists()
-    files = {p.name for p in marker.parent.iterdir()}
+    kill_after_checkpoint(args, tmp_path, tmp_path / "B", 5)
+    files = {p.name for p in (tmp_path / "B.run" / "checkpoints" / "step-00000005").iterdir()}
     assert {"generator-model.safetensors", "generator-optimizer.safetensors", "fake_score-model.safetensors",
             "fake_score-optimizer.safetensors", "generator-ema.safetensors", "rng-0.json", "state.json"} <= files
     resumed = launch(*args, "--resume", cwd=tmp_path)

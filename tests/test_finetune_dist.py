@@ -58,6 +58,19 @@ def close(a: list, b: list) -> bool:
     return len(a) == len(b) and all(abs(x - y) <= TOLERANCE * abs(x) for x, y in zip(flat(a), flat(b)))
 
 
+def kill_after_checkpoint(args: list[str], cwd: Path, out: Path, step: int) -> None:
+    """Start ``python -m pyrawan.commands.synthetic ARGS``, SIGKILL it once checkpoint ``step`` is complete."""
+    proc = subprocess.Popen([sys.executable, "-m", "pyrawan.commands.synthetic", *args], cwd=cwd, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = out.parent / f"{out.name}.run" / "checkpoints" / f"step-{step:08d}" / "checkpoint.json"
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert proc.poll() is None and time.time() < deadline, f"the run ended before writing its step-{step} checkpoint"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL and not out.exists()
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     """One process, grad_accum 2, uninterrupted: the run the others must follow."""
@@ -68,15 +81,7 @@ def reference(tmp_path_factory) -> Path:
 
 def test_a_killed_run_resumes_to_the_same_weights(reference, tmp_path):
     args = [*BASE, "train.grad_accum=2", "-o", "B"]
-    proc = subprocess.Popen([sys.executable, "-m", "pyrawan.commands.synthetic", *args], cwd=tmp_path, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = tmp_path / "B.run" / "checkpoints" / "step-00000010" / "checkpoint.json"
-    deadline = time.time() + 300
-    while not marker.exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before writing its step-10 checkpoint"
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL and not (tmp_path / "B").exists()
+    kill_after_checkpoint(args, tmp_path, tmp_path / "B", 10)
     resumed = launch(*args, "--resume", cwd=tmp_path)
     assert re.search(r"resumed from \S+step-00000010 \(step 10\)", resumed.stdout + resumed.stderr)
     a, b = weights(reference), weights(tmp_path / "B")
