@@ -59,13 +59,6 @@ def plot_curves(metrics: Path, png: Path, panels: Sequence[tuple[str, str, str]]
     return png
 
 
-def last_value(records: list[dict], kind: str, key: str):
-    """The latest value of ``key`` in records of ``kind`` (None when absent)."""
-    for r in reversed(records):
-        if r.get("kind") == kind and key in r:
-            return r[key]
-    return None
-
 
 def short(value) -> str:
     """A logged number (or list of numbers) in 4 significant digits; "nan"/"inf" strings stay as they are."""
