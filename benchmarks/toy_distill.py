@@ -10,6 +10,9 @@ output artifact exists, so an interrupted run continues where it stopped:
 2. the DMD-OT teacher: the toy teacher finetuned with plain flow matching at every stage resolution;
 3. distill: DMD-OT, DMD-PT, DMD-PT*, Adv-OD, Adv-PD (2-2-1, from the finetuned pyramid) and the
    one-stage Wan-DMD-like baselines 1 and 2 steps (from the toy teacher);
+3b. Pyramidal Patchification on the same boundaries: the toy teacher converted to PPF (averaging init),
+   PPF diffusion finetuning (same steps as the pyramid's), and PPF-DMD against the toy teacher (same
+   iterations as the DMD rows) from the converted model and from the PPF finetune;
 4. every row sampled on the same seed sets (prompts drawn from the toy world; coupled seeds), scored
    with ToyBench (FD against the dataset), costed in FLOPs and CPU wall time per video.
 
@@ -35,6 +38,10 @@ ROWS = [  # (row, model key, schedule, guidance or None for the model's default)
     ("Adv-PD 2-2-1", "adv-pd", "2-2-1", None),
     ("Wan-DMD-like 0-0-2", "dmd-baseline2", "2", None),
     ("Wan-DMD-like 0-0-1", "dmd-baseline1", "1", None),
+    ("PPF converted (no training) 20-20-10, CFG 3", "ppf", "20-20-10", None),
+    ("PPF finetuned 20-20-10, CFG 3", "ppf-finetuned", "20-20-10", None),
+    ("PPF-DMD 2-2-1 (from the converted PPF model)", "ppf-dmd", "2-2-1", None),
+    ("PPF-DMD 2-2-1 (from the PPF finetune)", "ppf-ft-dmd", "2-2-1", None),
 ]
 
 
@@ -83,6 +90,19 @@ def build(out: Path, iterations: int, log: Path) -> dict[str, Path]:
         if not done(out / key):
             pyrawan("distill", *args, *common, f"train.steps={iterations}", "-o", str(out / key), log=log)
         models[key] = out / key
+    bounds = f"pyramid.boundaries={json.loads((out / 'pyramid' / 'pyramid.json').read_text())['boundaries']}"
+    if not done(out / "ppf"):
+        pyrawan("convert", "toy", "--ppf", bounds, "-o", str(out / "ppf"), log=log)
+    if not done(out / "ppf-finetuned"):
+        pyrawan("finetune", "toy-ppf-finetune", f"base={out / 'ppf'}", bounds, *common, "train.steps=400",
+                "train.validation.every=0", "-o", str(out / "ppf-finetuned"), log=log)
+    if not done(out / "ppf-dmd"):
+        pyrawan("distill", "toy-ppf-dmd", f"base={out / 'ppf'}", bounds, *common, f"train.steps={iterations}",
+                "-o", str(out / "ppf-dmd"), log=log)
+    if not done(out / "ppf-ft-dmd"):
+        pyrawan("distill", "toy-ppf-dmd", f"base={out / 'ppf-finetuned'}", bounds, *common, f"train.steps={iterations}",
+                "-o", str(out / "ppf-ft-dmd"), log=log)
+    models.update({key: out / key for key in ("ppf", "ppf-finetuned", "ppf-dmd", "ppf-ft-dmd")})
     return models
 
 
@@ -101,9 +121,12 @@ def score_rows(out: Path, models: dict[str, Path], seed_sets: int, n: int, log: 
     from pyrawan.eval.stats import mean_ci
     from pyrawan.toy.bench import SCORES, intervals
 
-    flops = flops_report("toy", (5, 8, 8), 3, False, ["0-0-50", "20-20-10", "2-2-1", "0-0-2", "0-0-1"], False,
-                         "analytic", 16)
-    per_forward = {s["schedule"]: s["total_tflops"] / sum(map(int, s["schedule"].split("-"))) for s in flops["schedules"]}
+    def per_forward(ppf: bool) -> dict[str, float]:
+        flops = flops_report("toy", (5, 8, 8), 3, False, ["0-0-50", "20-20-10", "2-2-1", "0-0-2", "0-0-1"], False,
+                             "analytic", 16, ppf=ppf)
+        return {s["schedule"]: s["total_tflops"] / sum(map(int, s["schedule"].split("-"))) for s in flops["schedules"]}
+
+    costs = {False: per_forward(False), True: per_forward(True)}
     rows = []
     for name, key, schedule, _ in ROWS:
         reports, seconds = [], 0.0
@@ -122,7 +145,8 @@ def score_rows(out: Path, models: dict[str, Path], seed_sets: int, n: int, log: 
         cfg = manifest["metrics"]["forwards_per_video"] > manifest["metrics"]["nfe_per_video"]
         steps = [int(s) for s in schedule.split("-")]
         three = "-".join(map(str, ([0] * (3 - len(steps)) + steps)))
-        tflops = per_forward[three] * sum(steps) * (2 if cfg else 1) if three in per_forward else None
+        table = costs[key.startswith("ppf")]
+        tflops = table[three] * sum(steps) * (2 if cfg else 1) if three in table else None
         per_video = [v for r in reports for v in r["per_video"]]
         ci = intervals(per_video)
         fds = [r["fd"] for r in reports if r.get("fd") is not None]

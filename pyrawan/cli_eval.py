@@ -20,7 +20,7 @@ EXAMPLES.update({
     "eval quality": "pyrawan eval quality --model runs/finetuned --reference toy --suite toy-8 --seeds 0,1 -o runs/eval-ft",
     "eval compare": "pyrawan eval compare runs/eval-teacher runs/eval-ft --baseline runs/eval-teacher -o runs/compare",
     "eval report": "pyrawan eval report runs/eval-teacher runs/eval-ft -o runs/report",
-    "eval schedules": "pyrawan eval schedules --model runs/finetuned --budget-flops 0.5T --suite toy-4",
+    "eval schedules": "pyrawan eval schedules --model runs/finetuned --budget-flops 0.5T --suite toy-4 --boundaries-search",
     "eval vbench export": "pyrawan eval vbench export --model runs/finetuned --vbench-info VBench_full_info.json -o runs/vbench",
     "eval vbench import": "pyrawan eval vbench import results/ft_eval_results.json --export runs/vbench -o runs/eval-vbench",
 })
@@ -64,6 +64,7 @@ def eval_quality(
     schedule: Annotated[Optional[str], typer.Option("--schedule", help="Steps per stage, coarsest first [default: the model's].")] = None,
     reference_schedule: Annotated[Optional[str], typer.Option("--reference-schedule", help="Schedule of a reference model [default: its own].")] = None,
     validation_cache: Annotated[Optional[Path], typer.Option("--validation-cache", help="Held-out latent cache: add the per-stage flow-matching validation loss.")] = None,
+    fd_reference: Annotated[Optional[Path], typer.Option("--fd-reference", help="Folder of real captioned toy-world videos (e.g. `toy make-dataset` output): add ToyBench's Fréchet distance to them.")] = None,
     label: Annotated[Optional[str], typer.Option("--label", help="Name of this row in compare tables.")] = None,
     batch_size: BatchOpt = 8,
     device: DeviceOpt = None,
@@ -80,7 +81,7 @@ def eval_quality(
                          f"--seeds and --schedule (or sample anew with --model instead of --samples).")
     prompts = None if samples is not None else _prompts(prompts_file, suite)
     run_quality(out, model, reference, prompts, _seeds(seeds or "0"), samples, schedule, reference_schedule, batch_size,
-                validation_cache, label, device, dtype, not quiet, overwrite)
+                validation_cache, label, device, dtype, not quiet, overwrite, fd_reference)
 
 
 ArtifactsArg = Annotated[list[Path], typer.Argument(help="Eval artifacts (from eval quality or eval vbench import).")]
@@ -121,6 +122,9 @@ def eval_schedules(
     seeds: Annotated[int, typer.Option("--seeds", help="Seeds per prompt for the search (as many again confirm).")] = 2,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Most steps per stage [default: the default schedule's largest].")] = None,
     max_candidates: Annotated[int, typer.Option("--max-candidates", help="Schedules scored (spread over the budget).")] = 8,
+    boundaries_search: Annotated[bool, typer.Option("--boundaries-search", help="Also search stage boundaries near the model's, at the best steps (equal cost).")] = False,
+    boundary_radius: Annotated[Optional[float], typer.Option("--boundary-radius", help="Farthest a boundary moves from the model's, in global sigma, at most 0.1; implies --boundaries-search [default: 0.05].")] = None,
+    boundary_points: Annotated[int, typer.Option("--boundary-points", help="Positions per boundary in [-radius, +radius] (3: -r, 0, +r).")] = 3,
     batch_size: BatchOpt = 8,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -128,13 +132,16 @@ def eval_schedules(
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Write schedules.json and a manifest here.")] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Search steps per stage under a budget; report the best and whether it beat the default at equal cost."""
+    """Search steps per stage (and optionally boundaries) under a budget; report the best and whether it beat the default at equal cost."""
     from pyrawan.commands.evaluate import run_schedules
+    from pyrawan.eval.schedules import DEFAULT_BOUNDARY_RADIUS
 
     if seeds < 1:
         raise InputError(f"--seeds {seeds} must be at least 1.")
     run_schedules(model, out, budget_flops, budget_seconds, _prompts(prompts_file, suite), seeds, 0, reference,
-                  max_steps, max_candidates, batch_size, device, dtype, not quiet, overwrite)
+                  max_steps, max_candidates, batch_size, device, dtype, not quiet, overwrite,
+                  boundary_radius if boundary_radius is not None else DEFAULT_BOUNDARY_RADIUS if boundaries_search else None,
+                  boundary_points)
 
 
 @vbench_app.command("export")

@@ -22,12 +22,16 @@ def convert(
     overrides: OverridesArg = None,
     calibration: Annotated[Optional[Path], typer.Option(
         "--calibration", help="A `pyrawan calibrate` artifact whose boundaries replace pyramid.boundaries.")] = None,
+    ppf: Annotated[bool, typer.Option(
+        "--ppf", help="Pyramidal Patchification: one full-resolution model with a coarser patch per stage "
+        "(same as pyramid.kind=ppf).")] = False,
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Turn a pretrained Wan into a pyramidal model artifact (transformer + pyramid.json)."""
     from pyrawan.commands import convert as cmd
 
+    overrides = [*(overrides or []), *(["pyramid.kind=ppf"] if ppf else [])]
     opts = run_options(recipe, overrides, "convert", out, overwrite)
     cmd.run(opts.recipe, opts.out, calibration=calibration, overwrite=opts.overwrite)
 
@@ -158,6 +162,8 @@ def eval_flops(
     frames: Annotated[Optional[int], typer.Option("--frames", help="Pixel frames.")] = None,
     height: Annotated[Optional[int], typer.Option("--height", help="Pixel height.")] = None,
     width: Annotated[Optional[int], typer.Option("--width", help="Pixel width.")] = None,
+    ppf: Annotated[bool, typer.Option("--ppf", help="Count a Pyramidal Patchification model (a PPF model folder "
+                                      "or recipe says so itself).")] = False,
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Write flops.json and a manifest here.")] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -165,7 +171,7 @@ def eval_flops(
     from pyrawan.commands.evaluate import run_flops
 
     run_flops(target, list(overrides or ()), _schedules(schedules), method, out, frames, height, width, stages,
-              guidance, overwrite)
+              guidance, overwrite, ppf=ppf)
 
 
 @eval_app.command("latency")

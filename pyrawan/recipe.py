@@ -72,6 +72,9 @@ class Pyramid(Section):
     keep_time: bool = Field(False, description="Spatial-only pyramid: keep every frame at every stage.")
     stage_data: Literal[1, 2] = Field(
         2, description="Coarse-stage training data: 1 = downsample latents, 2 = resize pixels and VAE-encode.")
+    kind: Literal["resolution", "ppf"] = Field(
+        "resolution", description="resolution = stages at lower resolution with jumps (PyramidalWan); ppf = Pyramidal "
+        "Patchification: full resolution everywhere, coarser patches at noisier stages (the model must be PPF).")
 
 
 class Sampling(Section):
@@ -175,6 +178,14 @@ class RecipeBase(Section):
 
         b = self.pyramid.boundaries
         return tuple(b) if b is not None else default_boundaries(self.pyramid.stages)
+
+    def pyramid_config(self, boundaries=None):
+        """The math-side pyramid of this recipe (``boundaries`` overrides the recipe's or default ones)."""
+        from pyrawan.pyramid.config import PyramidConfig
+
+        p = self.pyramid
+        bounds = self.stage_boundaries() if boundaries is None else tuple(boundaries)
+        return PyramidConfig(p.stages, bounds, p.resizer, p.keep_time, kind=p.kind)
 
     def stage_shifts(self) -> tuple[float, ...]:
         """The timestep shift of every stage, coarsest first."""

@@ -48,6 +48,8 @@ def cross_field_problems(r: RecipeBase, skip: frozenset[str] = frozenset()) -> l
     distill = getattr(r, "distill", None)
     if distill is not None and not skip.intersection(("distill", "pyramid")):
         problems += distill_problems(distill, p.stages)
+    if p.kind == "ppf" and not skip.intersection(("train", "distill", "pyramid")):
+        problems += ppf_problems(train, distill)
     for key, needs, check in checks:
         if skip.intersection(needs):
             continue
@@ -82,6 +84,22 @@ def _steps_or_none(r: RecipeBase) -> tuple[int, ...] | None:
         return r.steps()
     except InputError:
         return None
+
+
+def ppf_problems(train, distill) -> list[tuple[str, str]]:
+    """Training settings a PPF model (``pyramid.kind: ppf``) cannot run with."""
+    problems = []
+    if train is not None and train.process == "multires":
+        problems.append(("train.process", "train.process = multires trains a plain model at every stage resolution; a "
+                         "PPF model already runs every stage at full resolution: use train.process: pyramidal"))
+    if train is not None and train.engine == "deepspeed" and train.zero_stage == 3:
+        problems.append(("train.zero_stage", "ZeRO-3 is not supported for PPF models (each stage swaps in its own patch "
+                         "embedding and head at run time); use train.zero_stage: 2"))
+    if distill is not None and distill.method == "adv" and distill.adv.backbone == "pyramidal":
+        problems.append(("distill.adv.backbone", "a PPF model cannot be the adversarial backbone (a batch at several "
+                         "stages has no common token grid for the heads); use backbone: original with the original "
+                         "model as distill.teacher"))
+    return problems
 
 
 def _check_per_stage(key: str, value: Any, stages: int, scalar_ok: bool = True) -> None:

@@ -8,5 +8,5 @@ export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 py=.venv/bin/pyrawan
 "$py" demo -o runs/demo ${DEMO_ARGS:-}
 "$py" verify runs/demo/finetuned
-"$py" lineage runs/demo/samples-2
+"$py" lineage runs/demo/eval-2
 echo "demo: results in runs/demo/results.json; the paper's setting: .venv/bin/pyrawan eval flops wan1.3b"

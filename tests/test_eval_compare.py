@@ -11,20 +11,23 @@ from typer.testing import CliRunner
 from pyrawan.cli import app
 from pyrawan.data.video import write_video
 from pyrawan.eval.artifact import build_eval, read_eval, write_eval
-from pyrawan.eval.compare import compare, pareto_front
+from pyrawan.eval.compare import MIN_VIDEOS, compare, markdown, pareto_front
 from pyrawan.manifest import artifact_dir, write_manifest
 
 PROMPTS = ["a red square", "a blue circle"]
 
 
-def make_artifact(folder: Path, label: str, psnr: list[float], tflops: float, seconds: float) -> Path:
-    """An eval artifact with two videos (mp4 inside), per-video pixel_psnr and flicker."""
+def make_artifact(folder: Path, label: str, psnr: list[float], tflops: float, seconds: float, repeat: int = 1) -> Path:
+    """An eval artifact with two videos (mp4 inside), per-video pixel_psnr and flicker; ``repeat``: each
+    (prompt, value) ``repeat`` times with seeds 0.. (no mp4 for the copies)."""
     with artifact_dir(folder) as tmp:
         videos = []
         for i, (prompt, value) in enumerate(zip(PROMPTS, psnr)):
             write_video(tmp / "videos" / f"{i}.mp4", torch.full((5, 3, 16, 16), 0.2 + 0.1 * i), fps=8)
-            videos.append({"index": i, "prompt": prompt, "seed": 0, "video": f"videos/{i}.mp4",
-                           "values": {"pixel_psnr": value, "temporal_flickering": 0.99}})
+            for seed in range(repeat):
+                videos.append({"index": len(videos), "prompt": prompt, "seed": seed,
+                               "video": f"videos/{i}.mp4" if seed == 0 else None,
+                               "values": {"pixel_psnr": value, "temporal_flickering": 0.99}})
         write_eval(tmp, build_eval("quality", label, videos, model=label, schedule="2-2-1",
                                    tflops_per_video=tflops, seconds_per_video=seconds))
         write_manifest(tmp, "eval-quality", {"kind": "eval-quality"}, [], {}, None)
@@ -51,11 +54,28 @@ def test_compare_values_deltas_and_front(three):
     rows = {r["label"]: r for r in result["rows"]}
     assert rows["teacher"]["metrics"]["pixel_psnr"]["mean"] == pytest.approx(31.0)
     assert rows["cheap"]["metrics"]["pixel_psnr"]["delta"] == pytest.approx(20.5 - 31.0)
-    assert rows["cheap"]["metrics"]["pixel_psnr"]["differs"] is True
-    assert rows["teacher"]["metrics"]["temporal_flickering"]["differs"] is False
+    assert rows["cheap"]["metrics"]["pixel_psnr"]["differs"] is None          # 2 videos: too few to call it
     assert [r["pareto"] for r in result["rows"]] == [True, True, False]    # "bad" costs more than "cheap", scores less
     assert rows["cheap"]["tflops_per_video"] == 1.0 and rows["bad"]["seconds_per_video"] == 2.0
+    assert rows["cheap"]["cost_ratio"] == pytest.approx(0.1) and rows["teacher"]["cost_ratio"] == 1.0
     assert result["warnings"] == []
+
+
+def test_compare_stars_a_delta_only_on_disjoint_intervals_of_enough_videos(tmp_path):
+    def artifact(name, psnr, repeat):
+        return read_eval(make_artifact(tmp_path / name, name, psnr, 1.0, 1.0, repeat))
+
+    enough = MIN_VIDEOS // 2                                             # 2 prompts x enough seeds = MIN_VIDEOS
+    teacher, worse, close = artifact("t", [30.0, 32.0], enough), artifact("w", [20.0, 21.0], enough), \
+        artifact("c", [29.0, 32.5], enough)
+    rows = compare([teacher, worse, close])["rows"]
+    assert rows[1]["metrics"]["pixel_psnr"]["differs"] is True           # disjoint intervals, 10 videos each
+    assert rows[2]["metrics"]["pixel_psnr"]["differs"] is False          # overlapping: not called a difference
+    assert rows[0]["metrics"]["temporal_flickering"]["differs"] is False
+    few = artifact("f", [20.0, 21.0], enough - 1)                          # 8 videos: disjoint, but too few
+    assert compare([teacher, few])["rows"][1]["metrics"]["pixel_psnr"]["differs"] is None
+    assert "(Δ -10.500*)" in markdown(compare([teacher, worse]))
+    assert "(Δ -10.500)" in markdown(compare([teacher, few]))
 
 
 def test_compare_warns_when_the_videos_are_not_the_same_prompts_and_seeds(three):
@@ -70,7 +90,7 @@ def test_compare_and_report_cli(three, tmp_path):
     r = runner.invoke(app, ["eval", "compare", *map(str, three), "--baseline", str(three[0]), "-o", str(tmp_path / "c")])
     assert r.exit_code == 0, r.output
     md = (tmp_path / "c" / "compare.md").read_text()
-    assert "| cheap | 2-2-1 | 2 | 1.0000 |" in md and "20.500 [20.000, 21.000] (Δ -10.500*)" in md
+    assert "| cheap | 2-2-1 | 2 | 1.0000 | 0.500 | 0.10 |" in md and "20.500 [20.000, 21.000] (Δ -10.500)" in md
     data = json.loads((tmp_path / "c" / "compare.json").read_text())
     assert data["baseline"] == "teacher" and len(data["rows"]) == 3
     assert (tmp_path / "c" / "quality_vs_cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -221,3 +221,74 @@ def test_eval_quality_shards_videos_across_torchrun_ranks(tmp_path):
     lines = (tmp_path / "two" / "samples" / "samples.jsonl").read_text().splitlines()
     assert [json.loads(x)["index"] for x in lines] == [0, 1, 2] and verify(tmp_path / "two") == []
     assert len(list((tmp_path / "two" / "reference" / "videos").iterdir())) == 3
+
+
+def rendered_set(scenes, prompts):
+    """A SampleSet of rendered toy scenes [N, 17, 3, 64, 64] with the given prompts."""
+    from pyrawan.toy.world import render
+
+    frames = torch.stack([render(s, 17, 64, 64) for s in scenes])
+    return SampleSet(label="toy", model="m", prompts=list(prompts), seeds=list(range(len(prompts))),
+                     latents=torch.zeros(len(prompts), 16, 5, 8, 8), frames=frames, videos=[None] * len(prompts))
+
+
+def test_short_captions_are_judged_on_what_they_name_and_features_come_with_the_records():
+    import numpy as np
+
+    from pyrawan.eval.quality import toy_prompts
+    from pyrawan.toy.bench import FEATURES
+    from pyrawan.toy.world import caption, sample_scene
+
+    scenes = [sample_scene(np.random.default_rng(k)) for k in range(2)]
+    short = f"a {scenes[1].colour} {scenes[1].shape}"
+    assert toy_prompts([caption(scenes[0]), short]) and not toy_prompts([short, "a photo of a cat"])
+    records, _ = score_sets(rendered_set(scenes, [caption(scenes[0]), short]), features=True)
+    full, named = records[0]["values"], records[1]["values"]
+    assert {"toybench_colour", "toybench_speed", "toybench_direction"} <= set(full)
+    assert "toybench_colour" in named and "toybench_shape" in named and "toybench_speed" not in named
+    assert named["toybench_colour"] > 0.9                                  # the rendered colour is the named one
+    assert all(len(r["features"]) == len(FEATURES) for r in records)
+    assert "features" not in score_sets(rendered_set(scenes[:1], [short]))[0][0]
+
+
+def test_fd_summary_against_a_folder_of_real_videos(tmp_path):
+    import numpy as np
+
+    from pyrawan.data.video import read_video
+    from pyrawan.eval.quality_run import FD_METRIC, fd_summary
+    from pyrawan.toy.bench import features_of, reference_fd
+    from pyrawan.toy.world import make_dataset, sample_scene
+
+    records = make_dataset(tmp_path / "real", 4, seed=3, height=64, width=64)
+    real = features_of([read_video(tmp_path / "real" / name)[0] for name, _ in records])
+    other = rendered_set([sample_scene(np.random.default_rng(50 + k)) for k in range(3)], ["-"] * 3)
+    features = [f.tolist() for f in features_of(list(other.frames))] + [None]      # one video without frames
+    entry = fd_summary(features, tmp_path / "real")[FD_METRIC]
+    assert entry["mean"] == pytest.approx(reference_fd(np.asarray(features[:3]), real))
+    assert entry["n"] == 3 and entry["missing"] == 1 and entry["higher_is_better"] is False
+    assert 0 <= entry["low"] <= entry["high"] and math.isfinite(entry["high"])
+    assert fd_summary(features[:1], tmp_path / "real")[FD_METRIC]["mean"] is None     # one video: no FD
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="--fd-reference"):
+        fd_summary(features, tmp_path / "empty")
+
+
+@pytest.mark.slow
+def test_eval_quality_cli_scores_short_captions_and_adds_the_fd(tmp_path, one_thread):
+    from pyrawan.toy.world import make_dataset
+
+    make_dataset(tmp_path / "real", 3, seed=1, height=64, width=64)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square moving left\na blue circle\n")
+    r = cli("eval", "quality", "--model", "toy", "--schedule", "2", "--prompts", prompts, "--fd-reference",
+            tmp_path / "real", "-q", "-o", tmp_path / "q")
+    assert r.exit_code == 0, r.output
+    body = json.loads((tmp_path / "q" / "metrics.json").read_text())
+    summary = body["summary"]
+    assert summary["toybench_overall"]["n"] == 2 and summary["toybench_colour"]["n"] == 2
+    assert summary["toybench_direction"]["n"] == 1 and "toybench_speed" not in summary   # named by one / by none
+    assert summary["toybench_fd"]["n"] == 2 and summary["toybench_fd"]["mean"] > 0
+    assert all("features" not in v for v in body["videos"]) and verify(tmp_path / "q") == []
+    manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
+    assert manifest["recipe"]["resolved"]["fd_reference"] == str(tmp_path / "real")
+    assert [i["path"] for i in manifest["inputs"]] == ["../real"]

@@ -80,3 +80,15 @@ def test_differs():
     assert not differs((1.0, 0.5, 2.5), (3.0, 2.0, 4.0))
     assert not differs((0.0, 1.0), (1.0, 2.0))  # touching intervals overlap
     assert differs((0.0, 1.0), (1.01, 2.0))
+
+
+def test_statistic_ci_bootstraps_any_statistic_and_matches_mean_ci_for_the_mean():
+    from pyrawan.eval.stats import statistic_ci
+
+    sample = np.random.default_rng(1).normal(size=30)
+    assert statistic_ci(30, lambda idx: float(sample[idx].mean()), seed=4) == pytest.approx(mean_ci(sample, seed=4))
+    value, low, high = statistic_ci(30, lambda idx: float(sample[idx].max()))
+    assert value == sample.max() and high == pytest.approx(sample.max()) and low < high
+    assert statistic_ci(1, lambda idx: 7.0) == (7.0, 7.0, 7.0)
+    with pytest.raises(InputError, match="no items"):
+        statistic_ci(0, lambda idx: 0.0)

@@ -50,36 +50,39 @@ def test_corrupted_weights_are_refused(tmp_path):
 
 @pytest.mark.slow
 def test_quick_demo_runs(tmp_path, monkeypatch):
+    """The rows are eval artifacts of `eval quality`'s code and the table is `eval compare`'s, with intervals."""
     from pyrawan.commands import demo
+    from pyrawan.manifest import verify
 
     monkeypatch.chdir(tmp_path)
     rows = demo.run(tmp_path / "demo", quick=True)
     assert [r["row"] for r in rows][0] == "teacher" and len(rows) == 4
-    assert rows[0]["flops_ratio"] == pytest.approx(1.0)
-    assert all(r["flops_ratio"] < 0.5 for r in rows[1:])
-    assert all(0.0 <= r["overall"] <= 1.0 for r in rows)
+    assert rows[0]["cost_ratio"] == pytest.approx(1.0) and rows[0]["cost_unit"] == "tflops"
+    assert all(r["cost_ratio"] < 0.5 for r in rows[1:])
     for r in rows:                                    # quick: one seed set of two prompts per row
-        ci = r["intervals"]["overall"]
-        assert ci["n"] == 2 and ci["low"] <= r["overall"] <= ci["high"]
-    assert [r["vs_teacher"] for r in rows] == ["—", "n/a", "n/a", "n/a"]   # too few videos to call a difference
+        for name in ("toybench_overall", "toybench_detection", "toybench_fd"):
+            ci = r["metrics"][name]
+            assert ci["n"] == 2 and ci["low"] <= ci["mean"] <= ci["high"], (r["row"], name)
+        assert 0.0 <= r["metrics"]["toybench_overall"]["mean"] <= 1.0
+        assert verify(tmp_path / "demo" / r["eval"]) == []
+    assert all(r["metrics"]["toybench_overall"]["differs"] is None for r in rows[1:])   # too few videos to call it
+    body = json.loads((tmp_path / "demo" / "eval-2" / "metrics.json").read_text())
+    assert body["kind"] == "quality" and body["coupled_noise"] is True and body["label"] == "pyramid, finetuned"
+    md = (tmp_path / "demo" / "compare" / "compare.md").read_text()
+    assert md.startswith("Baseline: teacher.") and "| pyramid, finetuned (cheap) | 1-1-1 | 2 |" in md
+    assert "Warning" not in md                        # every row scored the same (prompt, seed) pairs
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert len(saved["rows"]) == 4 and saved["figures"] == ["quality_vs_flops.png", "frames.png"]
     for name in saved["figures"]:
         assert (tmp_path / "demo" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_demo_calls_a_row_better_or_worse_only_on_disjoint_intervals():
-    from pyrawan.commands.demo import MIN_VERDICT_VIDEOS, verdict
+def test_demo_rows_pair_each_seed_set_s_prompts_with_its_own_noise_seeds():
+    from pyrawan.commands.demo import DemoSizes, demo_prompts, row_videos
 
-    def row(mean, low, high, n=32):
-        return {"intervals": {"overall": {"mean": mean, "low": low, "high": high, "n": n}}}
-
-    teacher = row(0.60, 0.55, 0.65)
-    assert verdict(teacher, teacher) == "—"
-    assert verdict(row(0.40, 0.35, 0.45), teacher) == "worse"
-    assert verdict(row(0.75, 0.70, 0.80), teacher) == "better"
-    assert verdict(row(0.52, 0.45, 0.58), teacher) == "≈"            # overlapping: not called worse
-    assert verdict(row(0.40, 0.35, 0.45, n=MIN_VERDICT_VIDEOS - 1), teacher) == "n/a"
+    prompts, seeds = row_videos(DemoSizes(prompts=3, seed_sets=2), seed=5)
+    assert prompts == demo_prompts(3, 0) + demo_prompts(3, 1)
+    assert seeds == [5, 6, 7, 1005, 1006, 1007]
 
 
 def test_demo_prompts_differ_between_seed_sets_and_parse():

@@ -1,16 +1,20 @@
 """``pyrawan demo``: the main job on the toy world, end to end, with a results table.
 
     toy dataset → calibrate (latent cache + boundaries) → convert (toy teacher → 3-stage pyramid)
-    → finetune (short, pyramidal flow matching) → sample (teacher at 50 steps, the unfinetuned
-    pyramid and the finetuned one at 20-20-10 and a cheaper schedule) → ToyBench + FLOPs
+    → finetune (short, pyramidal flow matching) → eval quality per row (teacher at 50 steps, the
+    unfinetuned pyramid and the finetuned one at 20-20-10 and a cheaper schedule: ToyBench, FD,
+    FLOPs) → eval compare (the table, against the teacher)
 
-Every row is sampled on several seed sets (each: its own prompts and noise seeds) and reported as
-the mean over all its videos with a 95 % bootstrap interval (``pyrawan.eval.stats.mean_ci``); a row
-is called better or worse than the teacher only when the two intervals do not overlap.
+The rows go through the code of ``pyrawan eval quality`` and ``pyrawan eval compare`` (one code
+path): every row is one eval artifact of all its seed sets' videos (each set: its own prompts and
+noise seeds, coupled noise), and the table is compare's: each cell is the mean over the row's
+videos with its 95 % bootstrap interval and the delta to the teacher, starred only when the two
+intervals are disjoint and both rows have at least ``pyrawan.eval.compare.MIN_VIDEOS`` videos.
 Everything lands under OUT (``runs/demo`` by default): ``data/``, ``cache/``, ``calibration/``,
-``pyramid/``, ``finetuned/``, ``samples-<row>-<set>/``, ``bench-<row>-<set>/``, ``results.json``,
-``quality_vs_flops.png`` (the table as a figure) and ``frames.png`` (one prompt, every row).
-``quick`` shrinks every size (dataset, steps, prompts) so CI runs the whole path in about a minute.
+``pyramid/``, ``finetuned/``, ``eval-<row>/`` (eval artifacts), ``compare/`` (``compare.md``,
+``compare.json``, the plot), ``results.json``, ``quality_vs_flops.png`` (compare's plot) and
+``frames.png`` (one prompt, every row). ``quick`` shrinks every size (dataset, steps, prompts) so
+CI runs the whole path in about a minute.
 """
 from __future__ import annotations
 
@@ -21,15 +25,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
 from pyrawan.commands.common import console
 from pyrawan.manifest import fresh_folder
 
 # What the demo writes at the top of its folder (a marked folder holding anything else is not replaced).
-DEMO_OUTPUTS = ("data", "cache", "calibration", "pyramid", "finetuned", "finetuned.run", "samples-*", "bench-*",
-                "results.json", "*.png")
+# samples-*/bench-* are what demos before the eval-quality rows wrote: such a folder is still replaced.
+DEMO_OUTPUTS = ("data", "cache", "calibration", "pyramid", "finetuned", "finetuned.run", "eval-*", "compare",
+                "samples-*", "bench-*", "results.json", "*.png")
 
 DEMO_PROMPTS = (
     "a large red square slowly moving left on a plain black background",
@@ -80,8 +82,8 @@ class DemoSizes:
                 ("pyramid, finetuned", "finetuned", self.schedule), ("pyramid, finetuned (cheap)", "finetuned", self.cheap)]
 
     def phases(self) -> int:
-        """Number of phases the progress display counts: 4 to build, one per row and seed set."""
-        return 4 + len(self.rows()) * self.seed_sets
+        """Number of phases the progress display counts: 4 to build, one per row, one to compare."""
+        return 4 + len(self.rows()) + 1
 
 
 BOUNDARY_CHOICES = ("calibrated", "uniform", "pyramid-flow")
@@ -152,104 +154,83 @@ def build_models(out: Path, sizes: DemoSizes, seed: int, phases: Phases) -> dict
     return {"teacher": "toy", "pyramid": str(out / "pyramid"), "finetuned": str(out / "finetuned")}
 
 
-def row_summary(reports: list[dict]) -> dict:
-    """Mean scores, 95 % intervals over all videos of a row's seed sets, and the FD per set."""
-    from pyrawan.eval.stats import mean_ci
-    from pyrawan.toy.bench import SCORES, intervals
-
-    per_video = [v for r in reports for v in r["per_video"]]
-    ci = intervals(per_video)
-    fds = [r["fd"] for r in reports if r.get("fd") is not None]
-    fd = mean_ci(fds, method="t") if fds else (None, None, None)
-    return {"overall": ci["overall"]["mean"], **{k: ci[k]["mean"] for k in SCORES}, "intervals": ci,
-            "videos": len(per_video), "fd": fd[0], "fd_interval": list(fd[1:]), "fd_sets": fds}
+# The columns of the printed table and compare.md; compare.json and results.json hold every metric.
+DEMO_COLUMNS = ("toybench_overall", "toybench_detection", "toybench_colour", "toybench_shape", "toybench_fd")
 
 
-MIN_VERDICT_VIDEOS = 10   # a bootstrap interval of fewer videos is too narrow to call a difference
+def row_videos(sizes: DemoSizes, seed: int) -> tuple[list[str], list[int]]:
+    """The (prompt, seed) pairs of every row: each seed set's prompts, prompt ``i`` of set ``k`` with noise
+    seed ``seed + 1000 k + i``; ``sizes.seed_sets * sizes.prompts`` videos."""
+    prompts, seeds = [], []
+    for seed_set in range(sizes.seed_sets):
+        batch = demo_prompts(sizes.prompts, seed_set)
+        prompts += batch
+        seeds += [seed + 1000 * seed_set + i for i in range(len(batch))]
+    return prompts, seeds
 
 
-def verdict(row: dict, teacher: dict) -> str:
-    """``better``/``worse`` than the teacher only when the overall intervals are disjoint, else ``≈``.
+def evaluate_rows(out: Path, models: dict[str, str], sizes: DemoSizes, seed: int, phases: Phases) -> list[Path]:
+    """One eval artifact per row (``OUT/eval-<row>``) through ``pyrawan eval quality``'s own code
+    (``pyrawan.eval.quality_run``): coupled noise, ToyBench, FD against the dataset, FLOPs; returns the folders."""
+    from pyrawan.commands.common import resolve_device
+    from pyrawan.commands.eval_quality import model_loader
+    from pyrawan.eval.quality_run import QualityJob, evaluate_quality
+    from pyrawan.models.generate import default_batch_size
 
-    ``—`` for the teacher itself, ``n/a`` when either row has fewer than MIN_VERDICT_VIDEOS videos.
-    """
-    from pyrawan.eval.stats import differs
-
-    a, b = row["intervals"]["overall"], teacher["intervals"]["overall"]
-    if row is teacher:
-        return "—"
-    if min(a["n"], b["n"]) < MIN_VERDICT_VIDEOS:
-        return "n/a"
-    if not differs((a["low"], a["high"]), (b["low"], b["high"])):
-        return "≈"
-    return "better" if a["mean"] > b["mean"] else "worse"
-
-
-def sample_and_score(out: Path, models: dict[str, str], sizes: DemoSizes, seed: int, phases: Phases) -> list[dict]:
-    """Sample every row's seed sets, score them with ToyBench (FD against the dataset) and count FLOPs."""
-    from pyrawan.commands.sample import SampleSettings, run
-    from pyrawan.commands.toy import run_bench
-    from pyrawan.eval.flops import flops_report
-
-    schedules = [sched for _, _, sched in sizes.rows()]
-    flops = flops_report("toy", (5, 8, 8), 3, False, [f"0-0-{sizes.teacher_steps}", *schedules[1:]], True, "analytic", 16)
-    tflops = {s["schedule"]: s["total_tflops"] for s in flops["schedules"]}
-    base = tflops[f"0-0-{sizes.teacher_steps}"]
-    rows = []
+    load = model_loader(None, None, [])
+    batch_size = default_batch_size(resolve_device(None))        # as `pyrawan sample` without --batch-size
+    prompts, seeds = row_videos(sizes, seed)
+    folders = []
     for index, (name, key, schedule) in enumerate(sizes.rows()):
-        reports = []
-        for seed_set in range(sizes.seed_sets):
-            folder = out / f"samples-{index}-{seed_set}"
-            with phases.phase(f"sample + toybench: {name} ({schedule}), seed set {seed_set + 1}/{sizes.seed_sets}"):
-                run(SampleSettings(prompts=demo_prompts(sizes.prompts, seed_set), model=models[key], schedule=schedule,
-                                   seed=seed + 1000 * seed_set, progress=True, overwrite=True,
-                                   command=["pyrawan", "demo"]), folder)
-                reports.append(run_bench(folder, out / "data", out / f"bench-{index}-{seed_set}", overwrite=True,
-                                         quiet=True))
-        total = tflops[f"0-0-{schedule}" if key == "teacher" else schedule]
-        rows.append({"row": name, "model": models[key], "schedule": schedule, "tflops": total,
-                     "flops_ratio": total / base, **row_summary(reports)})
-    for row in rows:
-        row["vs_teacher"] = verdict(row, rows[0])
-    return rows
+        folder = out / f"eval-{index}"
+        with phases.phase(f"eval quality: {name} ({schedule}), {len(prompts)} videos"):
+            job = QualityJob(model=models[key], prompts=prompts, seeds=seeds, schedule=schedule, batch_size=batch_size,
+                             fd_reference=out / "data", label=name, overwrite=True)
+            evaluate_quality(folder, job, load)
+        folders.append(folder)
+    return folders
 
 
-def _ci(entry: dict) -> str:
-    """``mean [low, high]`` of an interval entry."""
-    return f"{entry['mean']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
+def compare_rows(out: Path, folders: list[Path], phases: Phases) -> dict:
+    """``pyrawan eval compare`` of the rows against the teacher (row 0) into ``OUT/compare``; prints its table."""
+    from pyrawan.commands.eval_compare import run_compare
+
+    with phases.phase("eval compare: the results table"):
+        return run_compare(folders, out / "compare", baseline=folders[0], metrics=list(DEMO_COLUMNS), overwrite=True)
 
 
-def results_table(rows: list[dict], title: str = "pyrawan demo: toy world, 17×64×64") -> Table:
-    """The demo's results: one row per model and schedule, ToyBench with its 95 % interval."""
-    table = Table("model", "schedule", "GFLOPs", "× teacher", "ToyBench [95% CI]", "vs teacher", "detect", "colour",
-                  "shape", "direction", "speed", "sharp", "FD", title=title,
-                  caption=("Mean over every video of the row's seed sets [95% bootstrap interval]; better/worse only where the "
-                           f"intervals are disjoint (n/a: fewer than {MIN_VERDICT_VIDEOS} videos)."))
-    for r in rows:
-        table.add_row(r["row"], r["schedule"], f"{1000 * r['tflops']:.2f}", f"{r['flops_ratio']:.2f}",
-                      _ci(r["intervals"]["overall"]), r["vs_teacher"],
-                      *(f"{r[k]:.2f}" for k in ("detection", "colour", "shape", "direction", "speed", "sharpness")),
-                      "n/a" if r["fd"] is None else f"{r['fd']:.1f}")
-    return table
+def result_rows(result: dict, models: dict[str, str], sizes: DemoSizes, folders: list[Path]) -> list[dict]:
+    """``results.json`` rows: the demo's row name, model and schedule, then compare's row (cost, ratio to the
+    teacher, every metric's mean, 95% interval, n, delta and whether it differs)."""
+    return [{"row": name, "model": models[key], "eval": folder.name, **row}
+            for (name, key, _), folder, row in zip(sizes.rows(), folders, result["rows"])]
 
 
-def write_figures(out: Path, rows: list[dict], sizes: DemoSizes, title: str) -> list[Path]:
-    """``quality_vs_flops.png`` (the table as a figure) and ``frames.png`` (prompt 0 of seed set 0, every row)."""
+def write_figures(out: Path, rows: list[dict]) -> list[Path]:
+    """``quality_vs_flops.png`` (compare's quality-against-cost plot) and ``frames.png`` (the first video of
+    every row)."""
+    import shutil
+
+    from pyrawan.commands.eval_compare import PLOT
     from pyrawan.data.video import read_video
-    from pyrawan.toy.figures import frame_strip, quality_vs_flops
+    from pyrawan.eval.artifact import read_eval
+    from pyrawan.toy.figures import frame_strip
 
-    videos, prompt = [], None
-    for index in range(len(rows)):
-        record = json.loads((out / f"samples-{index}-0" / "samples.jsonl").read_text().splitlines()[0])
-        videos.append(read_video(out / f"samples-{index}-0" / record["video"])[0])
-        prompt = record["prompt"]
-    labels = [f"{r['row']}\n{r['schedule']}, ToyBench {r['overall']:.2f}" for r in rows]
-    return [quality_vs_flops(rows, out / "quality_vs_flops.png", title),
-            frame_strip(videos, labels, out / "frames.png", prompt or "")]
+    videos, labels, prompt = [], [], ""
+    for r in rows:
+        first = read_eval(out / r["eval"])["videos"][0]
+        videos.append(read_video(out / r["eval"] / first["video"])[0])
+        overall = r["metrics"]["toybench_overall"]
+        labels.append(f"{r['row']}\n{r['schedule']}, ToyBench {overall['mean']:.2f}")
+        prompt = first["prompt"]
+    figures = [frame_strip(videos, labels, out / "frames.png", prompt)]
+    if (out / "compare" / PLOT).is_file():
+        figures.insert(0, Path(shutil.copyfile(out / "compare" / PLOT, out / "quality_vs_flops.png")))
+    return figures
 
 
 def run(out: Path, quick: bool = False, seed: int = 0, overwrite: bool = True, **changes) -> list[dict]:
-    """Run the whole demo into ``out`` and print the results table; returns its rows.
+    """Run the whole demo into ``out`` and print the results table; returns its rows (``results.json``).
 
     ``changes`` override ``DemoSizes`` fields (e.g. ``resizer="dct"``, ``stage_data=1``,
     ``finetune_steps=800``, ``seed_sets=3``, ``prompts=32``, ``boundaries="pyramid-flow"``,
@@ -262,14 +243,17 @@ def run(out: Path, quick: bool = False, seed: int = 0, overwrite: bool = True, *
             setattr(sizes, key, value)
     phases = Phases(sizes.phases())
     models = build_models(out, sizes, seed, phases)
-    rows = sample_and_score(out, models, sizes, seed, phases)
+    folders = evaluate_rows(out, models, sizes, seed, phases)
+    result = compare_rows(out, folders, phases)
+    rows = result_rows(result, models, sizes, folders)
     elapsed = time.time() - phases.t0
     title = (f"pyrawan demo: toy world, 17×64×64, {sizes.resizer}, Definition {sizes.stage_data}, "
              f"{sizes.boundaries} boundaries" + (f", alignment {sizes.align_weight:g}" if sizes.align_weight else ""))
-    figures = write_figures(out, rows, sizes, title)
-    (out / "results.json").write_text(json.dumps({"sizes": sizes.__dict__, "seconds": elapsed, "rows": rows,
+    figures = write_figures(out, rows)
+    (out / "results.json").write_text(json.dumps({"title": title, "sizes": sizes.__dict__, "seconds": elapsed,
+                                                  "note": result["note"], "rows": rows,
                                                   "figures": [f.name for f in figures]}, indent=1) + "\n")
-    Console(width=170).print(results_table(rows, title))
-    console.print(f"demo: done in {elapsed:.0f} s; everything is in [bold]{out}[/] (results.json, "
+    console.print(f"{title}. Baseline: the teacher; {result['note']}", markup=False)
+    console.print(f"demo: done in {elapsed:.0f} s; everything is in [bold]{out}[/] (results.json, compare/compare.md, "
                   f"{', '.join(f.name for f in figures)})")
     return rows

@@ -15,6 +15,13 @@ from pyrawan.manifest import artifact_dir, require_verified, write_manifest
 from pyrawan.ui import console
 
 PLOT = "quality_vs_cost.png"
+WIDE = 200          # columns of a printed table when stdout is not a terminal (logs, CI): not rich's 80
+
+
+def table_console() -> Console:
+    """A console as wide as the terminal, or WIDE columns when output goes to a file or a pipe."""
+    console_ = Console(soft_wrap=True)
+    return console_ if console_.is_terminal else Console(soft_wrap=True, width=WIDE)
 
 
 def _load(paths: list[Path], baseline: Path | None) -> tuple[list[dict], int]:
@@ -38,7 +45,7 @@ def _print(result: dict, metrics: list[str] | None) -> None:
     table = Table(*header, title=f"eval compare (baseline: {result['baseline']})")
     for row in rows:
         table.add_row(*row)
-    Console(soft_wrap=True).print(table)
+    table_console().print(table)
     console.print(result["note"], markup=False)
     for warning in result["warnings"]:
         console.print(f"warning: {warning}", style="yellow", markup=False)

@@ -36,6 +36,7 @@ class Target:
     guidance: bool
     text_len: int
     source: str
+    ppf: bool = False
 
     def latent_shapes(self) -> list[tuple[int, int, int]]:
         check_sizes({"frames": self.frames, "height": self.height, "width": self.width}, self.num_stages,
@@ -51,11 +52,12 @@ def resolve_target(ref: str, overrides: list[str], stages: int | None = None) ->
     if path.suffix in (".yaml", ".yml") or ref in builtin_recipes():
         r = load_recipe(ref, overrides)
         return Target(arch_of(r.base), r.video.frames, r.video.height, r.video.width, r.pyramid.stages,
-                      r.pyramid.keep_time, r.sampling.guidance > 1, r.text.max_sequence_length, f"recipe {ref}")
+                      r.pyramid.keep_time, r.sampling.guidance > 1, r.text.max_sequence_length, f"recipe {ref}",
+                      r.pyramid.kind == "ppf")
     if (path / "pyramid.json").is_file():
         p = PyramidSpec.read(path / "pyramid.json")
         return Target(arch_of(ref), p.video.frames, p.video.height, p.video.width, p.num_stages, p.keep_time,
-                      p.sampling.guidance > 1, p.sampling.max_sequence_length, f"model {ref}")
+                      p.sampling.guidance > 1, p.sampling.max_sequence_length, f"model {ref}", p.kind == "ppf")
     arch = arch_of(ref)
     return Target(arch, 81, 448, 832, stages or 3, False, True, 512, f"architecture {ref}")
 
@@ -74,19 +76,21 @@ def _finish(report: dict, out: Path | None, name: str, target: Target, started: 
             write_json(tmp / f"{name}.json", report)
             resolved = {"kind": f"eval-{name}", "target": target.source, "arch": target.arch,
                         "video": {"frames": target.frames, "height": target.height, "width": target.width},
-                        "num_stages": target.num_stages, "keep_time": target.keep_time, "guidance": target.guidance}
+                        "num_stages": target.num_stages, "keep_time": target.keep_time, "guidance": target.guidance,
+                        "ppf": target.ppf}
             write_manifest(tmp, f"eval-{name}", resolved, [], {"schedules": report["schedules"]}, started)
         console.print(f"eval {name}: wrote [bold]{out}[/]")
     return report
 
 
 def run_flops(ref: str, overrides: list[str], schedules: list[str] | None, method: str, out: Path | None,
-              frames=None, height=None, width=None, stages=None, guidance=None, overwrite=False) -> dict:
+              frames=None, height=None, width=None, stages=None, guidance=None, overwrite=False, ppf=False) -> dict:
     started = time.time()
     target = _apply_sizes(resolve_target(ref, overrides, stages), frames, height, width, guidance)
+    target.ppf = target.ppf or ppf
     full = target.latent_shapes()[0]
     report = flops_report(target.arch, full, target.num_stages, target.keep_time, schedules, target.guidance,
-                          method, target.text_len)
+                          method, target.text_len, ppf=target.ppf)
     report["target"] = target.source
     return _finish(report, out, "flops", target, started, overwrite)
 
@@ -138,12 +142,15 @@ def run_schedules(model: str, out: Path | None, budget_flops: str | None = None,
                   prompts: list[str] | None = None, seeds: int = 2, seed: int = 0, reference: str | None = None,
                   max_steps: int | None = None, max_candidates: int = 8, batch_size: int = 8,
                   device: str | None = None, dtype: str | None = None, progress: bool = True,
-                  overwrite: bool = False) -> dict:
-    """``pyrawan eval schedules``: the best steps per stage under a FLOPs or time budget (see eval/schedules.py)."""
+                  overwrite: bool = False, boundary_radius: float | None = None, boundary_points: int = 3) -> dict:
+    """``pyrawan eval schedules``: the best steps per stage under a FLOPs or time budget and, with
+    ``boundary_radius``, stage boundaries within that distance of the model's (see eval/schedules.py)."""
+    import dataclasses
+
     from pyrawan.commands.eval_quality import model_loader
     from pyrawan.eval.quality import score_sets, toy_prompts
     from pyrawan.eval.sampling import grid, plan_for, sample_set
-    from pyrawan.eval.schedules import per_stage_cost, plan_pool, search
+    from pyrawan.eval.schedules import boundary_grid, per_stage_cost, plan_pool, search
     from pyrawan.eval.cost import stage_forward_tflops
     from pyrawan.manifest import check_output
 
@@ -160,6 +167,8 @@ def run_schedules(model: str, out: Path | None, budget_flops: str | None = None,
     default_plan = plan_for(m, model, prompts or ["-"])
     if default_plan.levels is not None:
         raise InputError(f"{model} is a few-step (distilled) model; eval schedules searches multi-step schedules only.")
+    trained = tuple(default_plan.pyramid.boundaries)
+    boundary_pool = [] if boundary_radius is None else boundary_grid(trained, boundary_radius, boundary_points)
     if toy_prompts(prompts):
         metric, higher = "toybench_overall", True
     elif reference is not None:
@@ -178,9 +187,11 @@ def run_schedules(model: str, out: Path | None, budget_flops: str | None = None,
     cost = per_stage_cost(per_stage, default_plan.guidance)
     refs: dict = {}
 
-    def score(steps: tuple[int, ...], seed_list) -> list[float]:
+    def score(steps: tuple[int, ...], boundaries: tuple[float, ...], seed_list) -> list[float]:
         P, S = grid(prompts, list(seed_list))
         plan = plan_for(m, model, P, "-".join(map(str, steps)))
+        if tuple(boundaries) != trained:              # PyramidConfig validates the moved set
+            plan = dataclasses.replace(plan, pyramid=dataclasses.replace(plan.pyramid, boundaries=tuple(boundaries)))
         subject = sample_set(m, model, plan, P, S, None, "candidate", batch_size, False)
         ref = None
         if metric == "latent_psnr":
@@ -197,19 +208,26 @@ def run_schedules(model: str, out: Path | None, budget_flops: str | None = None,
     confirm_seeds = list(range(seed + seeds, seed + 2 * seeds))
     baseline, pool = plan_pool(default_plan.pyramid.num_stages, default_plan.steps, cost, budget,
                                max_steps or max(default_plan.steps), max_candidates)
-    with progress_bar("schedules", total=len(pool) + 2, enabled=progress) as advance:
+    with progress_bar("schedules", total=len(pool) + max(len(boundary_pool) - 1, 0) + 3, enabled=progress) as advance:
         report = search(default_plan.steps, cost, score, budget, baseline, pool, search_seeds, confirm_seeds, higher,
-                        advance)
+                        advance, trained, boundary_pool)
     report.update({"model": model, "metric": metric, "cost_unit": unit, "prompts": prompts,
-                   "reference": reference})
+                   "reference": reference,
+                   "boundary_search": None if boundary_radius is None else {
+                       "radius": boundary_radius, "points": boundary_points, "sets": len(boundary_pool),
+                       "note": "the model was trained at its own boundaries only; a moved boundary asks its stages "
+                               "for noise levels up to the radius outside their training (bounded extrapolation)"}})
     Console(soft_wrap=True).print(_schedules_table(report))
     console.print(report["summary"], markup=False)
     if out is not None:
         with artifact_dir(out, overwrite=overwrite) as tmp:
             write_json(tmp / "schedules.json", report)
             write_manifest(tmp, "eval-schedules", {"kind": "eval-schedules", **{k: report[k] for k in (
-                "model", "metric", "budget", "cost_unit", "prompts", "reference", "search_seeds", "confirm_seeds")}},
-                inputs, {"best": report["best"], "baseline": report["baseline"], "verdict": report["verdict"]}, started)
+                "model", "metric", "budget", "cost_unit", "prompts", "reference", "search_seeds", "confirm_seeds",
+                "boundary_search")}},
+                inputs, {"best": report["best"], "best_boundaries": report["best_boundaries"],
+                         "baseline": report["baseline"], "verdict": report["verdict"],
+                         "boundary_verdict": report["boundary_verdict"]}, started)
     return report
 
 
@@ -218,8 +236,9 @@ def _schedules_table(report: dict):
 
     table = Table("schedule", f"cost ({report['cost_unit']})", f"{report['metric']} (search seeds)", "95% CI",
                   title=f"eval schedules: {report['model']}, budget {report['budget']:.4g} {report['cost_unit']}")
+    own = report["baseline"]                            # the scaled default, at the model's boundaries
     for r in report["candidates"]:
         s = r["search"]
-        mark = " (best)" if r["schedule"] == report["best"] else " (default, scaled)" if r["schedule"] == report["baseline"] else ""
-        table.add_row(r["schedule"] + mark, f"{r['cost']:.4g}", f"{s['mean']:.4f}", f"[{s['low']:.4f}, {s['high']:.4f}]")
+        mark = " (best)" if r["label"] == report["best_label"] else " (default, scaled)" if r["label"] == own else ""
+        table.add_row(r["label"] + mark, f"{r['cost']:.4g}", f"{s['mean']:.4f}", f"[{s['low']:.4f}, {s['high']:.4f}]")
     return table

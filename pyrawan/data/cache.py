@@ -191,15 +191,20 @@ def check_shard_files(folder: Path, entries: list[dict], hashes: bool = False) -
 
 # ---- settings ------------------------------------------------------------------------------------
 
+def cached_stages(pyramid) -> int:
+    """Stages a cache holds for a recipe's ``pyramid`` section: a PPF model trains on full resolution only."""
+    return 1 if pyramid.kind == "ppf" else pyramid.stages
+
+
 def cache_settings(recipe: RecipeBase, components: WanComponents, dataset: Dataset) -> dict:
     """Everything the cached tensors depend on; any change means another cache."""
     v, p = recipe.video, recipe.pyramid
-    shapes = stage_shapes(pixel_to_latent(v.frames, v.height, v.width), p.stages, p.keep_time)
+    shapes = stage_shapes(pixel_to_latent(v.frames, v.height, v.width), cached_stages(p), p.keep_time)
     return {
         "format": CACHE_FORMAT,
         "dataset_root": str(dataset.root), "layout": dataset.layout, "dataset_fingerprint": dataset.fingerprint(),
         "video": {"frames": v.frames, "height": v.height, "width": v.width, "fps": v.fps},
-        "stages": p.stages, "keep_time": p.keep_time, "definition": p.stage_data,
+        "stages": cached_stages(p), "keep_time": p.keep_time, "definition": p.stage_data,
         "resizer": p.resizer if p.stage_data == 1 else None,
         "stage_shapes": [list(s) for s in shapes],
         "vae_sha256": vae_sha256(components), "normalisation": normalisation(components),
@@ -389,6 +394,6 @@ def encode_record(rec: dict, recipe: RecipeBase, components: WanComponents, sett
                              f"to skip it and resume from the finished shards; fixing or removing {rec['video']} "
                              f"changes the dataset, which starts a new cache.") from None
         return str(err).split(". ")[0]
-    latents = stage_latents(clip, components, p.stages, p.stage_data, p.resizer, p.keep_time)
+    latents = stage_latents(clip, components, cached_stages(p), p.stage_data, p.resizer, p.keep_time)
     check_shapes(latents, settings["stage_shapes"], rec["video"])
     return latents

@@ -17,7 +17,7 @@ _EXPORTS = {
     "measure_latency": "latency", "latency_report": "latency", "environment_info": "latency",
     "render_flops_table": "report", "render_latency_table": "report", "render_table": "report",
     "write_json": "report",
-    "mean_ci": "stats", "differs": "stats",
+    "mean_ci": "stats", "statistic_ci": "stats", "differs": "stats",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -2,7 +2,9 @@
 the Pareto front of quality against cost, and a PNG of it.
 
 A delta is ``mean - baseline mean``; ``differs`` is True when the two 95% intervals do not overlap
-(``pyrawan.eval.stats.differs``: conservative, a real difference can still overlap).
+(``pyrawan.eval.stats.differs``: conservative, a real difference can still overlap), and None when
+either side has fewer than MIN_VIDEOS values: a bootstrap interval over so few is too narrow to
+call anything. A row's ``cost_ratio`` is its cost over the baseline's (same unit).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pyrawan.errors import InputError
 from pyrawan.eval.stats import differs
 
 QUALITY_ORDER = ("toybench_overall", "pixel_psnr", "pixel_ssim", "latent_psnr", "vbench_total")
+MIN_VIDEOS = 10     # fewer values on either side: no call on a delta (differs = None, no star)
 
 
 def metric_names(evals: Sequence[dict]) -> list[str]:
@@ -79,7 +82,7 @@ def compare(evals: Sequence[dict], baseline: int = 0, quality: str | None = None
             entry = {k: s[k] for k in ("mean", "low", "high", "n")}
             if b is not None and b.get("mean") is not None:
                 entry["delta"] = s["mean"] - b["mean"]
-                entry["differs"] = differs((s["low"], s["high"]), (b["low"], b["high"]))
+                entry["differs"] = delta_differs(s, b)
             metrics[name] = entry
         rows.append({"label": e.get("label"), "path": e.get("path"), "kind": e.get("kind"), "model": e.get("model"),
                      "schedule": e.get("schedule"), "videos": len(e.get("videos", [])),
@@ -88,6 +91,8 @@ def compare(evals: Sequence[dict], baseline: int = 0, quality: str | None = None
                      "cost_unit": unit, "cost": value, "metrics": metrics})
     higher = next((e["summary"][quality]["higher_is_better"] for e in evals if quality in e["summary"]), True)
     units = {r["cost_unit"] for r in rows if r["cost"] is not None}
+    for r in rows:
+        r["cost_ratio"] = cost_ratio(r, rows[baseline])
     plotted = [i for i, r in enumerate(rows) if r["cost"] is not None and r["metrics"].get(quality)
                and len(units) == 1]
     front = pareto_front([(rows[i]["cost"], rows[i]["metrics"][quality]["mean"]) for i in plotted], higher)
@@ -100,7 +105,24 @@ def compare(evals: Sequence[dict], baseline: int = 0, quality: str | None = None
             "metrics": {n: {"higher_is_better": info[n].get("higher_is_better", True), "unit": info[n].get("unit", ""),
                             "description": info[n].get("description", n)} for n in names},
             "rows": rows,
-            "note": "mean [95% CI over videos]; Δ = mean - baseline mean; * = the 95% intervals do not overlap."}
+            "note": (f"mean [95% CI over videos]; Δ = mean - baseline mean; * = the 95% intervals do not overlap "
+                     f"(no * is given when either side has fewer than {MIN_VIDEOS} videos); cost × baseline = "
+                     f"cost / the baseline's.")}
+
+
+def delta_differs(entry: dict, base: dict, min_videos: int = MIN_VIDEOS) -> bool | None:
+    """True/False: the two 95% intervals are disjoint or not; None when either side has fewer than
+    ``min_videos`` values (``n``)."""
+    if min(entry.get("n", 0), base.get("n", 0)) < min_videos:
+        return None
+    return differs((entry["low"], entry["high"]), (base["low"], base["high"]))
+
+
+def cost_ratio(row: dict, base: dict) -> float | None:
+    """A row's cost over the baseline's, when both have one in the same unit."""
+    if row["cost"] is None or base["cost"] is None or row["cost_unit"] != base["cost_unit"] or not base["cost"] > 0:
+        return None
+    return row["cost"] / base["cost"]
 
 
 def same_videos_warnings(evals: Sequence[dict], baseline: int) -> list[str]:
@@ -133,11 +155,11 @@ def cell(entry: dict | None, is_baseline: bool) -> str:
 def table_rows(result: dict, metrics: Sequence[str] | None = None) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the comparison table (strings)."""
     names = list(metrics or result["metrics"])
-    header = ["model", "schedule", "videos", "TFLOPs/video", "s/video", "Pareto", *names]
+    header = ["model", "schedule", "videos", "TFLOPs/video", "s/video", "cost × baseline", "Pareto", *names]
     rows = []
     for i, r in enumerate(result["rows"]):
         rows.append([str(r["label"]), str(r["schedule"] or "–"), str(r["videos"]), _num(r["tflops_per_video"], 4),
-                     _num(r["seconds_per_video"], 3), "yes" if r.get("pareto") else "",
+                     _num(r["seconds_per_video"], 3), _num(r.get("cost_ratio"), 2), "yes" if r.get("pareto") else "",
                      *(cell(r["metrics"].get(n), i == result["baseline_index"]) for n in names)])
     return header, rows
 

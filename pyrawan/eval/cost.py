@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pyrawan.eval.flops import TERA, WanArch, analytic_forward_flops, schedule_flops
+from pyrawan.eval.flops import TERA, WanArch, analytic_forward_flops, schedule_flops, stage_geometry
 from pyrawan.pyramid.config import PyramidConfig
 from pyrawan.pyramid.geometry import pixel_to_latent
 
@@ -19,7 +19,8 @@ def stage_forward_tflops(transformer_config: Mapping[str, Any], pyramid: Pyramid
     """TFLOPs of one forward per stage (index = stage, 0 = full resolution) at ``video``'s pixel size."""
     arch = WanArch.from_config(transformer_config, text_len=text_len)
     full = pixel_to_latent(int(video["frames"]), int(video["height"]), int(video["width"]))
-    return [analytic_forward_flops(arch, shape, text_len) / TERA for shape in pyramid.shapes(full)]
+    geometry = stage_geometry(arch, full, pyramid.num_stages, pyramid.keep_time, pyramid.ppf)
+    return [analytic_forward_flops(a, shape, text_len) / TERA for shape, a in geometry]
 
 
 def video_tflops(per_stage_forward: Sequence[float], steps: Sequence[int], guidance: float) -> float:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from pyrawan.errors import InputError
@@ -119,7 +119,8 @@ def timestep_embed_flops(arch: WanArch, batch: int = 1) -> float:
 def _meta_module(transformer: Any):
     """A ``WanTransformer3DModel`` on the meta device from a config dict or a module."""
     import torch
-    from diffusers import WanTransformer3DModel
+
+    from pyrawan.models.ppf import transformer_class
 
     if isinstance(transformer, torch.nn.Module):
         param = next(transformer.parameters(), None)
@@ -128,7 +129,7 @@ def _meta_module(transformer: Any):
         transformer = dict(transformer.config)
     config = {k: v for k, v in dict(transformer).items() if not k.startswith("_")}
     with torch.device("meta"):
-        return WanTransformer3DModel.from_config(config)
+        return transformer_class(config).from_config(config)
 
 
 def _count_forward(module, latent_thw: Sequence[int], text_len: int) -> float:
@@ -146,6 +147,12 @@ def _count_forward(module, latent_thw: Sequence[int], text_len: int) -> float:
     with torch.no_grad(), counter:
         module(hidden_states=hidden, timestep=timestep, encoder_hidden_states=text, return_dict=False)
     return float(counter.get_total_flops())
+
+
+def _plain_config(config: Mapping[str, Any], arch: WanArch) -> dict:
+    """A plain Wan config with ``arch``'s channels: what a (PPF) stage forward runs, for meta counting."""
+    plain = {k: v for k, v in config.items() if not k.startswith(("_", "ppf_"))}
+    return {**plain, "in_channels": arch.in_channels, "out_channels": arch.out_channels}
 
 
 def meta_forward_flops(transformer_config: Any, latent_thw: Sequence[int], text_len: int = 512) -> float:
@@ -226,11 +233,31 @@ def resolve_arch(arch: Any, text_len: int = 512) -> tuple[WanArch, Any]:
     return WanArch.from_config(config, text_len=text_len), arch
 
 
-def _stage_table(arch: WanArch, shapes: list[Shape3], forwards: list[float]) -> list[dict]:
-    """Per stage: latent shape, tokens and TFLOPs of one forward."""
+def stage_geometry(wan: WanArch, full: Sequence[int], num_stages: int, keep_time: bool = False,
+                   ppf: bool = False) -> list[tuple[Shape3, WanArch]]:
+    """What one forward of each stage (index = stage) runs on: ``(latent the patch embedding sees, arch)``.
+
+    Resolution pyramid: the stage's own latent, same arch. PPF (``pyrawan.models.ppf``): the full latent
+    folded by the stage factor ``f`` -- the same grid and token count as the resolution pyramid's stage --
+    through an embedding and head ``f`` times wider (``in/out_channels x f``).
+    """
+    from pyrawan.pyramid.geometry import stage_shapes
+
+    shapes = stage_shapes(tuple(int(v) for v in full), num_stages, keep_time, patch=wan.patch[1:])
+    if not ppf:
+        return [(s, wan) for s in shapes]
+    from pyrawan.models.ppf import stage_factors
+
+    out_channels = wan.out_channels or wan.in_channels
+    return [(s, replace(wan, in_channels=wan.in_channels * math.prod(f), out_channels=out_channels * math.prod(f)))
+            for s, f in zip(shapes, stage_factors(num_stages, keep_time))]
+
+
+def _stage_table(geometry: list[tuple[Shape3, WanArch]], forwards: list[float]) -> list[dict]:
+    """Per stage: latent shape the tokens are made from, tokens and TFLOPs of one forward."""
     return [
         {"stage": i, "latent": list(s), "tokens": num_tokens(s, arch.patch), "tflops_per_forward": f / TERA}
-        for i, (s, f) in enumerate(zip(shapes, forwards))
+        for i, ((s, arch), f) in enumerate(zip(geometry, forwards))
     ]
 
 
@@ -268,6 +295,7 @@ def flops_report(
     method: str = "analytic",
     text_len: int = 512,
     small_terms: bool = True,
+    ppf: bool = False,
 ) -> dict:
     """FLOPs of each schedule, per stage and in total, with the ratio to the full-resolution baseline.
 
@@ -276,9 +304,8 @@ def flops_report(
     device; needs a config, not a bare ``WanArch``). ``guidance`` applies to the listed schedules; the
     baseline of every ratio is ``0-...-0-50`` *with* guidance, the 50-step model as users run it (so a
     distilled model's unguided rows are divided by the same baseline as a guided model's). Stage lists
-    are indexed by stage (0 = full resolution).
+    are indexed by stage (0 = full resolution). ``ppf``: a Pyramidal Patchification model (``stage_geometry``).
     """
-    from pyrawan.pyramid.geometry import stage_shapes
     from pyrawan.pyramid.schedule import parse_schedule
 
     if int(num_stages) < 1:
@@ -291,14 +318,14 @@ def flops_report(
     if int(text_len) <= 0:
         raise InputError(f"text length {text_len} must be positive (Wan pads prompts to 512 tokens).")
     wan, source = resolve_arch(arch, text_len)
-    shapes = stage_shapes(tuple(int(v) for v in latent_thw_full), num_stages, keep_time, patch=wan.patch[1:])
+    geometry = stage_geometry(wan, latent_thw_full, num_stages, keep_time, ppf)
     if method == "meta":
         if source is None:
             raise InputError("FLOPs method 'meta' needs a transformer config, a module or a preset name, not a WanArch.")
-        module = _meta_module(source)
-        forwards = [_count_forward(module, s, text_len) for s in shapes]
+        config = dict(getattr(source, "config", source))
+        forwards = [_count_forward(_meta_module(_plain_config(config, a)), s, text_len) for s, a in geometry]
     else:
-        forwards = [analytic_forward_flops(wan, s, text_len, small_terms) for s in shapes]
+        forwards = [analytic_forward_flops(a, s, text_len, small_terms) for s, a in geometry]
     baseline = baseline_schedule(num_stages)
     baseline_total = schedule_flops(forwards, [0] * (num_stages - 1) + [DEFAULT_STEPS], True)["total"]
     return {
@@ -310,11 +337,14 @@ def flops_report(
         "num_stages": num_stages,
         "keep_time": bool(keep_time),
         "guidance": bool(guidance),
-        "stages": _stage_table(wan, shapes, forwards),
+        "ppf": bool(ppf),
+        "stages": _stage_table(geometry, forwards),
         "baseline": baseline,
         "baseline_tflops": baseline_total / TERA,
         "schedules": _schedule_rows(forwards, schedules, num_stages, guidance, baseline_total),
         "note": EXCLUDED_NOTE + " Schedules are written coarsest first; stage 0 is full resolution."
         + (" Guidance (CFG) doubles every forward." if guidance else " These rows run without classifier-free "
-           "guidance.") + f" Ratios: against {baseline} with CFG.",
+           "guidance.") + f" Ratios: against {baseline} with CFG."
+        + (" PPF model: every stage folds the full-resolution latent into the resolution pyramid's token grid (same "
+           "tokens); its patch embedding and head are wider by the fold factor." if ppf else ""),
     }

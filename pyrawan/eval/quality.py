@@ -153,48 +153,72 @@ def check_pairing(a: SampleSet, b: SampleSet) -> None:
 
 
 def toy_prompts(prompts: Sequence[str]) -> bool:
-    """True when every prompt is a toy-world caption ToyBench can judge."""
+    """True when every prompt is a toy-world caption ToyBench can judge, short ones included
+    (``a red square moving left`` is judged on what it names; ``pyrawan.toy.world.parse_caption``)."""
     from pyrawan.toy.world import parse_caption
 
     try:
         for p in prompts:
-            parse_caption(p)
+            parse_caption(p, partial=True)
     except InputError:
         return False
     return bool(prompts)
+
+
+def toybench_entry(result: dict) -> dict[str, float]:
+    """``toybench_overall`` and ``toybench_<score>`` of one ``score_video`` result; a score the prompt does
+    not name (a short caption) is left out, so its mean runs over the videos that name it."""
+    scores = {f"toybench_{k}": v for k, v in result["scores"].items() if v is not None}
+    return {"toybench_overall": result["overall"], **scores}
 
 
 def toybench_values(frames: torch.Tensor, prompts: Sequence[str]) -> list[dict[str, float]]:
     """ToyBench overall and per-score values of each video ``[F, 3, H, W]`` against its prompt."""
     from pyrawan.toy.bench import score_video
 
-    out = []
-    for video, prompt in zip(frames, prompts):
-        result = score_video(video, prompt)
-        out.append({"toybench_overall": result["overall"], **{f"toybench_{k}": v for k, v in result["scores"].items()}})
-    return out
+    return [toybench_entry(score_video(video, prompt)) for video, prompt in zip(frames, prompts)]
+
+
+def judge_features(video: torch.Tensor, result: dict | None = None) -> list[float]:
+    """ToyBench's prompt-free feature vector ``[D]`` of one video ``[F, 3, H, W]`` (for the Fréchet
+    distance); taken from a ``score_video`` ``result`` when there is one, else measured."""
+    if result is not None:
+        return [float(x) for x in result["features"]]
+    from pyrawan.toy.bench import feature_vector
+    from pyrawan.toy.features import measure_video
+
+    return feature_vector(measure_video(video)).tolist()
 
 
 def score_sets(samples: SampleSet, reference: SampleSet | None = None, toybench: bool | None = None,
-               advance: Callable[[int], None] = lambda n=1: None) -> tuple[list[dict], list[str]]:
+               advance: Callable[[int], None] = lambda n=1: None,
+               features: bool = False) -> tuple[list[dict], list[str]]:
     """Per-video records ``{"index", "prompt", "seed", "video", "values"}`` and notes.
 
     ``toybench=None``: ToyBench when every prompt is a toy-world caption. Paired metrics only with a
     reference (after ``check_pairing``) and coupled noise on both sides; pixel ones need frames.
+    ``features``: each record also holds ``"features"``, ToyBench's judge features ``[D]`` (None
+    without frames), for a Fréchet distance over the set.
     """
+    from pyrawan.toy.bench import score_video
+
     notes: list[str] = []
     if reference is not None:
         check_pairing(samples, reference)                 # before any scoring
     if not len(samples):                                  # an empty shard
         return [], notes
     values: list[dict[str, float]] = [{} for _ in range(len(samples))]
+    judged: list[list[float] | None] = [None] * len(samples)
     if samples.frames is not None:
         toybench = toy_prompts(samples.prompts) if toybench is None else toybench
         for i, row in enumerate(values):                  # one video at a time: a progress bar per video
             video = samples.frames[i:i + 1]
             row.update({name: float(column[0]) for name, column in M.unpaired_metrics(video).items()})
-            if toybench:
-                row.update(toybench_values(video, samples.prompts[i:i + 1])[0])
+            result = score_video(video[0], samples.prompts[i]) if toybench else None
+            if result is not None:
+                row.update(toybench_entry(result))
+            if features:
+                judged[i] = judge_features(video[0], result)
             advance(1)
     else:
         notes.append("no decoded frames: pixel metrics, flicker, motion and ToyBench were not computed")
@@ -214,6 +238,9 @@ def score_sets(samples: SampleSet, reference: SampleSet | None = None, toybench:
     records = [{"index": samples.index(i), "prompt": samples.prompts[i], "seed": samples.seeds[i],
                 "video": None if samples.videos[i] is None else str(samples.videos[i]), "values": values[i]}
                for i in range(len(samples))]
+    if features:
+        for record, vector in zip(records, judged):
+            record["features"] = vector
     return records, notes
 
 

@@ -1,13 +1,14 @@
 """Confidence intervals of a mean over items (videos, prompts, seeds), and their comparison.
 
 ``mean_ci`` gives ``(mean, low, high)``: a seeded percentile bootstrap over the items (the default,
-no normality assumption) or a Student-t interval. ``differs`` says whether two intervals are
-disjoint, the conservative test the reports use to call a difference real.
+no normality assumption) or a Student-t interval; ``statistic_ci`` bootstraps any other statistic
+of a set of items. ``differs`` says whether two intervals are disjoint, the conservative test the
+reports use to call a difference real.
 """
 from __future__ import annotations
 
 import math
-from typing import Iterable, Literal
+from typing import Callable, Iterable, Literal
 
 import numpy as np
 
@@ -81,6 +82,29 @@ def mean_ci(
     else:
         raise InputError(f"mean_ci: method={method!r} is unknown. Use 'bootstrap' or 't'.")
     return mean, low, high
+
+
+def statistic_ci(n: int, statistic: Callable[[np.ndarray], float], level: float = 0.95, resamples: int = 2000,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """``(value, low, high)`` of a statistic of ``n`` items with a seeded percentile-bootstrap interval.
+
+    ``statistic(indices)`` gets item indices ``[n]`` (all of them for the value, ``n`` drawn with
+    replacement for each resample) and returns a float; use it for set-level numbers that are not
+    a mean (a Fréchet distance). With one item the interval is the point itself.
+    """
+    if n < 1:
+        raise InputError("statistic_ci: no items. Pass at least one.")
+    _check_level(level)
+    if resamples < 1:
+        raise InputError(f"statistic_ci: resamples={resamples} must be >= 1 (2000 is the default).")
+    value = float(statistic(np.arange(n)))
+    if n == 1:
+        return value, value, value
+    rng = np.random.default_rng(seed)
+    draws = np.array([statistic(rng.integers(0, n, size=n)) for _ in range(resamples)], dtype=np.float64)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(draws, [alpha, 1.0 - alpha])
+    return value, float(low), float(high)
 
 
 def differs(a_ci: tuple[float, ...], b_ci: tuple[float, ...]) -> bool:

@@ -18,6 +18,7 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from transformers import AutoTokenizer, UMT5EncoderModel
 
 from pyrawan.errors import InputError, RunError, io_fault_message
+from pyrawan.models.ppf import transformer_class
 from pyrawan.models.presets import COMPONENT_NAMES, PRESETS, WanComponents, build_preset
 
 HUB_ALLOW_PATTERNS = [
@@ -84,7 +85,7 @@ def _from_pretrained(name: str, folder: Path, subfolder: str, device: str | torc
             folder, subfolder=subfolder, use_safetensors=True, **_text_dtype_kw(dtype)
         )
     else:
-        cls = AutoencoderKLWan if name == "vae" else WanTransformer3DModel
+        cls = AutoencoderKLWan if name == "vae" else transformer_class(folder / subfolder)
         model = cls.from_pretrained(folder, subfolder=subfolder, use_safetensors=True, torch_dtype=dtype)
     return model.to(device).eval()
 

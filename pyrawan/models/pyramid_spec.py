@@ -18,7 +18,6 @@ from pyrawan.errors import InputError
 from pyrawan.manifest import require_verified
 from pyrawan.pyramid.config import PyramidConfig
 from pyrawan.pyramid.geometry import pixel_to_latent
-from pyrawan.pyramid.schedule import natural_levels_table
 
 PYRAMID_FORMAT = "pyrawan.pyramid/1"
 FIRST_FRAME_RULE = "latent frame 0 is its own block (2x2, m=4); later frames form 2x2x2 blocks (m=8)"
@@ -65,6 +64,7 @@ class PyramidSpec(_Strict):
 
     format: Literal["pyrawan.pyramid/1"] = PYRAMID_FORMAT
     num_stages: int = Field(ge=1, le=8)
+    kind: Literal["resolution", "ppf"] = "resolution"
     boundaries: list[float]
     resizer: str
     keep_time: bool = False
@@ -80,7 +80,7 @@ class PyramidSpec(_Strict):
     def config(self) -> PyramidConfig:
         """The math-side pyramid (stages, boundaries, resizer, keep_time)."""
         return PyramidConfig(num_stages=self.num_stages, boundaries=tuple(self.boundaries), resizer=self.resizer,
-                             keep_time=self.keep_time)
+                             keep_time=self.keep_time, kind=self.kind)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -111,14 +111,13 @@ class PyramidSpec(_Strict):
 def define_pyramid(recipe, boundaries: list[float] | None, calibration: Path | None = None) -> PyramidSpec:
     """The ``pyramid.json`` of a recipe (any kind with video/text/pyramid/sampling sections)."""
     p, v = recipe.pyramid, recipe.video
-    config = PyramidConfig(num_stages=p.stages, boundaries=None if boundaries is None else tuple(boundaries),
-                           resizer=p.resizer, keep_time=p.keep_time)
+    config = recipe.pyramid_config(boundaries)
     shapes = config.shapes(pixel_to_latent(v.frames, v.height, v.width))
     return PyramidSpec(
-        num_stages=config.num_stages, boundaries=list(config.boundaries), resizer=config.resizer,
+        num_stages=config.num_stages, kind=config.kind, boundaries=list(config.boundaries), resizer=config.resizer,
         keep_time=config.keep_time, stage_data=p.stage_data, video=VideoSize(**v.model_dump()),
         stage_latents=[list(shape) for shape in shapes],
-        natural_levels=natural_levels_table(config.boundaries, [t for t, _, _ in shapes], p.keep_time),
+        natural_levels=config.levels_table([t for t, _, _ in shapes]),
         sampling=SamplingDefaults(**recipe.sampling.model_dump(mode="json"),
                                   max_sequence_length=recipe.text.max_sequence_length),
         calibration=None if calibration is None else str(Path(calibration).resolve()),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from pyrawan.pyramid.geometry import block_sizes, expand_to_fine
+from pyrawan.pyramid.geometry import expand_to_fine
 from pyrawan.pyramid.resize import Resizer
 from pyrawan.pyramid.schedule import interpolate_level
 
@@ -123,7 +123,7 @@ def jump(
     """
     t_coarse = x.shape[-3]
     s = torch.as_tensor(sigma_nat, dtype=torch.float64).expand(t_coarse)
-    root_m = block_sizes(t_coarse, resizer.keep_time).sqrt()
+    root_m = resizer.block_sizes(t_coarse).sqrt()
     alpha = 1 / (1 + (root_m - 1) * s)
     up = resizer.up(x)
     t_fine = up.shape[-3]

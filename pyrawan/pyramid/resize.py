@@ -70,10 +70,14 @@ class Resizer:
         """``(I - P) x``: the part of ``x`` that ``down`` removes."""
         return x - self.project(x)
 
+    def block_sizes(self, num_coarse_frames: int) -> torch.Tensor:
+        """Elements ``m`` per block for each coarse frame ``[T']`` (float64): what one coarse value stands for."""
+        return block_sizes(num_coarse_frames, self.keep_time)
+
     def couple_noise(self, eps: torch.Tensor) -> torch.Tensor:
         """White unit noise at the coarser stage coupled to ``eps``: ``sqrt(m) D(eps)`` (section 5)."""
         coarse = self.down(eps)
-        m = block_sizes(coarse.shape[-3], self.keep_time).to(coarse.device, coarse.dtype)
+        m = self.block_sizes(coarse.shape[-3]).to(coarse.device, coarse.dtype)
         return coarse * m.sqrt().view(-1, 1, 1)
 
     def _space(self, n: int, like: torch.Tensor, up: bool) -> torch.Tensor:
@@ -99,6 +103,29 @@ class DCT(Resizer):
         full = scipy.fft.dct(np.eye(n), norm="ortho", axis=0)  # [n, n], rows = DCT-II basis
         half = scipy.fft.dct(np.eye(n // 2), norm="ortho", axis=0)
         return half.T @ full[: n // 2]
+
+
+class Identity(Resizer):
+    """No resizing: every stage keeps the full-resolution latent (Pyramidal Patchification, ``kind: ppf``).
+
+    ``D = U = P = I``, ``I - P = 0`` and one element per block (``m = 1``), so a jump changes nothing and
+    a stage sample is an ordinary flow-matching sample. Not a choice of ``pyramid.resizer``.
+    """
+
+    def __init__(self, keep_time: bool = True):
+        super().__init__(keep_time=True)
+
+    def down(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def up(self, y: torch.Tensor) -> torch.Tensor:
+        return y
+
+    def high_pass(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+    def block_sizes(self, num_coarse_frames: int) -> torch.Tensor:
+        return torch.ones(num_coarse_frames, dtype=torch.float64)
 
 
 def daubechies_filter(p: int) -> np.ndarray:

@@ -160,17 +160,3 @@ def pyramid_flow_boundaries(num_stages: int, m: float = 8.0) -> tuple[float, ...
         s, c = i / num_stages, m ** (i / 2)
         out.append(round(c * s / (1 - s + c * s), 6))
     return tuple(out)
-
-
-def natural_levels_table(boundaries: Sequence[float], num_frames_per_stage: Sequence[int], keep_time: bool = False) -> list[dict]:
-    """Per stage: natural levels of frame 0 and of later frames at both ends (for reports and pyramid.json)."""
-    rows = []
-    for stage, t in enumerate(num_frames_per_stage):
-        sc, sn = stage_levels(boundaries, stage, t, keep_time)
-        rows.append({
-            "stage": stage,
-            "sigma_c": [round(float(sc[0]), 6), round(float(sc[-1]), 6)],
-            "sigma_n": [round(float(sn[0]), 6), round(float(sn[-1]), 6)],
-        })
-    return rows
-

@@ -59,7 +59,8 @@ class StageDataset:
     """Per-stage clean latents and captions of a subset of a ``LatentSource``.
 
     ``latents(j)`` returns ``num_stages`` tensors ``[16, T_s, H_s, W_s]``; stages the source does not
-    hold are made by downsampling the finest one it holds (Definition 1, ``resizer.down``).
+    hold are made by downsampling the finest one it holds (Definition 1, ``resizer.down``). For a
+    PPF pyramid every stage gets the full-resolution latent.
     """
 
     def __init__(self, source: LatentSource, indices: list[int], pyramid: PyramidConfig):
@@ -70,6 +71,8 @@ class StageDataset:
 
     def latents(self, j: int) -> list[torch.Tensor]:
         per_stage = [x.float() for x in self.source.latents(self.indices[j])][: self.pyramid.num_stages]
+        if self.pyramid.ppf:                      # every PPF stage trains on the full-resolution latent
+            return per_stage[:1] * self.pyramid.num_stages
         while len(per_stage) < self.pyramid.num_stages:
             per_stage.append(self.pyramid.resize.down(per_stage[-1][None])[0])
         return per_stage

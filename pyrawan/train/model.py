@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import WanTransformer3DModel
 
 from pyrawan import dist
 from pyrawan.errors import InputError
 from pyrawan.manifest import verify_if_artifact
+from pyrawan.models.ppf import from_base, is_ppf, stage_factors, transformer_from_config
 from pyrawan.models.presets import WanComponents, cast_keep_fp32, seeded
 from pyrawan.models.pyramid_spec import PyramidSpec, recipe_pyramid
 from pyrawan.recipe import FinetuneRecipe
@@ -40,7 +40,9 @@ def output_pyramid(recipe, loaded: PyramidSpec | None) -> PyramidSpec:
     p = recipe.pyramid
     if loaded is None:
         return recipe_pyramid(recipe)
-    wanted = {"num_stages": p.stages, "resizer": p.resizer, "keep_time": p.keep_time}
+    wanted = {"num_stages": p.stages, "kind": p.kind, "keep_time": p.keep_time}
+    if p.kind != "ppf":
+        wanted["resizer"] = p.resizer
     if p.boundaries is not None:
         wanted["boundaries"] = [float(b) for b in p.boundaries]
     differ = {k: (getattr(loaded, k), v) for k, v in wanted.items() if getattr(loaded, k) != v}
@@ -71,14 +73,27 @@ def _load_on_rank0(recipe: FinetuneRecipe) -> tuple[WanComponents, PyramidSpec, 
     if recipe.calibration is not None:
         inputs.append(Path(recipe.calibration))
     loaded = load_model(recipe.base, device="cpu", dtype=torch.float32)
-    return loaded.components, output_pyramid(recipe, loaded.spec), inputs
+    pyramid = output_pyramid(recipe, loaded.spec)
+    match_kind(loaded.components, pyramid, recipe.base)
+    return loaded.components, pyramid, inputs
+
+
+def match_kind(components: WanComponents, pyramid: PyramidSpec, ref: str) -> None:
+    """A PPF pyramid needs a PPF transformer: a plain base is converted (as ``pyrawan convert --ppf``)."""
+    transformer = components.transformer
+    if pyramid.kind == "ppf" and not is_ppf(transformer):
+        components.transformer = from_base(transformer, stage_factors(pyramid.num_stages, pyramid.keep_time),
+                                           pyramid.boundaries)
+    elif pyramid.kind != "ppf" and is_ppf(transformer):
+        raise InputError(f"base = '{ref}' is a PPF model but the recipe's pyramid.kind is '{pyramid.kind}'; set "
+                         "pyramid.kind: ppf (a PPF model runs every stage at full resolution).")
 
 
 def share_transformer(transformer: torch.nn.Module | None, config: dict, device: torch.device) -> torch.nn.Module:
     """Collective: rank 0's transformer on every rank (others build it on the meta device, then receive weights)."""
     if transformer is None:
         with torch.device("meta"):
-            transformer = WanTransformer3DModel.from_config(config)
+            transformer = transformer_from_config(config)
         transformer = transformer.to_empty(device=device)
     transformer = transformer.to(device)
     dist.broadcast_tensors([*transformer.parameters(), *transformer.buffers()])
@@ -157,7 +172,7 @@ def build_student(base: Base, train: Train, seed: int, bf16: bool) -> torch.nn.M
     if train.from_scratch:
         device = next(student.parameters()).device
         with seeded(seed), torch.device(device):
-            student = WanTransformer3DModel.from_config(base.config)
+            student = transformer_from_config(base.config)
     if train.lora.enabled:
         student.requires_grad_(False)
         with seeded(seed):
@@ -183,7 +198,7 @@ def export_model(folder: Path, base: Base, state: dict[str, torch.Tensor], train
 
     from pyrawan.models.artifact import save_model
 
-    module = WanTransformer3DModel.from_config(base.config)
+    module = transformer_from_config(base.config)
     written = []
     if train.lora.enabled:
         module.add_adapter(lora_config(train.lora))

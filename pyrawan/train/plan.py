@@ -30,14 +30,13 @@ DS_LIVE_PARAMS = 1e9     # DeepSpeed's default stage3_max_live_parameters (eleme
 
 def meta_transformer(arch: str | dict) -> torch.nn.Module:
     """A transformer on the meta device from an architecture name or a config dict."""
-    from diffusers import WanTransformer3DModel
-
+    from pyrawan.models.ppf import transformer_class
     from pyrawan.models.presets import build_transformer
 
     if isinstance(arch, str):
         return build_transformer(arch, empty=True)
     with torch.device("meta"):
-        return WanTransformer3DModel.from_config(arch)
+        return transformer_class(arch).from_config(arch)
 
 
 def lora_parameters(module: torch.nn.Module, rank: int, targets: tuple[str, ...]) -> int:
@@ -106,7 +105,7 @@ def make_plan(arch: str | dict, pyramid: PyramidConfig, full_thw: tuple[int, int
     cfg = dict(module.config)
     params = sum(p.numel() for p in module.parameters())
     trainable = lora_parameters(module, train.lora.rank, train.lora.target_modules) if train.lora.enabled else params
-    shapes = pyramid.shapes(full_thw)
+    shapes = pyramid.token_shapes(full_thw)      # what each stage's tokens cover (PPF: same counts)
     split = train.split(pyramid.num_stages)
     stages, peak = [], 0.0
     for stage in reversed(range(pyramid.num_stages)):
@@ -131,7 +130,7 @@ def plan_recipe(recipe, world: int = 1) -> tuple[dict, list[str]]:
 
     t, p, v = recipe.train, recipe.pyramid, recipe.video
     kind = t.engine if t.engine != "auto" else ("ddp" if world > 1 else "single")
-    pyramid = PyramidConfig(p.stages, recipe.stage_boundaries(), p.resizer, p.keep_time)
+    pyramid = recipe.pyramid_config()
     plan = make_plan(arch_of(recipe.base), pyramid, pixel_to_latent(v.frames, v.height, v.width),
                      recipe.text.max_sequence_length, t, kind, recipe.dtype == "bfloat16", sorted({1, 2, 4, 8, world}))
     o, split = t.optimizer, t.split(p.stages)
@@ -210,7 +209,7 @@ def distill_plan(recipe, world: int = 1) -> tuple[dict, list[str]]:
     t, d, p, v = recipe.train, recipe.distill, recipe.pyramid, recipe.video
     kind = t.engine if t.engine != "auto" else ("ddp" if world > 1 else "single")
     bf16 = recipe.dtype == "bfloat16"
-    pyramid = PyramidConfig(p.stages, recipe.stage_boundaries(), p.resizer, p.keep_time)
+    pyramid = recipe.pyramid_config()
     module = meta_transformer(arch_of(recipe.base))
     cfg = dict(module.config)
     params = sum(q.numel() for q in module.parameters())

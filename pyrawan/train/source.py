@@ -48,11 +48,15 @@ def open_source(recipe: TrainRecipe, base: Base, ctx: Context) -> tuple[LatentSo
 def check_source(source: LatentSource, pyramid: PyramidConfig, recipe: TrainRecipe, components=None) -> None:
     """The cache must hold this pyramid's latent shapes (and data definition when it says so)."""
     v = recipe.video
-    want = pyramid.shapes(pixel_to_latent(v.frames, v.height, v.width))
+    want = pyramid.shapes(pixel_to_latent(v.frames, v.height, v.width))[: 1 if pyramid.ppf else None]
     have = [tuple(s) for s in getattr(source, "stage_shapes", want)]
     if have[: len(want)] != want[: len(have)]:
         raise InputError(f"the latent cache holds stage shapes {have} but video {v.frames}x{v.height}x{v.width} with "
                          f"{pyramid.num_stages} stages needs {want}; rebuild the cache for this recipe (data.cache).")
+    if pyramid.ppf:            # full-resolution latents only: stage data definitions do not apply
+        if _has_settings(source, components):
+            check_cache_models(source.settings, recipe, components)
+        return
     definition = getattr(source, "definition", recipe.pyramid.stage_data)
     if len(have) < pyramid.num_stages and definition == 2:
         raise InputError(f"the latent cache holds {len(have)} stages but pyramid.stages = {pyramid.num_stages} and "
@@ -60,8 +64,12 @@ def check_source(source: LatentSource, pyramid: PyramidConfig, recipe: TrainReci
     if definition != recipe.pyramid.stage_data and pyramid.num_stages > 1:
         raise InputError(f"the latent cache uses stage data definition {definition} but pyramid.stage_data = "
                          f"{recipe.pyramid.stage_data}; set pyramid.stage_data: {definition} or rebuild the cache.")
-    if components is not None and getattr(source, "settings", None) is not None:
+    if _has_settings(source, components):
         check_cache_models(source.settings, recipe, components)
+
+
+def _has_settings(source: LatentSource, components) -> bool:
+    return components is not None and getattr(source, "settings", None) is not None
 
 
 def check_cache_models(settings: dict, recipe: TrainRecipe, components) -> None:
@@ -72,6 +80,8 @@ def check_cache_models(settings: dict, recipe: TrainRecipe, components) -> None:
     now = {"vae_sha256": vae_sha256(components), "normalisation": normalisation(components),
            "text_encoder": text_encoder_fingerprint(components), "max_sequence_length": recipe.text.max_sequence_length,
            "keep_time": p.keep_time, "resizer": p.resizer if p.stage_data == 1 else None}
+    if p.kind == "ppf":
+        now.pop("resizer")            # PPF reads only the full-resolution latents
     differ = [k for k, v in now.items() if k in settings and settings[k] != v]
     if differ:
         raise InputError(f"the latent cache was built with another {', '.join(differ)} than this run's base model and "

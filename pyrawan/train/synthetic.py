@@ -71,7 +71,7 @@ def for_recipe(recipe, items: int = 24, seed: int = 0, nan_items: tuple[int, ...
     arch = arch_of(recipe.base)
     text_dim = (TRANSFORMER_ARCHS[arch] if isinstance(arch, str) else arch)["text_dim"]
     p, v = recipe.pyramid, recipe.video
-    pyramid = PyramidConfig(p.stages, recipe.stage_boundaries(), p.resizer, p.keep_time)
+    pyramid = recipe.pyramid_config()
     return SyntheticCache(items, pyramid, pixel_to_latent(v.frames, v.height, v.width),
                           recipe.text.max_sequence_length, text_dim, seed, nan_items=nan_items,
                           definition=p.stage_data)
