@@ -99,6 +99,12 @@ def ppf_problems(train, distill) -> list[tuple[str, str]]:
         problems.append(("distill.adv.backbone", "a PPF model cannot be the adversarial backbone (a batch at several "
                          "stages has no common token grid for the heads); use backbone: original with the original "
                          "model as distill.teacher"))
+    if distill is not None and distill.method == "dmd" and distill.gan.weight > 0:
+        problems.append(("distill.gan.weight", f"distill.gan.weight = {distill.gan.weight:g} adds DMD's GAN term, "
+                         "whose heads read the fake score's hidden states on one token grid; a PPF fake score "
+                         "patchifies each stage differently, so its batches have no common token grid for the heads; "
+                         "set distill.gan.weight: 0 for PPF-DMD (or use a resolution pyramid, "
+                         "pyramid.kind: resolution)"))
     return problems
 
 

@@ -139,6 +139,22 @@ def test_token_counts_and_flops_per_stage_equal_the_resolution_pyramids():
         assert (m["tflops_per_forward"] - a["tflops_per_forward"]) * 1e12 == pytest.approx(extra, rel=1e-6)
 
 
+def test_latency_runs_each_ppf_stage_on_the_full_latent(models):
+    from pyrawan.eval.latency import measure_latency
+
+    ppf = models[1]
+    calls = []
+    hooks = [m.register_forward_hook(lambda m, a, o, i=i: calls.append((i, tuple(a[0].shape[1:]))))
+             for i, m in enumerate([ppf.patch_embedding, *ppf.ppf_embeddings])]
+    try:
+        rows = measure_latency(ppf, [(5, 8, 8), (3, 4, 4), (2, 2, 2)], text_len=16, repeats=1, warmup=0)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert [r["tokens"] for r in rows] == [80, 12, 2] and {r["timesteps"] for r in rows} == {"per-sample (PPF)"}
+    assert calls == [(0, (16, 5, 8, 8)), (1, (128, 3, 4, 4)), (2, (1024, 2, 2, 2))]
+
+
 # ---- identity geometry: no jumps ---------------------------------------------------------------------------
 
 def test_a_ppf_pyramid_samples_the_ordinary_flow_without_jumps():

@@ -4,9 +4,9 @@ This module is the run around the method's loop: recipe checks, the models (gene
 frozen teacher), the shared start of every iteration (backward simulation: the exit step ``k`` drawn
 from ``(seed, i)``, the same on every rank; the student's earlier steps without gradient), L_teach,
 checkpoints, export and the summary. One iteration of each method is written out in its own module:
-``distill_dmd.py`` (DMD: fake score + generator) and ``distill_adv.py`` (adversarial: discriminator
-heads + generator). The math is in ``pyrawan/train/dmd.py`` and ``pyrawan/train/adversarial.py``,
-the choices in docs/distill.md.
+``distill_dmd.py`` (DMD: fake score + generator, with the optional GAN heads of ``distill.gan``) and
+``distill_adv.py`` (adversarial: discriminator heads + generator). The math is in ``pyrawan/train/dmd.py``,
+``pyrawan/train/adversarial.py`` and ``pyrawan/train/gan.py``, the choices in docs/distill.md.
 
 Both trained models are engines with their own optimiser under one engine kind (single, DDP,
 DeepSpeed). Checkpoints hold both engines, both optimisers, the generator's EMA, every rank's
@@ -37,7 +37,7 @@ from pyrawan.pyramid.sampler import FewStep, fewstep_rollout
 from pyrawan.recipe import DistillRecipe
 from pyrawan.train.curves import plot_curves, read_records, short
 from pyrawan.train.data import LatentSource, StageDataset, generator, pad_texts, position_item, split_holdout
-from pyrawan.train.distill_config import Distill, separate_teacher, student_levels
+from pyrawan.train.distill_config import Distill, gan_on, separate_teacher, student_levels
 from pyrawan.train.dmd import StageProcess, exit_step, flow_matching_loss, score_levels
 from pyrawan.train.engine import Context, Ema, EngineSpec, lr_at, make_engine
 from pyrawan.train.metrics import MetricsLog, progress
@@ -49,7 +49,7 @@ from pyrawan.train.teach import TeachPairs, make_teach_pairs, teach_target
 
 RESUMABLE_CHANGES = ("train.steps", "train.checkpoint.every", "train.checkpoint.keep")
 LOGGED = ("fake_loss", "gen_loss", "teach_loss", "w_dmd", "disc_loss", "adv_loss", "rec_loss", "r1", "real_logit",
-          "fake_logit")
+          "fake_logit", "cls_loss", "gan_loss")
 
 
 @dataclass
@@ -69,6 +69,12 @@ class Loop:
     log: MetricsLog | None = None
     out: Path = Path("runs/distill")
     iteration: int = 0
+    gan: Trainable | None = None               # dmd with distill.gan.weight > 0: the GAN heads on the fake score
+
+    @property
+    def trainables(self) -> list[Trainable]:
+        """What checkpoints hold: generator, critic and (when on) the GAN heads; never exported but the generator."""
+        return [self.generator, self.critic] + ([self.gan] if self.gan is not None else [])
 
     @property
     def total_steps(self) -> int:
@@ -195,6 +201,11 @@ def teach_step_loss(loop: Loop, stop_at: int) -> torch.Tensor:
     return flow_matching_loss(x_hat, target)
 
 
+def cache_latents(loop: Loop, items: list[int], stage: int) -> torch.Tensor:
+    """The latent cache's clean latents of ``items`` at ``stage`` ``[B, 16, T, H, W]`` (the "real" samples)."""
+    return torch.stack([loop.data.latents(j)[stage] for j in items]).to(loop.ctx.device)
+
+
 @dataclass
 class Rollout:
     """An iteration's shared start: exit step ``k``, its input ``x`` and ``step``, the prompts and generators."""
@@ -317,17 +328,21 @@ def run(recipe: DistillRecipe, out: Path, resume: bool = False, overwrite: bool 
     train_idx, _ = split_holdout(source, recipe.train.validation.holdout)
     loop = Loop(recipe, ctx, generator_, critic, teacher, pyramid, levels, StageDataset(source, train_idx, pyramid),
                 base, teach=None, out=out)
+    if gan_on(recipe.distill):
+        from pyrawan.commands.distill_dmd import build_gan_heads
+
+        loop.gan = build_gan_heads(recipe, critic, ctx, pyramid)
     if recipe.distill.teach_weight > 0 or needs_teacher_pairs(recipe.distill):
         loop.teach = make_teach_pairs(loop, run_dir, lambda x, s, text: real_velocity(loop, x, s, text),
                                       reuse=found is not None)
     if found is not None:
-        loop.iteration = restore_checkpoint("distill", Path(found), [loop.generator, loop.critic], ctx)["iteration"]
+        loop.iteration = restore_checkpoint("distill", Path(found), loop.trainables, ctx)["iteration"]
     loop.log = MetricsLog(run_dir, ctx.rank == 0, resume_step=loop.iteration if found is not None else None)
     train_loop(loop, resolved, show_progress and ctx.rank == 0)
     export(loop, out, overwrite, resolved, cache_folder, started)
     if ctx.rank == 0:
         summarise(loop.log.path, out)
-    teardown([loop.generator, loop.critic], loop.log.close)
+    teardown(loop.trainables, loop.log.close)
     return out
 
 
@@ -348,7 +363,7 @@ def train_loop(loop: Loop, resolved: dict, show_progress: bool) -> None:
             loop.log.log(record)
             update(record.get("fake_loss", record.get("disc_loss", 0.0)))
             if every and (loop.iteration % every == 0 or loop.iteration == t.steps):
-                save_checkpoint(run_folder(loop.out), loop.iteration, [loop.generator, loop.critic], loop.ctx, resolved,
+                save_checkpoint(run_folder(loop.out), loop.iteration, loop.trainables, loop.ctx, resolved,
                                 {"iteration": loop.iteration}, t.checkpoint.keep)
 
 
@@ -379,7 +394,8 @@ def summarise(metrics: Path, out: Path) -> None:
                       [("train", "fake_loss", "fake-score loss"), ("train", "gen_loss", "generator DMD loss"),
                        ("train", "w_dmd", "w_dmd"), ("train", "teach_loss", "L_teach"),
                        ("train", "disc_loss", "discriminator hinge loss"), ("train", "adv_loss", "generator adv. loss"),
-                       ("train", "rec_loss", "L_rec")], f"distill {out.name}")
+                       ("train", "rec_loss", "L_rec"), ("train", "cls_loss", "GAN heads' classification loss"),
+                       ("train", "gan_loss", "generator GAN loss")], f"distill {out.name}")
     records = [r for r in read_records(metrics) if r.get("kind") == "train"]
     if records:
         last = {key: next((r[key] for r in reversed(records) if r.get(key) is not None), None) for key in LOGGED}

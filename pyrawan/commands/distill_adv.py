@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import torch
 
-from pyrawan.commands.distill import (Loop, draw_levels, finish_record, sample_indices, start_iteration, step_generator,
-                                      student_estimate, teach_step_loss, teacher_module)
+from pyrawan.commands.distill import (Loop, cache_latents, draw_levels, finish_record, sample_indices, start_iteration,
+                                      step_generator, student_estimate, teach_step_loss, teacher_module)
 from pyrawan.models.denoiser import denoise
 from pyrawan.pyramid.sampler import randn
-from pyrawan.train.adversarial import (Heads, approximate_r1, hinge_discriminator, hinge_generator, tapped_blocks,
-                                       token_grid)
+from pyrawan.train.adversarial import (Heads, approximate_r1, heads_for, hinge_discriminator, hinge_generator,
+                                       no_param_grads, token_grid)
 from pyrawan.train.distill_config import Adversarial
 from pyrawan.train.engine import lr_at
 from pyrawan.train.data import pad_texts
@@ -33,9 +33,7 @@ PROCESS = {"original": "ordinary", "pyramidal": "pyramidal"}
 
 def make_heads(adv: Adversarial, backbone: torch.nn.Module) -> Heads:
     """Trainable heads for the backbone's tapped blocks (fp32)."""
-    cfg = backbone.config
-    dim = cfg.num_attention_heads * cfg.attention_head_dim
-    return Heads(tapped_blocks(adv.taps, cfg.num_layers), dim, adv.channels).train()
+    return heads_for(backbone, adv.taps, adv.channels)
 
 
 def logits(loop: Loop, heads: torch.nn.Module, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -57,7 +55,7 @@ def real_latents(loop: Loop, r, stage: int) -> tuple[torch.Tensor, torch.Tensor]
         picks = [g % len(loop.teach) for g in sample_indices(loop, loop.iteration)]
         text = pad_texts([loop.teach.text[p] for p in picks]).to(loop.ctx.device)
         return teach_target(loop.teach.target[picks], loop.pyramid, stage).to(loop.ctx.device), text
-    return torch.stack([loop.data.latents(j)[stage] for j in r.items]).to(loop.ctx.device), r.text
+    return cache_latents(loop, r.items, stage), r.text
 
 
 def noisy_pair(loop: Loop, r, x_real: torch.Tensor, x_fake: torch.Tensor) -> tuple:
@@ -97,11 +95,8 @@ def generator_update(loop: Loop, r) -> dict:
     x_hat = student_estimate(loop, r.x, r.step, r.text)
     _, x_fake, sigma = noisy_pair(loop, r, x_hat.detach(), x_hat)
     heads = heads_of(loop)
-    heads.requires_grad_(False)                                  # the generator's loss does not train the heads
-    try:
+    with no_param_grads(heads):                                  # the generator's loss does not train the heads
         adv_loss = hinge_generator(logits(loop, heads, x_fake, sigma, r.text))
-    finally:
-        heads.requires_grad_(True)
     objective = adv.lambda_adv * adv_loss.mean()
     rec = teach_step_loss(loop, r.k) if adv.lambda_rec > 0 else None
     if rec is not None:

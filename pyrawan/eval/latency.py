@@ -123,7 +123,8 @@ def measure_latency(
 
     ``sampler_timesteps``: time the forward the sampler runs, with per-token timesteps at the coarse
     stages of a pyramid that halves time (``keep_time`` False) and one timestep per sample elsewhere;
-    False: one timestep per sample at every stage.
+    False: one timestep per sample at every stage. A PPF transformer runs every stage on the full latent
+    ``latent_shapes[0]`` at a level inside the stage (``latent_shapes[i]`` is then the grid of its tokens).
 
     ``device``/``dtype`` default to the module's own. If they differ the module is moved/cast in
     place (diffusers' fp32-kept modules stay fp32). Runs under ``torch.inference_mode()``.
@@ -144,21 +145,38 @@ def measure_latency(
     cuda = device.type == "cuda"
     gen = torch.Generator("cpu").manual_seed(seed)
     patch = tuple(transformer.config.patch_size)
+    ppf_levels = _ppf_stage_levels(transformer)
     rows = []
     with torch.inference_mode():
         transformer.eval()
         for stage, shape in enumerate(latent_shapes):
             shape = tuple(int(v) for v in shape)
-            per_token = sampler_timesteps and stage > 0 and not keep_time and shape[0] > 1
-            kwargs = _inputs(transformer, shape, text_len, batch, device, dtype, gen, per_token)
+            per_token = sampler_timesteps and stage > 0 and not keep_time and shape[0] > 1 and ppf_levels is None
+            run_shape = shape if ppf_levels is None else tuple(int(v) for v in latent_shapes[0])
+            kwargs = _inputs(transformer, run_shape, text_len, batch, device, dtype, gen, per_token)
+            if ppf_levels is not None:       # the full latent, at a level inside the stage: the stage's patches
+                kwargs["timestep"] = torch.full((batch,), 1000.0 * ppf_levels[stage], device=device)
             times = _time_shape(transformer, kwargs, repeats, warmup, cuda)
             rows.append({
                 "stage": stage, "latent": list(shape), "tokens": num_tokens(shape, patch), "batch": batch,
-                "timesteps": "per-token" if per_token else "per-sample",
+                "timesteps": "per-token" if per_token else "per-sample" if ppf_levels is None else "per-sample (PPF)",
                 "median_ms": statistics.median(times), "mean_ms": statistics.fmean(times),
                 "min_ms": min(times), "max_ms": max(times), "repeats": repeats, "warmup": warmup,
             })
     return rows
+
+
+def _ppf_stage_levels(transformer) -> list[float] | None:
+    """For a PPF transformer (``models.ppf``): a noise level inside each stage (its middle); else None.
+
+    A PPF stage runs on the full-resolution latent; ``latent_shapes`` then gives the grid its tokens form.
+    """
+    from pyrawan.models.ppf import is_ppf
+
+    if not is_ppf(transformer):
+        return None
+    ends = (0.0, *transformer.config.ppf_boundaries, 1.0)
+    return [(lo + hi) / 2 for lo, hi in zip(ends, ends[1:])]
 
 
 def _median_ms(fn, repeats: int, warmup: int, cuda: bool) -> float:

@@ -8,7 +8,8 @@ all maps flattened and concatenated ``[B, sum N]``.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -48,6 +49,27 @@ class Heads(nn.Module):
             h = h.to(head.proj.weight.dtype).transpose(1, 2).reshape(b, d, *grid)    # DeepSpeed may keep bf16 heads
             maps.append(head(h).float().flatten(1))
         return torch.cat(maps, dim=1)
+
+
+def heads_for(backbone: torch.nn.Module, taps: Sequence[float], channels: int) -> Heads:
+    """Trainable fp32 heads for the blocks at fractions ``taps`` of a Wan transformer's depth (its width ``dim``)."""
+    cfg = backbone.config
+    dim = cfg.num_attention_heads * cfg.attention_head_dim
+    return Heads(tapped_blocks(taps, cfg.num_layers), dim, channels).train()
+
+
+@contextlib.contextmanager
+def no_param_grads(*modules: torch.nn.Module) -> Iterator[None]:
+    """Gradients flow through ``modules`` to their inputs but not into their parameters (flags restored after)."""
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
 
 
 def tapped_blocks(taps: Sequence[float], depth: int) -> list[int]:

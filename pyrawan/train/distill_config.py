@@ -62,6 +62,36 @@ class Adversarial(_Section):
     max_grad_norm: float = Field(10.0, ge=0, description="Clip the heads' gradient norm.")
 
 
+class Gan(_Section):
+    """An optional GAN term added to DMD (``method: dmd``), as DMD2 (Yin et al. 2024, tianweiy/DMD2) adds one.
+
+    Heads (``train.adversarial.Heads``: taps, channels) on the fake score's hidden states classify real
+    latents (the latent cache's latents of the same captions at the exit step's stage) against the
+    student's samples, both re-noised to the same level with the same noise. The fake score's loss gets
+    ``critic_weight * classification loss`` (it trains the heads and the fake score's features, as DMD2's
+    guidance loss does); the generator's objective gets ``weight * GAN loss`` through the frozen fake
+    score and heads. Off by default (``weight: 0``): the paper's DMD rows use no GAN term.
+    """
+
+    weight: float = Field(0.0, ge=0, le=100.0, description=(
+        "Weight of the generator's GAN loss; 0 = off (the paper). DMD2 uses 5e-3 (gen_cls_loss_weight, SDXL)."))
+    critic_weight: float = Field(1e-2, ge=0, le=100.0, description=(
+        "Weight of the fake score's classification loss, real vs generated (DMD2: guidance_cls_loss_weight 1e-2); "
+        "used when weight > 0."))
+    loss: Literal["softplus", "hinge"] = Field("softplus", description=(
+        "softplus: DMD2's non-saturating logistic loss (critic softplus(-D(real)) + softplus(D(fake)), generator "
+        "softplus(-D(fake))); hinge: as method adv (critic max(0, 1 - D(real)) + max(0, 1 + D(fake)), "
+        "generator -D(fake))."))
+    taps: tuple[float, ...] = Field((0.5,), min_length=1, max_length=8, description=(
+        "Tapped blocks of the fake score as fractions of its depth, one head each (DMD2 classifies the UNet's "
+        "middle-block features: 0.5; our reading for a DiT)."))
+    channels: int = Field(64, ge=1, le=4096, description=(
+        "Channels of each head's convolutional branches (as distill.adv)."))
+    optimizer: Optimizer | None = Field(None, description=(
+        "AdamW of the heads; null = distill.fake_score.optimizer (DMD2 trains the head with the fake score's "
+        "optimiser). A section here replaces it as a whole."))
+
+
 class Distill(_Section):
     """How to distill: method, DMD variant, the student's few-step schedule, the real score and its guidance."""
 
@@ -91,6 +121,7 @@ class Distill(_Section):
     teach_schedule: str | None = Field(None, description="The teacher's sampler for those samples; null = its default.")
     fake_score: FakeScore = FakeScore()
     adv: Adversarial = Adversarial()
+    gan: Gan = Gan()
 
     @field_validator("schedule", "teach_schedule", mode="before")
     @classmethod
@@ -151,6 +182,15 @@ def distill_problems(distill: Distill, num_stages: int) -> list[tuple[str, str]]
     if distill.method == "adv" and distill.adv.backbone == "pyramidal" and distill.teacher is not None:
         problems.append(("distill.teacher", "distill.adv.backbone = pyramidal uses the base pyramidal model as the "
                          "discriminator backbone; set distill.teacher: null (or backbone: original to use the teacher)"))
+    if distill.method == "adv" and distill.gan.weight > 0:
+        problems.append(("distill.gan.weight", f"distill.gan.weight = {distill.gan.weight:g} adds a GAN term to DMD, "
+                         "but distill.method = adv is already adversarial (its heads and weights are distill.adv.*); "
+                         "set distill.gan.weight: 0, or distill.method: dmd to add the GAN term to DMD"))
+    if distill.method == "dmd" and gan_on(distill) and distill.gan.critic_weight == 0:
+        problems.append(("distill.gan.critic_weight", f"distill.gan.weight = {distill.gan.weight:g} but "
+                         "distill.gan.critic_weight = 0: the heads would never be trained and the generator would "
+                         "chase random logits; set distill.gan.critic_weight > 0 (DMD2: 1e-2) or "
+                         "distill.gan.weight: 0"))
     if distill.method == "dmd" and distill.variant == "ot" and distill.teacher is None:
         problems.append(("distill.teacher", "distill.variant = ot needs the original model finetuned at every stage "
                          "resolution as distill.teacher (`pyrawan finetune wan1.3b-ot-teacher`); it is null"))
@@ -158,6 +198,11 @@ def distill_problems(distill: Distill, num_stages: int) -> list[tuple[str, str]]
         problems.append(("distill.schedule", f"distill.variant = baseline is one-stage Wan-DMD, but distill.schedule = "
                          f"{distill.schedule!r} uses several stages; use e.g. '0-0-2' (or schedule '2' with pyramid.stages: 1)"))
     return problems
+
+
+def gan_on(distill: Distill) -> bool:
+    """True when DMD runs with the GAN term (``distill.gan.weight > 0``, method dmd)."""
+    return distill.method == "dmd" and distill.gan.weight > 0
 
 
 def separate_teacher(recipe) -> bool:

@@ -185,13 +185,14 @@ def render(plan: dict, lines: list[str]) -> None:
                   "estimates, expect +-25% and allocator overhead on top.", markup=False)
 
 
-def heads_parameters(cfg: dict, adv) -> int:
-    """Parameters of the adversarial heads (``train.adversarial.Heads``) on a transformer config."""
+def heads_parameters(cfg: dict, heads) -> int:
+    """Parameters of the heads (``train.adversarial.Heads``) that ``heads`` (``distill.adv`` or ``distill.gan``:
+    taps, channels) puts on a transformer config."""
     from pyrawan.train.adversarial import tapped_blocks
 
-    dim, c = cfg["num_attention_heads"] * cfg["attention_head_dim"], adv.channels
+    dim, c = cfg["num_attention_heads"] * cfg["attention_head_dim"], heads.channels
     per_head = (dim * c + c) + (9 * c * c + c) + (3 * c * c + c) + (c + 1)
-    return per_head * len(tapped_blocks(adv.taps, cfg["num_layers"]))
+    return per_head * len(tapped_blocks(heads.taps, cfg["num_layers"]))
 
 
 def distill_plan(recipe, world: int = 1) -> tuple[dict, list[str]]:
@@ -200,11 +201,13 @@ def distill_plan(recipe, world: int = 1) -> tuple[dict, list[str]]:
     The generator counts as in finetune (full or LoRA); the fake score is a full trainable copy of the
     teacher with its own AdamW; the teacher is frozen weights (none when it is the generator's base
     with its LoRA adapters disabled). Activations: one batch at the finest stage the schedule reaches,
-    with gradients (the generator's and the fake score's backward passes run one after the other).
+    with gradients (the generator's and the fake score's backward passes run one after the other). With DMD's
+    GAN term (``distill.gan.weight > 0``) the GAN heads count with their own AdamW, and activations double (the
+    generator's GAN loss backpropagates through the fake score; the fake score's step sees real and generated).
     """
     from pyrawan.models.arch import arch_of
     from pyrawan.pyramid.geometry import pixel_to_latent
-    from pyrawan.train.distill_config import separate_teacher
+    from pyrawan.train.distill_config import gan_on, separate_teacher
 
     t, d, p, v = recipe.train, recipe.distill, recipe.pyramid, recipe.video
     kind = t.engine if t.engine != "auto" else ("ddp" if world > 1 else "single")
@@ -218,8 +221,8 @@ def distill_plan(recipe, world: int = 1) -> tuple[dict, list[str]]:
     stored, transient = activation_elements(cfg, shape, recipe.text.max_sequence_length,
                                             _per_token(pyramid, 0, shape[0]), t.gradient_checkpointing)
     act = t.batch_size * (stored + transient) * (2 if bf16 else 4)
-    if d.method == "adv":
-        act *= 2        # the generator's loss backpropagates through the frozen backbone too
+    if d.method == "adv" or gan_on(d):
+        act *= 2        # the generator's loss backpropagates through the frozen backbone (adv) or fake score (gan)
     own_teacher = separate_teacher(recipe)
     fake_train = t.model_copy(update={"lora": t.lora.model_copy(update={"enabled": False}),
                                       "ema": t.ema.model_copy(update={"enabled": False}), "align_weight": 0.0})
@@ -234,6 +237,12 @@ def distill_plan(recipe, world: int = 1) -> tuple[dict, list[str]]:
                  fake["optimizer states"], "teacher (frozen)": (2 if bf16 else 4) * params if own_teacher else 0.0,
                  "communication buffers": gen["communication buffers"] + fake["communication buffers"],
                  "activations (peak)": act}
+        if gan_on(d):
+            n = heads_parameters(cfg, d.gan)
+            heads = memory_per_gpu(n, n, 0.0, fake_train, kind, bf16, w)
+            parts["GAN heads weights + gradients + AdamW"] = (heads["weights"] + heads["gradients"] +
+                                                              heads["optimizer states"])
+            parts["communication buffers"] += heads["communication buffers"]
         parts["total"] = sum(parts.values())
         memory[w] = parts
     plan = {"parameters": params, "trainable": trainable, "engine": kind, "bf16": bf16,
@@ -248,4 +257,9 @@ def distill_plan(recipe, world: int = 1) -> tuple[dict, list[str]]:
         f"= {t.steps // d.generator_every} generator steps (one per {d.generator_every} fake-score steps); batch "
         f"{t.batch_size} prompts per GPU; real-score guidance {d.guidance:g}; L_teach weight {d.teach_weight:g}",
     ]
+    if gan_on(d):
+        plan["gan_heads"] = heads_parameters(cfg, d.gan)
+        lines.append(f"GAN term (DMD2): weight {d.gan.weight:g}, fake score's classification weight "
+                     f"{d.gan.critic_weight:g}, {d.gan.loss} loss; heads on {len(d.gan.taps)} tapped block(s) of the "
+                     f"fake score, {plan['gan_heads']:,} parameters")
     return plan, lines
