@@ -66,7 +66,7 @@ def test_show_resolved_yaml_and_json_with_overrides():
     text = run("recipe", "show", "wan1.3b", "sampling.schedule=2-2-1").stdout
     assert text.startswith("# resolved recipe; sha256 ")
     shown = yaml.safe_load(text)
-    assert shown["sampling"]["schedule"] == "2-2-1" and shown["pyramid"]["boundaries"] == [0.333333, 0.666667]
+    assert shown["sampling"]["schedule"] == "2-2-1" and shown["pyramid"]["boundaries"] == [0.585786, 0.941176]
     assert rc.resolve_recipe(validate_recipe(shown)) == shown  # shown recipes load back unchanged
 
 
