@@ -1,7 +1,7 @@
-"""PNG figures of toy-world results: quality against FLOPs per row, and a strip of frames per row.
+"""PNG figure of toy-world results: a strip of frames per row (quality against cost is eval compare's plot).
 
-Both take plain numbers and videos (no model code), so ``pyrawan demo`` and the docs use the same
-drawings. Matplotlib runs headless (Agg); files are written atomically.
+It takes plain videos (no model code), so ``pyrawan demo`` and the docs use the same drawing.
+Matplotlib runs headless (Agg); files are written atomically.
 """
 from __future__ import annotations
 
@@ -30,28 +30,6 @@ def _save(fig, path: Path) -> Path:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     _figure().close(fig)
     return path
-
-
-def quality_vs_flops(rows: Sequence[dict], path: Path, title: str = "ToyBench against FLOPs") -> Path:
-    """Scatter of ToyBench overall (mean with its 95 % interval) against FLOPs relative to the teacher.
-
-    ``rows``: dicts with ``row``, ``flops_ratio`` and ``intervals['overall']`` (``mean``, ``low``, ``high``).
-    """
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for index, r in enumerate(rows):
-        ci = r["intervals"]["overall"]
-        error = [[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]]
-        ax.errorbar([r["flops_ratio"]], [ci["mean"]], yerr=error, fmt="o", capsize=4, color=f"C{index}",
-                    label=f"{r['row']} ({r['schedule']})")
-    ax.set_xscale("log")
-    ax.set_xlabel("FLOPs relative to the teacher (log scale)")
-    ax.set_ylabel("ToyBench overall (mean, 95 % interval)")
-    ax.set_ylim(0, 1)
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
 
 
 def frame_strip(videos: Sequence[torch.Tensor], labels: Sequence[str], path: Path, prompt: str,
