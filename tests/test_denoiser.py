@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from pyrawan.errors import InputError
 from pyrawan.models.denoiser import Velocity, denoise
 from pyrawan.models.presets import build_preset
 
@@ -29,3 +30,10 @@ def test_guidance_levels_and_block_states():
     assert not torch.allclose(hidden[0], hidden[1])
     with torch.no_grad():
         assert torch.equal(Velocity(model, cond, uncond, 3.0)(x, levels), guided)
+
+
+def test_a_latent_longer_than_the_position_table_is_refused_with_the_fix(tiny_components, tiny_text):
+    """The tiny transformer's RoPE covers 64 positions per axis: a wider latent is an InputError, not a crash."""
+    wide = torch.zeros(1, 16, 1, 2, 130)                       # token grid 1 x 1 x 65
+    with pytest.raises(InputError, match=r"token grid of 1x1x65.*rope_max_seq_len = 64.*--frames/--height/--width"):
+        denoise(tiny_components.transformer, wide, torch.tensor(0.5), tiny_text[0][:1])

@@ -100,6 +100,17 @@ def _expand(text: torch.Tensor, batch: int) -> torch.Tensor:
     return text
 
 
+def check_positions(config, latent_thw: Sequence[int]) -> None:
+    """``InputError`` when a latent's token grid is longer on some axis than the transformer's RoPE table."""
+    limit = getattr(config, "rope_max_seq_len", None)
+    grid = [int(n) // int(p) for n, p in zip(latent_thw, config.patch_size)]
+    if limit is not None and max(grid) > limit:
+        t, h, w = (int(n) for n in latent_thw)
+        raise InputError(f"the latent {t}x{h}x{w} makes a token grid of {grid[0]}x{grid[1]}x{grid[2]}, longer than this "
+                         f"transformer's position table on one axis (rope_max_seq_len = {limit}); sample at a smaller "
+                         "size (--frames/--height/--width), usually the size the model was made for.")
+
+
 def denoise(
     model: Any,
     x: torch.Tensor,
@@ -129,6 +140,7 @@ def denoise(
     sigma = sigma.reshape(1).expand(frames) if sigma.numel() == 1 else sigma
     if sigma.shape[-1] != frames:
         raise InputError(f"sigma_nat has {sigma.shape[-1]} levels per sample but the latent has {frames} frames.")
+    check_positions(inner.config, x.shape[-3:])
     cfg = uncond is not None and guidance > 1.0
     reps = 2 if cfg else 1
     timestep = batch_timesteps(sigma, b, (h, w), tuple(inner.config.patch_size)).to(param.device)
