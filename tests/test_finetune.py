@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from pyrawan.cli import app
 from pyrawan.commands.finetune import dry_run, run
 from pyrawan.errors import InputError, RunError
+from pyrawan.fsutil import sha256_file
 from pyrawan.manifest import verify
 from pyrawan.models.artifact import load_model
 from pyrawan.pyramid.config import PyramidConfig
@@ -90,6 +91,17 @@ def test_micro_batches_depend_only_on_the_global_index():
     assert a.items == [position_item(10, 7 * 6 + 2 + k, 0) for k in range(2)]       # coarsest stage comes first
     assert a.x0.shape == (2, 16, 3, 4, 4) and a.x0_up.shape == a.x0.shape and a.text.shape == (2, 16, 32)
     assert not torch.equal(train_batch(data, 8, 1, (2, 2, 2), 6, 0, 0.5, None).eps, a.eps)
+
+
+def test_level_shift_warps_the_same_uniform_draws_towards_the_noisy_end():
+    r = recipe()
+    data = StageDataset(for_recipe(r, items=10), list(range(10)), PyramidConfig(3))
+    batches = {k: [train_batch(data, g, 1, (20, 20, 20), 60, 0, 0.0, None, level_shift=k) for g in range(20)]
+               for k in (1.0, 3.0)}
+    uniform, shifted = (torch.cat([b.rho for b in batches[k]]) for k in (1.0, 3.0))
+    assert torch.allclose(shifted, 3 * uniform / (1 + 2 * uniform))                # same draws, warped: k rho / (1 + (k-1) rho)
+    assert abs(float(uniform.mean()) - 0.5) < 0.05 and float(shifted.mean()) > 0.65
+    assert all(torch.equal(a.eps, b.eps) for a, b in zip(*batches.values()))       # only the levels change
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------
@@ -218,6 +230,27 @@ def test_checkpoints_of_an_earlier_run_need_resume_and_a_resume_needs_the_same_r
     changed = recipe("train.steps=2", "train.checkpoint.every=1", "train.validation.every=0", "seed=5")
     with pytest.raises(InputError, match=r"recipe differs .*seed: 0 -> 5"):
         run(changed, out, resume=True, source=for_recipe(r), show_progress=False)
+    longer = recipe("train.steps=3", "train.checkpoint.every=1", "train.validation.every=0")
+    run(longer, out, resume=True, source=for_recipe(r), show_progress=False)
+    assert [s["step"] for s in records(out, "train")] == [1, 2, 3]
+
+
+def test_a_checkpoint_of_an_older_pyrawan_resumes_when_the_new_recipe_keys_are_at_their_defaults(tmp_path):
+    """A checkpoint saved before ``train.level_shift`` and ``pyramid.kind`` existed resumes; a changed value does not."""
+    r = recipe("train.steps=2", "train.checkpoint.every=1", "train.validation.every=0")
+    out = run(r, tmp_path / "a", source=for_recipe(r), show_progress=False)
+    out.rename(tmp_path / "moved")
+    for state in (tmp_path / "a.run" / "checkpoints").glob("step-*/state.json"):
+        data = json.loads(state.read_text())
+        del data["recipe"]["train"]["level_shift"], data["recipe"]["pyramid"]["kind"]     # as an older version wrote it
+        state.write_text(json.dumps(data))
+        ckpt_json = state.parent / "checkpoint.json"                                        # keep its recorded hash valid
+        manifest = json.loads(ckpt_json.read_text())
+        manifest["files"]["state.json"] = {"sha256": sha256_file(state), "bytes": state.stat().st_size}
+        ckpt_json.write_text(json.dumps(manifest))
+    shifted = recipe("train.steps=3", "train.checkpoint.every=1", "train.validation.every=0", "train.level_shift=3")
+    with pytest.raises(InputError, match=r"recipe differs .*train.level_shift: 1.0 -> 3.0"):
+        run(shifted, out, resume=True, source=for_recipe(r), show_progress=False)
     longer = recipe("train.steps=3", "train.checkpoint.every=1", "train.validation.every=0")
     run(longer, out, resume=True, source=for_recipe(r), show_progress=False)
     assert [s["step"] for s in records(out, "train")] == [1, 2, 3]

@@ -130,7 +130,7 @@ def train_step(loop: Loop) -> dict:
         last = k == len(micro) - 1
         g = loop.consumed + a * ctx.world + ctx.rank
         batch = train_batch(loop.data, g, stage, split, t.batch_size, loop.recipe.seed, t.cfg_dropout,
-                            loop.base.empty_text)
+                            loop.base.empty_text, t.level_shift)
         with engine.micro_step(last):
             with engine.autocast():
                 mse, align = stage_losses(engine.model, batch, loop.pyramid, loop.patch, ctx.device,

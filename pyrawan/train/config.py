@@ -100,6 +100,10 @@ class Train(_Section):
     process: Literal["pyramidal", "multires"] = Field("pyramidal", description=(
         "pyramidal = pyramidal flow matching over the pyramid's stages; multires = ordinary flow matching on the "
         "clean latents of every stage's resolution (the DMD-OT teacher; the result is a plain one-stage model)."))
+    level_shift: float = Field(1.0, gt=0, le=100.0, description=(
+        "Where training levels fall inside each stage: rho drawn uniform, then warped like the sampler's shift, "
+        "k rho / (1 + (k - 1) rho); 1 = uniform, k > 1 puts more samples at the noisy end (our option; SD3 and "
+        "Wan train on shifted or logit-normal levels)."))
     from_scratch: bool = Field(False, description="Re-initialise the transformer randomly (seeded) instead "
                                                   "of starting from the base weights (teacher pretraining).")
     on_nonfinite: Literal["stop", "skip"] = Field("stop", description=(

@@ -20,6 +20,7 @@ import torch
 from pyrawan.errors import InputError
 from pyrawan.pyramid.config import PyramidConfig
 from pyrawan.pyramid.process import pyramid_flow_sample
+from pyrawan.pyramid.schedule import shift_grid
 
 
 @runtime_checkable
@@ -137,27 +138,30 @@ def pad_texts(texts: list[torch.Tensor]) -> torch.Tensor:
 
 
 def collate(data: StageDataset, stage: int, items: list[int], gen: torch.Generator, cfg_dropout: float,
-            empty_text: torch.Tensor | None, rho: torch.Tensor | None = None) -> StageBatch:
-    """Stack the items' stage latents, draw noise (and ``rho`` unless given) from ``gen``, drop captions."""
+            empty_text: torch.Tensor | None, rho: torch.Tensor | None = None, level_shift: float = 1.0) -> StageBatch:
+    """Stack the items' stage latents, draw noise (and ``rho`` unless given: uniform, warped by ``level_shift``
+    as ``schedule.shift_grid``) from ``gen``, drop captions."""
     per_item = [data.latents(j) for j in items]
     x0 = torch.stack([lat[stage] for lat in per_item])
     x0_up = None
     if stage + 1 < data.pyramid.num_stages:
         x0_up = data.pyramid.resize.up(torch.stack([lat[stage + 1] for lat in per_item]))
     eps = torch.randn(x0.shape, generator=gen)
-    rho = torch.rand(len(items), generator=gen, dtype=torch.float64) if rho is None else rho
+    if rho is None:
+        rho = shift_grid(torch.rand(len(items), generator=gen, dtype=torch.float64), level_shift)
     drop = torch.rand(len(items), generator=gen) < cfg_dropout
     texts = [empty_text if (bool(d) and empty_text is not None) else data.text(j) for j, d in zip(items, drop)]
     return StageBatch(stage, items, x0, x0_up, pad_texts(texts), eps, rho)
 
 
 def train_batch(data: StageDataset, g: int, stage: int, split: tuple[int, ...], batch_size: int, seed: int,
-                cfg_dropout: float, empty_text: torch.Tensor | None) -> StageBatch:
+                cfg_dropout: float, empty_text: torch.Tensor | None, level_shift: float = 1.0) -> StageBatch:
     """Stage ``stage``'s share of global micro-batch ``g`` (``split``: samples per stage, coarsest first)."""
     num_stages = len(split)
     first = g * batch_size + sum(split[: num_stages - 1 - stage])
     items = [position_item(len(data), first + k, seed) for k in range(split[num_stages - 1 - stage])]
-    return collate(data, stage, items, generator(seed, "train", g, stage), cfg_dropout, empty_text)
+    return collate(data, stage, items, generator(seed, "train", g, stage), cfg_dropout, empty_text,
+                   level_shift=level_shift)
 
 
 def concat(parts: list[StageBatch]) -> StageBatch:

@@ -49,12 +49,27 @@ def flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def as_read_now(saved: dict) -> dict:
+    """A checkpoint's resolved recipe as this pyrawan reads it: keys added since, at their defaults.
+
+    So a newer pyrawan that only adds recipe keys can resume an older run; a recipe it cannot read
+    any more is compared as it was saved (and any difference is reported).
+    """
+    from pyrawan.recipe import resolve_recipe, validate_recipe
+
+    try:
+        return resolve_recipe(validate_recipe(saved))
+    except (InputError, ValueError, TypeError, KeyError):
+        return saved
+
+
 def resume_point(command: str, run: Path, resolved: dict, resume: bool, overwrite: bool,
                  resumable: Sequence[str]) -> Path | None:
     """Rank 0: the checkpoint to resume from (None = start fresh), after checking the recipe matches.
 
     Without ``resume``, earlier checkpoints are an error unless ``overwrite`` (then they are removed:
-    only what a run writes there). Keys in ``resumable`` may differ between a run and its resume.
+    only what a run writes there). Keys in ``resumable`` may differ between a run and its resume; keys
+    this version added to the recipe schema count as their defaults in an older checkpoint.
     """
     root = run / "checkpoints"
     if not resume:
@@ -72,7 +87,7 @@ def resume_point(command: str, run: Path, resolved: dict, resume: bool, overwrit
     if not isinstance(saved, dict):
         raise InputError(f"--resume: checkpoint {found} records no recipe, so it cannot be checked against this run; "
                          "start over with --overwrite.")
-    old, new = flat(saved), flat(resolved)
+    old, new = flat(as_read_now(saved)), flat(resolved)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in resumable)
     if changed:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
