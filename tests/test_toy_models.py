@@ -246,3 +246,17 @@ def test_vae_learning_rate_follows_time_or_steps():
     assert learning_rate(1.0, 60, 5.0, 10.0, 100) == pytest.approx(0.55)            # half the time: mid-cosine
     assert learning_rate(1.0, 60, 99.0, 0.0, 120) == pytest.approx(0.55)            # minutes 0: half the steps
     assert learning_rate(1.0, 500, 0.0, 0.0, 100) == pytest.approx(0.1)             # floor at 10 %
+
+
+def test_the_caption_probe_reads_a_model_artifact(tmp_path, capsys):
+    """`python -m pyrawan.toy.probe --model ARTIFACT` (what a finetune writes) as well as a preset."""
+    from pyrawan.models.artifact import load_model, save_model
+    from pyrawan.models.pyramid_spec import recipe_pyramid
+    from pyrawan.recipe import load_recipe
+    from pyrawan.toy import probe
+
+    save_model(tmp_path / "model", load_model("toy").components, recipe_pyramid(load_recipe("toy")))
+    probe.main(["--model", str(tmp_path / "model"), "--n", "2"])
+    loss = json.loads(capsys.readouterr().out)["loss"]
+    assert set(loss) == {"0.5", "0.8", "0.95"}
+    assert all(set(v) == {"true", "empty", "direction", "speed", "colour"} and v["colour"] > v["true"] for v in loss.values())

@@ -65,7 +65,7 @@ def caption_sensitivity(components, n: int = 32, seed: int = 4242, sigmas: tuple
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry: print the caption sensitivity of a model as JSON."""
-    from pyrawan.models.loading import load_components
+    from pyrawan.models.artifact import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="toy", help="toy, a diffusers folder or a pyrawan model artifact")
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=4242)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    result = caption_sensitivity(load_components(args.model), args.n, args.seed)
+    result = caption_sensitivity(load_model(args.model).components, args.n, args.seed)
     print(json.dumps({"model": args.model, "n": args.n, "loss": result}, indent=1))
 
 
