@@ -33,6 +33,13 @@ def test_shipped_weights_match_manifest():
 def test_toy_preset_builds_and_encodes():
     c = build_preset("toy")
     assert dict(TRANSFORMER_ARCHS["toy"]) == toy.TOY_TRANSFORMER
+    from diffusers import WanTransformer3DModel
+
+    def plain(config) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dict(config).items() if not k.startswith("_")}
+
+    # FLOP counts and check_positions read the arch: it must build exactly the shipped transformer
+    assert plain(WanTransformer3DModel(**toy.TOY_TRANSFORMER).config) == plain(toy.weights_index()["transformer"]["config"])
     ids = c.tokenizer(["a small red circle slowly moving up-left on a plain gray background"]).input_ids[0]
     assert len(ids) == 13 and 2 not in ids                       # one token per word + </s>, no <unk>
     with torch.no_grad():
@@ -218,20 +225,62 @@ def test_probe_sees_the_shipped_teacher_read_colour_from_its_caption():
     assert loss["colour"] > 1.3 * loss["true"] and loss["empty"] > loss["true"], loss
 
 
+def test_explained_variance_of_a_two_group_shift():
+    """Groups at +-1 with unit noise: the group means explain 1/2 of the variance; unnamed items are left out."""
+    from pyrawan.toy.probe import explained_variance
+
+    g = torch.Generator().manual_seed(0)
+    shift = torch.tensor([1.0, -1.0]).repeat(2000)[:, None]
+    z = shift + torch.randn(4000, 1, generator=g)
+    values = ["a", "b"] * 2000
+    assert explained_variance(z, values) == pytest.approx(0.5, abs=0.02)
+    assert explained_variance(torch.cat([z, torch.full((50, 1), 99.0)]), values + [None] * 50) == \
+        pytest.approx(explained_variance(z, values))
+
+
+def test_conditional_means_see_colour_in_the_shipped_teacher_and_nothing_in_a_blind_one():
+    """At sigma = 1 the shipped teacher's red-vs-cyan contrast points along the data's; a model that
+    predicts x0 = 0 whatever the caption has no contrast at all."""
+    import numpy as np
+
+    from pyrawan.models.vae import encode_video
+    from pyrawan.toy import world
+    from pyrawan.toy.probe import conditional_means
+
+    stack = build_preset("toy")
+    rng = np.random.default_rng(5)
+    scenes = [world.Scene(**{**world.scene_dict(s), "colour": ("red", "cyan")[i % 2]})
+              for i, s in enumerate(world.sample_scene(rng) for _ in range(24))]
+    video = torch.stack([world.render(s, 17, 64, 64) for s in scenes]).permute(0, 2, 1, 3, 4) * 2 - 1
+    with torch.no_grad():
+        z = torch.cat([encode_video(stack.vae, video[i:i + 8]) for i in range(0, len(scenes), 8)])
+    captions = [world.caption(s) for s in scenes]
+    seen = conditional_means(stack, z, captions, n=8)
+    assert seen["colour"]["cosine"] > 0.5 and seen["colour"]["norm_ratio"] > 0.3, seen
+
+    class Blind(torch.nn.Module):
+        def forward(self, hidden_states, **_):
+            return (hidden_states,)                 # v = x_1, so x0_hat = 0 for every caption
+
+    stack.transformer = Blind()
+    blind = conditional_means(stack, z, captions, n=8)
+    assert all(r["norm_ratio"] == 0 for r in blind.values()), blind
+
+
 def test_write_base_gives_a_loadable_toy_stack_with_another_patch(tmp_path):
-    """A base for pretraining a 1x1-patch teacher: shipped VAE and text encoder, the asked transformer weights."""
+    """A base for pretraining a teacher of another patch: shipped VAE and text encoder, the asked transformer weights."""
     from diffusers import WanTransformer3DModel
     from safetensors.torch import save_file
 
     from pyrawan.models.loading import load_components
     from pyrawan.toy.ship import write_base
 
-    config = {**toy.TOY_TRANSFORMER, "patch_size": (1, 1, 1)}
+    config = {**toy.TOY_TRANSFORMER, "patch_size": (1, 2, 2)}
     torch.manual_seed(3)
     state = WanTransformer3DModel(**config).state_dict()
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "ema.safetensors"))
-    stack = load_components(str(write_base(tmp_path / "base", patch=1, weights=tmp_path / "ema.safetensors")))
-    assert tuple(stack.transformer.config.patch_size) == (1, 1, 1)
+    stack = load_components(str(write_base(tmp_path / "base", patch=2, weights=tmp_path / "ema.safetensors")))
+    assert tuple(stack.transformer.config.patch_size) == (1, 2, 2)
     assert all(torch.equal(v, state[k]) for k, v in stack.transformer.state_dict().items())
     shipped = build_preset("toy")
     assert all(torch.equal(v, shipped.vae.state_dict()[k]) for k, v in stack.vae.state_dict().items())

@@ -33,8 +33,10 @@ TRANSFORMER_ARCHS: dict[str, dict[str, Any]] = {
         out_channels=16, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=64,
     ),
-    "toy": dict(  # the toy-world teacher (pyrawan/models/toy.py; weights in pyrawan/toy/weights/)
-        patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=16,
+    # "toy": the toy-world teacher (pyrawan/models/toy.py; weights in pyrawan/toy/weights/). 1x1 patches:
+    # 8x8 tokens per latent frame, so an object spans 1.3-2.4 tokens (docs/toy-world.md).
+    "toy": dict(
+        patch_size=(1, 1, 1), num_attention_heads=4, attention_head_dim=32, in_channels=16,
         out_channels=16, text_dim=32, freq_dim=64, ffn_dim=256, num_layers=4, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=64,
     ),
