@@ -267,6 +267,13 @@ def test_conditional_means_see_colour_in_the_shipped_teacher_and_nothing_in_a_bl
     assert all(r["norm_ratio"] == 0 for r in blind.values()), blind
 
 
+def test_probe_refuses_a_folder_that_is_not_a_cache_before_loading_a_model(tmp_path):
+    from pyrawan.toy.probe import main
+
+    with pytest.raises(SystemExit, match="is not a latent cache"):
+        main(["--model", str(tmp_path / "no-model"), "--cache", str(tmp_path)])
+
+
 def test_write_base_gives_a_loadable_toy_stack_with_another_patch(tmp_path):
     """A base for pretraining a teacher of another patch: shipped VAE and text encoder, the asked transformer weights."""
     from diffusers import WanTransformer3DModel

@@ -6,7 +6,7 @@ For ``n`` held-out scenes (rendered, encoded by the model's VAE) and fixed noise
 sigma, the velocity loss ``|F(x_sigma, caption) - (noise - x0)|^2`` is measured with the true
 caption, with one attribute changed (direction reversed, speed swapped, colour changed) and with
 the empty caption. A teacher that uses an attribute has a higher loss when it is changed; equal
-losses mean the attribute is ignored (the shipped 64x64 teacher ignores direction). This needs no
+losses mean the attribute is ignored (the 2x2-patch teacher shipped until 2026-11-29 ignored direction). This needs no
 sampling, so it is cheap enough to follow a training run.
 
 With ``--cache`` (a latent cache of the training data) it also compares, at sigma = 1, what the
@@ -24,6 +24,7 @@ import json
 import numpy as np
 import torch
 
+from pyrawan.errors import InputError
 from pyrawan.toy import world
 
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up", "up-left": "down-right",
@@ -153,10 +154,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache", help="a latent cache of the training data: add the sigma = 1 conditional-mean check")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    try:
+        data = cache_data(args.cache) if args.cache else None     # read (and check) the cache first
+    except InputError as err:
+        raise SystemExit(f"error: {err}") from None
     components = load_model(args.model).components
     report = {"model": args.model, "n": args.n, "loss": caption_sensitivity(components, args.n, args.seed)}
-    if args.cache:
-        report["sigma1"] = conditional_means(components, *cache_data(args.cache), n=args.n, seed=args.seed)
+    if data is not None:
+        report["sigma1"] = conditional_means(components, *data, n=args.n, seed=args.seed)
     print(json.dumps(report, indent=1))
 
 
