@@ -67,7 +67,7 @@ class Pyramid(Section):
     stages: int = Field(3, ge=1, le=MAX_STAGES, description="Number of resolution stages, full resolution included.")
     boundaries: tuple[float, ...] | None = Field(
         None, max_length=MAX_STAGES - 1, description="Inner boundaries b_1..b_{S-1} in global sigma, strictly increasing in (0, 1); "
-        "null = uniform split.")
+        "null = Pyramid Flow's split (0.586, 0.941 for 3 stages), the measured default.")
     resizer: Literal["haar", "dct", "db4"] = Field("haar", description="Orthogonal down/up-sampling operator.")
     keep_time: bool = Field(False, description="Spatial-only pyramid: keep every frame at every stage.")
     stage_data: Literal[1, 2] = Field(
@@ -173,11 +173,11 @@ class RecipeBase(Section):
         return parse_schedule(self.sampling.schedule, self.pyramid.stages, key="sampling.schedule")
 
     def stage_boundaries(self) -> tuple[float, ...]:
-        """Inner boundaries b_1..b_{S-1} in global sigma: the recipe's, or the uniform default."""
-        from pyrawan.pyramid.schedule import default_boundaries
+        """Inner boundaries b_1..b_{S-1} in global sigma: the recipe's, or Pyramid Flow's split (the measured default)."""
+        from pyrawan.pyramid.schedule import recipe_default_boundaries
 
-        b = self.pyramid.boundaries
-        return tuple(b) if b is not None else default_boundaries(self.pyramid.stages)
+        p = self.pyramid
+        return tuple(p.boundaries) if p.boundaries is not None else recipe_default_boundaries(p.stages, p.keep_time, p.kind)
 
     def pyramid_config(self, boundaries=None):
         """The math-side pyramid of this recipe (``boundaries`` overrides the recipe's or default ones)."""

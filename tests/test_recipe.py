@@ -174,7 +174,7 @@ def test_calibration_and_local_base_must_exist(tmp_path, monkeypatch):
 def test_resolve_fills_defaults_and_hash_is_canonical(tmp_path):
     minimal = write(tmp_path, "schema_version: 1\nkind: convert\nbase: tiny\n")
     resolved = resolve_recipe(load_recipe(minimal))
-    assert resolved["pyramid"]["boundaries"] == [0.333333, 0.666667]
+    assert resolved["pyramid"]["boundaries"] == [0.585786, 0.941176]          # null: Pyramid Flow's split
     assert resolved["video"] == {"frames": 81, "height": 448, "width": 832, "fps": 16}
     expected = hashlib.sha256(json.dumps(resolved, sort_keys=True, separators=(",", ":"),
                                          ensure_ascii=False).encode()).hexdigest()

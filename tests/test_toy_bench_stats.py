@@ -90,3 +90,16 @@ def test_pyramid_flow_boundaries_split_the_natural_level_uniformly():
     for stage, boundary in enumerate(b, start=1):   # the coarse side of each jump sits at natural level stage / 3
         later_frame = sigma_to_natural(boundary, stage, 5)[-1]
         assert float(later_frame) == pytest.approx(stage / 3, abs=1e-5)   # boundaries are rounded to 1e-6
+
+
+def test_a_recipe_without_boundaries_gets_pyramid_flows_split_for_its_jumps():
+    """null boundaries: m = 8 for 2x2x2 blocks, 4 spatial-only, 1 (uniform) for PPF, which has no jump."""
+    from pyrawan.pyramid.schedule import default_boundaries, pyramid_flow_boundaries, recipe_default_boundaries
+    from pyrawan.recipe import load_recipe
+
+    assert recipe_default_boundaries(3) == pyramid_flow_boundaries(3, 8.0)
+    assert recipe_default_boundaries(3, keep_time=True) == pytest.approx((0.5, 0.888889), abs=1e-6)
+    assert recipe_default_boundaries(3, kind="ppf") == default_boundaries(3)
+    assert recipe_default_boundaries(1) == ()
+    assert load_recipe("toy-finetune").pyramid_config().boundaries == pytest.approx((0.585786, 0.941176), abs=1e-6)
+    assert load_recipe("toy-ppf-finetune").pyramid_config().boundaries == pytest.approx((1 / 3, 2 / 3), abs=1e-6)

@@ -140,12 +140,24 @@ def interpolate_level(rho: float | torch.Tensor, sigma_c: torch.Tensor, sigma_n:
 
 
 def default_boundaries(num_stages: int) -> tuple[float, ...]:
-    """Uniform split of global sigma, ``b_i = i / S`` (a default until calibrated).
+    """Uniform split of global sigma, ``b_i = i / S`` (``PyramidConfig``'s default; recipes default to
+    ``recipe_default_boundaries``).
 
     This is not Pyramid Flow's split: Pyramid Flow divides each stage's *natural* level uniformly
     (``pyramid_flow_boundaries``), which in global sigma is about (0.586, 0.941) for S = 3, m = 8.
     """
     return tuple(round(i / num_stages, 6) for i in range(1, num_stages))
+
+
+def recipe_default_boundaries(num_stages: int, keep_time: bool = False, kind: str = "resolution") -> tuple[float, ...]:
+    """What ``pyramid.boundaries: null`` means in a recipe: Pyramid Flow's split for this pyramid's jumps.
+
+    m = 8 for 2x2x2 blocks, 4 for a spatial-only pyramid (``keep_time``), 1 for PPF (no jump, so the
+    split is uniform). Chosen by measurement: in the toy world it beat uniform and calibrated
+    boundaries before and after finetuning (docs/results.md, "Ablations").
+    """
+    m = 1.0 if kind == "ppf" else 4.0 if keep_time else 8.0
+    return pyramid_flow_boundaries(num_stages, m)
 
 
 def pyramid_flow_boundaries(num_stages: int, m: float = 8.0) -> tuple[float, ...]:
