@@ -230,6 +230,11 @@ def test_checkpoints_of_an_earlier_run_need_resume_and_a_resume_needs_the_same_r
     changed = recipe("train.steps=2", "train.checkpoint.every=1", "train.validation.every=0", "seed=5")
     with pytest.raises(InputError, match=r"recipe differs .*seed: 0 -> 5"):
         run(changed, out, resume=True, source=for_recipe(r), show_progress=False)
+    resume_to_step_3(out, r)
+
+
+def resume_to_step_3(out, r) -> None:
+    """Resume a 2-step run of ``r`` to 3 steps; the log holds steps 1, 2, 3 once each."""
     longer = recipe("train.steps=3", "train.checkpoint.every=1", "train.validation.every=0")
     run(longer, out, resume=True, source=for_recipe(r), show_progress=False)
     assert [s["step"] for s in records(out, "train")] == [1, 2, 3]
@@ -251,9 +256,7 @@ def test_a_checkpoint_of_an_older_pyrawan_resumes_when_the_new_recipe_keys_are_a
     shifted = recipe("train.steps=3", "train.checkpoint.every=1", "train.validation.every=0", "train.level_shift=3")
     with pytest.raises(InputError, match=r"recipe differs .*train.level_shift: 1.0 -> 3.0"):
         run(shifted, out, resume=True, source=for_recipe(r), show_progress=False)
-    longer = recipe("train.steps=3", "train.checkpoint.every=1", "train.validation.every=0")
-    run(longer, out, resume=True, source=for_recipe(r), show_progress=False)
-    assert [s["step"] for s in records(out, "train")] == [1, 2, 3]
+    resume_to_step_3(out, r)
 
 
 # ---- plan ----------------------------------------------------------------------------------------
