@@ -46,10 +46,13 @@ def bench(
         "--reference", help="Real videos (e.g. a `pyrawan toy make-dataset` folder) for the Fréchet distance.",
         exists=True, file_okay=False)] = None,
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Write toybench.json and a manifest here.")] = None,
+    by: Annotated[Optional[str], typer.Option(
+        "--by", help="Also score each group of prompts asking the same values of these attributes, "
+                     "e.g. 'shape,size' (shape, colour, size, direction, speed, background, style).")] = None,
     as_json: JsonOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Judge toy-world videos against their prompts: object, colour, shape, size, motion, flicker, noise, sharpness."""
     from pyrawan.commands.toy import run_bench
 
-    run_bench(source, reference, out, overwrite, as_json)
+    run_bench(source, reference, out, overwrite, as_json, by=[] if by is None else by.split(","))

@@ -15,7 +15,7 @@ from pyrawan.data.video import probe_video, read_video
 from pyrawan.errors import InputError
 from pyrawan.manifest import verify
 from pyrawan.toy import world
-from pyrawan.toy.bench import SCORES, frechet_distance, score_set, score_video
+from pyrawan.toy.bench import SCORES, breakdown, frechet_distance, score_set, score_video
 from pyrawan.toy.corrupt import CORRUPTIONS, TARGETS, validate
 from pyrawan.toy.layouts import LAYOUTS, read_captions
 
@@ -184,6 +184,24 @@ def test_frechet_distance_basics_and_errors():
         score_video(torch.zeros(3, 64, 64), world.caption(scenes(0, 1)[0]))
 
 
+def test_breakdown_groups_by_asked_values_and_averages_each_group():
+    def result(prompt, shape_score):
+        return {"prompt": prompt, "overall": shape_score, "scores": {**dict.fromkeys(SCORES, 1.0), "shape": shape_score}}
+
+    results = [result("a small red square quickly moving left on a plain black background", 0.0),
+               result("a small blue square slowly moving up on a plain white background", 0.2),
+               result("a large red square slowly moving up on a plain white background", 1.0),
+               result("a red circle moving left", 0.5)]                  # short: no size
+    groups = breakdown(results, ["shape", "size"])
+    assert [tuple(g["group"].values()) for g in groups] == [("circle", None), ("square", "large"), ("square", "small")]
+    assert [g["videos"] for g in groups] == [1, 1, 2]
+    assert groups[2]["intervals"]["shape"]["mean"] == pytest.approx(0.1)
+    assert groups[2]["intervals"]["colour"]["n"] == 2 and groups[0]["intervals"]["shape"]["mean"] == 0.5
+    for bad in (["shapes"], []):
+        with pytest.raises(InputError, match="--by"):
+            breakdown(results, bad)
+
+
 # ---- the CLI --------------------------------------------------------------------------------------
 
 def test_cli_make_dataset_then_bench_a_dataset_and_a_samples_artifact(tmp_path):
@@ -205,8 +223,12 @@ def test_cli_make_dataset_then_bench_a_dataset_and_a_samples_artifact(tmp_path):
         (samples / "videos" / f"{i:04d}.mp4").write_bytes(video.read_bytes())
         lines.append(json.dumps({"index": i, "prompt": text, "seed": i, "video": f"videos/{i:04d}.mp4"}))
     (samples / "samples.jsonl").write_text("\n".join(lines) + "\n")
-    report = json.loads(run("toy", "bench", samples, "--json").output)
+    report = json.loads(run("toy", "bench", samples, "--json", "--by", "shape").output)
     assert report["videos"] == 3 and report["fd"] is None and report["overall"] > REAL_OVERALL
+    assert sum(g["videos"] for g in report["breakdown"]) == 3
+    assert {g["group"]["shape"] for g in report["breakdown"]} <= set(world.SHAPES)
+    table = run("toy", "bench", samples, "--by", "size,shape").output
+    assert "ToyBench by size, shape" in table
     assert read_video(samples / report["per_video"][0]["video"])[0].shape == (17, 3, 64, 64)
 
 
@@ -216,3 +238,5 @@ def test_cli_bad_inputs_exit_2_with_one_paragraph(tmp_path):
     (tmp_path / "d" / "metadata.jsonl").write_text(json.dumps({"video": "videos/0000.mp4", "caption": "a cat"}) + "\n")
     output = run("toy", "bench", tmp_path / "d", code=2).output
     assert "0000.mp4" in output and "is not a toy-world caption" in output
+    output = run("toy", "bench", tmp_path / "d", "--by", "hue", code=2).output       # refused before scoring
+    assert "'hue'" in output and "shape" in output and "Traceback" not in output

@@ -210,6 +210,9 @@ def test_vae_training_resumes_and_refuses_changed_arguments(tmp_path):
         main([*args[:-1], "1e-3", "--steps", "6", "--resume"])
     with pytest.raises(InputError, match="holds no resumable"):
         main(["--out", str(tmp_path / "none"), "--resume"])
+    main(["--out", str(tmp_path / "bench"), "--init", str(tmp_path / "v"), "--bench-only", "--holdout", "3"])
+    bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert bench["intervals"]["shape"]["n"] == 3 and sum(g["videos"] for g in bench["by_shape_size"]) == 3
 
 
 def test_probe_sees_the_shipped_teacher_read_colour_from_its_caption():

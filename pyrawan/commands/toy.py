@@ -120,18 +120,50 @@ def render_bench_table(report: dict) -> Table:
     return table
 
 
+SHORT_NAMES = {"detection": "det", "colour": "col", "direction": "dir", "speed": "spd", "smoothness": "smo",
+               "flicker": "flk", "sharpness": "shp", "overall": "all", "videos": "n"}   # keep 80 columns
+
+
+def render_breakdown_table(groups: list[dict]) -> Table:
+    """Rich table of ``bench.breakdown``: one row per group, each score's mean over the group's videos."""
+    from pyrawan.toy.bench import SCORES
+
+    by = list(groups[0]["group"])
+    table = Table(title=f"ToyBench by {', '.join(by)}: mean per group (- = not asked)",
+                  caption="Intervals per group: toybench.json (-o) or --json.",
+                  box=None, padding=(0, 1), collapse_padding=True, show_edge=False)
+    for name in by:
+        table.add_column(name, no_wrap=True)
+    for name in ("videos", "overall", *SCORES):
+        table.add_column(SHORT_NAMES.get(name, name), justify="right", no_wrap=True)
+    for g in groups:
+        ci = g["intervals"]
+        table.add_row(*(str(v) for v in g["group"].values()), str(g["videos"]),
+                      *(_number(ci[name]["mean"], 2) if ci[name]["mean"] is not None else "-"
+                        for name in ("overall", *SCORES)))
+    return table
+
+
 def run_bench(source: Path, reference: Path | None, out: Path | None, overwrite: bool = False,
-              as_json: bool = False, quiet: bool = False) -> dict:
-    """Score the captioned videos of ``source`` with ToyBench; FD against ``reference`` if given."""
+              as_json: bool = False, quiet: bool = False, by: list[str] | None = None) -> dict:
+    """Score the captioned videos of ``source`` with ToyBench; FD against ``reference`` if given.
+
+    ``by`` (attribute names) adds ``report["breakdown"]``: the scores of each group of prompts that
+    asked the same values of those attributes (``pyrawan.toy.bench.breakdown``).
+    """
     import json
 
-    from pyrawan.toy.bench import score_set
+    from pyrawan.toy.bench import breakdown, check_breakdown, score_set
 
+    if by:
+        check_breakdown(by)
     started = time.time()
     paths, prompts, videos = _load(source, "samples")
     _check_prompts(paths, prompts)
     reference_videos = _load(reference, "reference")[2] if reference is not None else None
     report = score_set(videos, prompts, reference_videos)
+    if by:
+        report["breakdown"] = breakdown(report["per_video"], by)
     for entry, path in zip(report["per_video"], paths):
         entry["video"] = path.relative_to(source.resolve()).as_posix()
         entry.pop("features")
@@ -143,6 +175,8 @@ def run_bench(source: Path, reference: Path | None, out: Path | None, overwrite:
         print(json.dumps(report, indent=2))
     else:
         Console(soft_wrap=True).print(render_bench_table(report))
+        if by:
+            Console(soft_wrap=True).print(render_breakdown_table(report["breakdown"]))
     if out is not None:
         with artifact_dir(out, overwrite=overwrite) as tmp:
             write_json(tmp / "toybench.json", report)

@@ -7,6 +7,7 @@ of the set and of reference (real) videos. Definitions and validation: ``docs/to
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -254,6 +255,31 @@ def intervals(results: Sequence[dict], level: float = 0.95) -> dict[str, dict[st
         mean, low, high = mean_ci(values, level) if values else (None, None, None)
         out[name] = {"mean": mean, "low": low, "high": high, "n": len(values)}
     return out
+
+
+def check_breakdown(by: Sequence[str]) -> None:
+    """InputError unless ``by`` is a non-empty list of caption attributes (``world.Attributes`` fields)."""
+    fields = {f.name for f in dataclasses.fields(world.Attributes)}
+    unknown = [repr(name) for name in by if name not in fields]
+    if unknown or not by:
+        raise InputError(f"ToyBench --by: cannot group by {', '.join(unknown) or 'nothing'}; choose from "
+                         f"{', '.join(sorted(fields))}, comma-separated (e.g. --by shape,size).")
+
+
+def breakdown(results: Sequence[dict], by: Sequence[str], level: float = 0.95) -> list[dict]:
+    """``intervals`` of each group of ``results`` that asked the same values of the attributes ``by``.
+
+    ``by`` names caption attributes (``world.Attributes`` fields, e.g. ``("shape", "size")``); a
+    video whose prompt leaves one of them out falls in the group of ``None``. Returns one
+    ``{"group": {attr: value}, "videos": n, "intervals": {...}}`` per group, sorted by value.
+    """
+    check_breakdown(by)
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        asked = world.parse_caption(r["prompt"], partial=True)
+        groups.setdefault(tuple(getattr(asked, name) for name in by), []).append(r)
+    return [{"group": dict(zip(by, key)), "videos": len(members), "intervals": intervals(members, level)}
+            for key, members in sorted(groups.items(), key=lambda kv: tuple(str(v) for v in kv[0]))]
 
 
 def score_set(videos: Sequence[torch.Tensor | np.ndarray], prompts: Sequence[str],

@@ -181,7 +181,7 @@ def bench_reconstructions(vae: AutoencoderKLWan, videos: torch.Tensor, captions:
                        for i in range(0, len(videos), 4)])
     frames = ((recon.clamp(-1, 1) + 1) / 2).permute(0, 2, 1, 3, 4)      # [n, F, 3, H, W]
     result = score_set(list(frames), captions)
-    per_video = [{"overall": r["overall"], "scores": r["scores"]} for r in result["per_video"]]
+    per_video = [{"prompt": r["prompt"], "overall": r["overall"], "scores": r["scores"]} for r in result["per_video"]]
     return {"mse": float(((recon.clamp(-1, 1) - videos) ** 2).mean()), "scores": result["scores"],
             "overall": result["overall"], "per_video": per_video}
 
@@ -254,9 +254,12 @@ def init_weights(init: Path | None, base_dim: int) -> tuple[dict, dict | None, d
 
 
 def bench_only(init: Path | None, out: Path, n: int, seed: int) -> dict:
-    """ToyBench (means and 95 % intervals) of ``init``'s reconstructions of ``n`` held-out scenes -> ``out/bench.json``."""
+    """ToyBench of ``init``'s reconstructions of ``n`` held-out scenes -> ``out/bench.json``.
+
+    The report holds means and 95 % intervals, overall and by asked shape and size (``breakdown``).
+    """
     from pyrawan.fsutil import atomic_write_text
-    from pyrawan.toy.bench import intervals
+    from pyrawan.toy.bench import breakdown, intervals
 
     arch, weights, stats = init_weights(init, TOY_VAE["base_dim"])
     vae = AutoencoderKLWan(**arch)
@@ -264,11 +267,14 @@ def bench_only(init: Path | None, out: Path, n: int, seed: int) -> dict:
     held, captions, _ = render_pool(n, seed)
     result = bench_reconstructions(vae, held, captions)
     report = {"vae": str(init), "videos": n, "seed": seed, "mse": result["mse"],
-              "intervals": intervals(result["per_video"])}
+              "intervals": intervals(result["per_video"]), "by_shape_size": breakdown(result["per_video"], ["shape", "size"])}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "bench.json", json.dumps(report, indent=1))
     print(json.dumps({k: [round(v["mean"], 3), round(v["low"], 3), round(v["high"], 3)]
                       for k, v in report["intervals"].items()}), flush=True)
+    for g in report["by_shape_size"]:
+        print(f"{g['group']['shape']:>8} {g['group']['size']:>6}: {g['videos']:3d} clips, shape "
+              f"{g['intervals']['shape']['mean']:.2f}, overall {g['intervals']['overall']['mean']:.2f}", flush=True)
     return report
 
 
