@@ -10,6 +10,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 CHUNK_BYTES = 8 * 1024 * 1024
 
@@ -249,3 +251,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
     """Write ``text`` to ``path`` atomically. Returns ``path``."""
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+def json_safe(value: Any, as_string: bool = False) -> Any:
+    """``value`` with every non-finite float, in nested dicts, lists and tuples, replaced for strict JSON.
+
+    The replacement is None, or with ``as_string`` the float's name (``"nan"``, ``"inf"``, ``"-inf"``).
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value) if as_string else None
+    if isinstance(value, dict):
+        return {k: json_safe(v, as_string) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v, as_string) for v in value]
+    return value

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import subprocess
 import sys
@@ -307,3 +308,11 @@ def test_the_latent_cache_checks_shard_hashes_on_open(tmp_path):
     (folder / "shards" / "00000.safetensors").write_bytes(b"9123456789" + body[10:])   # same size, other values
     with pytest.raises(InputError, match="contents of shards/00000.safetensors changed"):
         LatentCache(folder)
+
+
+def test_json_safe_replaces_every_non_finite_float_for_strict_json():
+    json_safe = fsutil.json_safe
+    value = {"a": math.nan, "b": [1.0, math.inf, (2, -math.inf)], "c": {"d": "nan", "e": 3}}
+    assert json_safe(value) == {"a": None, "b": [1.0, None, [2, None]], "c": {"d": "nan", "e": 3}}
+    assert json_safe(value, as_string=True)["b"] == [1.0, "inf", [2, "-inf"]]
+    json.dumps(json_safe(value), allow_nan=False)                         # would raise on a NaN left in

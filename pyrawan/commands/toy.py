@@ -12,6 +12,7 @@ from rich.table import Table
 from pyrawan.commands.common import console, progress_bar
 from pyrawan.errors import InputError
 from pyrawan.eval.report import write_json
+from pyrawan.fsutil import json_safe
 from pyrawan.manifest import artifact_dir, verify_if_artifact, write_manifest
 
 METRIC_NOTES = {  # score -> (raw key shown beside it, what the raw number is)
@@ -69,17 +70,6 @@ def _check_prompts(paths: list[Path], prompts: list[str]) -> None:
             parse_caption(prompt, partial=True)
         except InputError as err:
             raise InputError(f"{path}: {err}") from None
-
-
-def _clean(value: Any) -> Any:
-    """NaN and infinities -> None, recursively, so the JSON report stays strict."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
 
 
 def _number(value: Any, digits: int = 3) -> str:
@@ -167,7 +157,7 @@ def run_bench(source: Path, reference: Path | None, out: Path | None, overwrite:
     for entry, path in zip(report["per_video"], paths):
         entry["video"] = path.relative_to(source.resolve()).as_posix()
         entry.pop("features")
-    report = _clean({"kind": "toybench", "source": str(source), "reference": None if reference is None else str(reference),
+    report = json_safe({"kind": "toybench", "source": str(source), "reference": None if reference is None else str(reference),
                      **report})
     if quiet:
         pass

@@ -25,7 +25,7 @@ from typing import Any
 from pyrawan.errors import InputError
 from pyrawan.eval.metrics import METRICS
 from pyrawan.eval.stats import mean_ci
-from pyrawan.fsutil import atomic_write_text
+from pyrawan.fsutil import atomic_write_text, json_safe
 from pyrawan.manifest import read_manifest
 
 SCHEMA = "pyrawan.eval/1"
@@ -63,7 +63,7 @@ def build_eval(kind: str, label: str, videos: list[dict], model: str | None = No
 
 def write_eval(folder: Path, body: dict) -> Path:
     """Write ``folder/metrics.json`` (strict JSON: non-finite numbers become null)."""
-    return atomic_write_text(Path(folder) / METRICS_FILE, json.dumps(_finite(body), indent=1, allow_nan=False) + "\n")
+    return atomic_write_text(Path(folder) / METRICS_FILE, json.dumps(json_safe(body), indent=1, allow_nan=False) + "\n")
 
 
 def manifest_metrics(body: dict) -> dict:
@@ -88,14 +88,3 @@ def read_eval(folder: str | Path) -> dict:
         raise InputError(f"{path}: schema is {body.get('schema') if isinstance(body, dict) else None!r}, this "
                          f"pyrawan reads {SCHEMA!r}; rerun the command that wrote it.")
     return {**body, "path": str(folder)}
-
-
-def _finite(value: Any) -> Any:
-    """Non-finite floats -> None, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeRemainingColumn)
 from rich.text import Text
 
+from pyrawan.fsutil import json_safe
 from pyrawan.ui import console
 
 
@@ -41,7 +41,7 @@ class MetricsLog:
         """Append ``record`` (non-finite numbers are written as the strings "nan" / "inf", strict JSON)."""
         if not self.enabled:
             return
-        record = _finite(record)
+        record = json_safe(record, as_string=True)
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, allow_nan=False) + "\n")
         if self.writer is not None:
@@ -56,17 +56,6 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-def _finite(value):
-    """Replace non-finite floats by strings, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 class SpeedColumn(ProgressColumn):
