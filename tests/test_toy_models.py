@@ -143,7 +143,7 @@ def test_shipped_vae_keeps_colour_and_shape():
     from pyrawan.toy.train_vae import render_pool
 
     vae = build_preset("toy").vae
-    videos, captions, _ = render_pool(8, seed=7)
+    videos, captions, _ = render_pool(8, seed=7, held_out=True)
     with torch.no_grad():
         recon = vae.decode(vae.encode(videos).latent_dist.mode()).sample.clamp(-1, 1)
     scores = score_set(list(((recon + 1) / 2).permute(0, 2, 1, 3, 4)), captions)["scores"]
@@ -174,6 +174,16 @@ def test_default_model_is_the_toy_teacher_and_follows_prompts(tmp_path):
     scores = score_set(videos, prompts)["scores"]
     assert scores["detection"] >= TEACHER_FLOOR["detection"], scores
     assert scores["colour"] >= TEACHER_FLOOR["colour"], scores
+
+
+def test_held_out_scenes_are_in_no_training_pool():
+    """A pool is a prefix of every larger pool of its seed; held-out scenes come from another stream."""
+    from pyrawan.toy.train_vae import pool_scenes
+
+    assert pool_scenes(96, 3) == pool_scenes(512, 3)[:96]            # why another seed is not held out
+    training = {scene for seed in range(6) for scene in pool_scenes(512, seed)}
+    held = [scene for seed in range(6) for scene in pool_scenes(96, seed, held_out=True)]
+    assert len(set(held)) == len(held) and not training & set(held)
 
 
 def test_vae_training_batches_centre_the_object():

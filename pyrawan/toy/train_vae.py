@@ -36,10 +36,22 @@ FRAMES, SIZE = 17, 64
 WINDOWS = (5, 9, 5, 17)   # frames per training window, cycled (17 trains the causal cache over 4 chunks)
 
 
-def render_pool(n: int, seed: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """``n`` scenes drawn with ``seed``: pixels [n, 3, 17, 64, 64] in [-1, 1], captions, centres [n, 17, 2] (x, y)."""
-    rng = np.random.default_rng(seed)
-    scenes = [world.sample_scene(rng) for _ in range(n)]
+HELD_OUT_STREAM = 7001   # the held-out scenes' random stream: (HELD_OUT_STREAM, seed), never a training pool's
+
+
+def pool_scenes(n: int, seed: int, held_out: bool = False) -> list[world.Scene]:
+    """``n`` scenes drawn with ``seed``: a training pool, or with ``held_out`` scenes no training pool holds.
+
+    A training pool of ``seed`` is a prefix of every larger pool of the same seed, so held-out
+    scenes come from a separate stream instead of another seed (which a training run may use).
+    """
+    rng = np.random.default_rng((HELD_OUT_STREAM, seed) if held_out else seed)
+    return [world.sample_scene(rng) for _ in range(n)]
+
+
+def render_pool(n: int, seed: int, held_out: bool = False) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """``pool_scenes`` rendered: pixels [n, 3, 17, 64, 64] in [-1, 1], captions, centres [n, 17, 2] (x, y)."""
+    scenes = pool_scenes(n, seed, held_out)
     videos = torch.stack([world.render(s, FRAMES, SIZE, SIZE, supersample=4) for s in scenes])
     tracks = torch.as_tensor(np.stack([world.centre_track(s, FRAMES, SIZE, SIZE) for s in scenes]))
     return videos.permute(0, 2, 1, 3, 4) * 2 - 1, [world.caption(s) for s in scenes], tracks
@@ -264,7 +276,7 @@ def bench_only(init: Path | None, out: Path, n: int, seed: int) -> dict:
     arch, weights, stats = init_weights(init, TOY_VAE["base_dim"])
     vae = AutoencoderKLWan(**arch)
     vae.load_state_dict(weights)
-    held, captions, _ = render_pool(n, seed)
+    held, captions, _ = render_pool(n, seed, held_out=True)
     result = bench_reconstructions(vae, held, captions)
     report = {"vae": str(init), "videos": n, "seed": seed, "mse": result["mse"],
               "intervals": intervals(result["per_video"]), "by_shape_size": breakdown(result["per_video"], ["shape", "size"])}
@@ -303,12 +315,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--decoder-only", action="store_true",
                     help="freeze the encoder (keeps --init's latents and statistics; the teacher stays valid)")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out (same arguments)")
-    ap.add_argument("--holdout", type=int, default=16, help="held-out scenes scored by ToyBench at the end")
+    ap.add_argument("--holdout", type=int, default=16,
+                    help="held-out scenes (a stream no training pool draws from) scored by ToyBench at the end")
     ap.add_argument("--bench-only", action="store_true",
                     help="no training: score --init's reconstructions of --holdout held-out scenes into OUT/bench.json")
     args = ap.parse_args(argv)
     if args.bench_only:
-        bench_only(args.init, args.out, args.holdout, args.seed + 1)
+        bench_only(args.init, args.out, args.holdout, args.seed)
         return
     shown = {k: str(v) for k, v in vars(args).items()}
     state = load_state(args.out, shown) if args.resume else None
@@ -343,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         mean, std = latent_stats(vae, pool[:64])
     vae.register_to_config(latents_mean=mean, latents_std=std)
-    held, captions, _ = render_pool(args.holdout, args.seed + 1)
+    held, captions, _ = render_pool(args.holdout, args.seed, held_out=True)
     report = {"args": shown, "device": str(device), "steps": len(log), "final": log[-1] if log else None,
               "reconstruction": bench_reconstructions(vae, held, captions)}
     save(vae, {**arch, "latents_mean": mean, "latents_std": std}, args.out)
