@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Train the shipped toy VAE and teacher (docs/toy-world.md, "How the current models were made").
 # One training process at a time; every step resumes, or is skipped when its output is complete, so
-# running this script again continues where it stopped. Takes about 4 h of CPU on 2 cores.
+# running this script again continues where it stopped. Takes about 6.5 h of CPU on 2 cores.
 #   THREADS=2 nohup nice -n 10 scripts/train-toy-models.sh >> runs/toytrain/train.log 2>&1 &
-# Then ship: python -m pyrawan.toy.ship --vae runs/toytrain/vae2 --transformer runs/toytrain/teacher-p1
+# Then ship: python -m pyrawan.toy.ship --vae runs/toytrain/vae2 --transformer runs/toytrain/teacher-p1b
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -19,6 +19,13 @@ vae() {  # vae OUT ARGS...: train (or resume) unless OUT/report.json exists, the
   fi
   [ -f "$T/bench/$(basename "$out")/bench.json" ] || \
     $PY -m pyrawan.toy.train_vae --out "$T/bench/$(basename "$out")" --init "$out" --bench-only --holdout 96 --seed 2
+}
+
+teacher() {  # teacher OUT RECIPE OVERRIDES...: finetune (or resume) unless OUT is a finished artifact
+  local out=$1; shift
+  [ -f "$out/manifest.json" ] && return
+  if ls "$out.run/checkpoints" 2>/dev/null | grep -q step-; then .venv/bin/pyrawan finetune "$@" -o "$out" --resume
+  else .venv/bin/pyrawan finetune "$@" -o "$out"; fi
 }
 
 echo "== first VAE from git $(date -u)"
@@ -39,11 +46,9 @@ echo "== dataset $(date -u)"
   --short-captions 0.3 -q
 [ -d $T/base-p1-vae2 ] || $PY -m pyrawan.toy.ship --write-base $T/base-p1-vae2 --patch 1 --base-vae $T/vae2
 echo "== teacher $(date -u)"
-TEACHER="toy-teacher base=$T/base-p1-vae2 data.root=$T/data4k data.cache=$T/cache4k-vae2 train.steps=12000
-  train.validation.holdout=64 -o $T/teacher-p1"
-if [ -d $T/teacher-p1.run/checkpoints ] && ls $T/teacher-p1.run/checkpoints | grep -q step-; then
-  .venv/bin/pyrawan finetune $TEACHER --resume
-else
-  .venv/bin/pyrawan finetune $TEACHER
-fi
+teacher $T/teacher-p1 toy-teacher base=$T/base-p1-vae2 data.root=$T/data4k data.cache=$T/cache4k-vae2 \
+  train.steps=12000 train.validation.holdout=64
+echo "== teacher, second cosine $(date -u)"
+teacher $T/teacher-p1b toy-teacher base=$T/teacher-p1 train.from_scratch=false train.steps=12000 \
+  train.optimizer.lr=3e-4 data.root=$T/data4k data.cache=$T/cache4k-vae2 train.validation.holdout=64
 echo "== done $(date -u)"
