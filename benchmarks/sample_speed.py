@@ -1,6 +1,6 @@
 """Benchmark: batched sampling with the toy model on the CPU (issue "Speed"), all figures in one run.
 
-    OMP_NUM_THREADS=1 python benchmarks/sample_speed.py [--repeats 3] [--batch-size 16] [--sweep] [--clock cpu]
+    OMP_NUM_THREADS=1 python benchmarks/sample_speed.py [--repeats 3] [--batch-size 16] [--sweep] [--profile] [--clock cpu]
 
 1. Generation time (text encoding + every transformer step + jumps; no VAE decode) of 20-20-10
    against 0-0-50 at batch 16, side by side with the FLOPs ratio (goal: time ratio within 1.3x of
@@ -9,6 +9,10 @@
    (``--batch-size``) against the one-at-a-time path (batch 1: what ``sample`` did before
    batching), for the teacher's 0-0-50 and the pyramid's 20-20-10 (goal: >= 2.5x).
 3. ``--sweep``: seconds per video (sampling + decode) for batch sizes 1..32, to choose the default.
+4. ``--profile``: where one full-resolution transformer forward of the batched path (2 x batch with
+   CFG) spends its CPU time, by operator group (GEMMs, attention, the rest), and the same forward
+   under bf16 autocast: its time ratio and its relative error against float32. This is what bounds
+   the speed-up batching can give once the transformer dominates.
 
 ``--clock cpu`` measures the CPU time of this process instead of wall time: on a machine shared
 with other jobs, wall time counts the time the process waits for a core, CPU time does not (run it
@@ -90,6 +94,45 @@ def videos_seconds(model, schedule: str, batch: int | None, folder: Path) -> flo
     return timed(work)
 
 
+def profile_forward(model, batch: int, repeats: int) -> None:
+    """Part 4: operator shares of one CFG forward at ``batch`` prompts, and float32 against bf16 autocast."""
+    import warnings
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from pyrawan.eval.latency import _inputs
+
+    warnings.filterwarnings("ignore", message="Mismatch dtype")      # rms_norm under autocast: float weights
+
+    transformer = model.components.transformer
+    inputs = _inputs(transformer, (5, 8, 8), 16, 2 * batch, "cpu", torch.float32, torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        transformer(**inputs)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            transformer(**inputs)
+        groups = {"GEMM (addmm, mm, bmm)": ("aten::addmm", "aten::mm", "aten::bmm"),
+                  "attention (SDPA)": ("aten::_scaled_dot_product_flash_attention_for_cpu",
+                                       "aten::_scaled_dot_product_attention_math")}
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        shares = {name: sum(e.self_cpu_time_total for e in events if e.key in keys) / total for name, keys in groups.items()}
+        shares["the rest (elementwise, norms, copies)"] = 1 - sum(shares.values())
+        print(f"\n4. one transformer forward at batch {2 * batch} (CFG), CPU time by operator group:")
+        for name, share in shares.items():
+            print(f"   {name:40s} {100 * share:5.1f} %")
+        reference = transformer(**inputs)[0]
+        fp32, bf16 = [], []
+        for _ in range(repeats):
+            fp32.append(timed(lambda: transformer(**inputs)))
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                bf16.append(timed(lambda: transformer(**inputs)))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            error = float((transformer(**inputs)[0].float() - reference).norm() / reference.norm())
+    ratios = [a / b for a, b in zip(fp32, bf16)]
+    print(f"   float32 {spread(fp32)}   bf16 autocast {spread(bf16)}   speed-up {statistics.median(ratios):.2f}x "
+          f"({min(ratios):.2f}-{max(ratios):.2f}); relative error of the bf16 output {error:.4f}")
+
+
 def flops_ratio(schedule: str, base: str = "0-0-50") -> float:
     report = flops_report("toy", (5, 8, 8), 3, False, [base, schedule], True, "analytic", 16)
     total = {row["schedule"]: row["total_tflops"] for row in report["schedules"]}
@@ -103,6 +146,7 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="Also time batch sizes 1, 2, 4, 8, 16, 32.")
     ap.add_argument("--skip-videos", action="store_true", help="Only the generation-time ratio (part 1).")
     ap.add_argument("--clock", choices=sorted(CLOCK), default="wall", help="wall time, or CPU time of this process.")
+    ap.add_argument("--profile", action="store_true", help="Also part 4: operator shares of one forward, and bf16.")
     args = ap.parse_args()
     global clock
     clock = CLOCK[args.clock]
@@ -138,6 +182,9 @@ def main() -> None:
                 cells = [f"{label} {spread(t)} = {60 * n / statistics.median(t):6.1f}/min" for label, t in runs.items()]
                 print(f"   {schedule:9} " + "   ".join(cells) + f"   speed-up batched/before "
                       f"{statistics.median(speedups):.2f}x ({min(speedups):.2f}-{max(speedups):.2f}; goal >= 2.5x)")
+
+    if args.profile:
+        profile_forward(model, args.batch_size, args.repeats)
 
     if args.sweep:
         print("\n3. seconds per video (sample + decode, 32 prompts, one run each) by batch size")
