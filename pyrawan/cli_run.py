@@ -187,6 +187,9 @@ def eval_latency(
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32 or bfloat16 [default: bfloat16 on GPU].")] = None,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed forwards per stage (median reported).")] = 10,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed forwards first.")] = 3,
+    timesteps: Annotated[str, typer.Option(
+        "--timesteps", help="sampler: per-token timesteps at the coarse stages, as the sampler runs them; "
+                            "per-sample: one timestep per sample everywhere (as measured before 2026-11-28).")] = "sampler",
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Write latency.json and a manifest here.")] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -194,7 +197,7 @@ def eval_latency(
     from pyrawan.commands.evaluate import run_latency
 
     run_latency(model, _schedules(schedules), out, frames, height, width, stages, guidance, device, dtype,
-                repeats, warmup, overwrite)
+                repeats, warmup, overwrite, timesteps=timesteps)
 
 
 # eval quality, compare, report, schedules and vbench live in cli_eval.py (imported so they register on eval_app).

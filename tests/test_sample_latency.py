@@ -36,3 +36,21 @@ def test_latency_rows_say_which_timesteps_and_the_report_adds_text_and_decode(ti
     unguided = {"cfg_factor": 1, "total_ms": 5.0}
     assert end_to_end_ms(unguided, parts) == pytest.approx(parts["text_encoder_ms"] + 5.0 + parts["vae_decode_ms"])
     assert "parts" not in latency_report([10.0, 2.0, 1.0], ["0-0-4"])
+
+
+def test_eval_latency_cli_times_either_timestep_form_and_refuses_others(tmp_path, one_thread):
+    import json
+
+    from typer.testing import CliRunner
+
+    from pyrawan.cli import app
+
+    base = ["eval", "latency", "--model", "tiny-random", "--frames", "17", "--height", "64", "--width", "64",
+            "--device", "cpu", "--repeats", "1", "--warmup", "0"]
+    for mode, expected in (("sampler", {"per-sample", "per-token"}), ("per-sample", {"per-sample"})):
+        result = CliRunner().invoke(app, [*base, "--timesteps", mode, "-o", str(tmp_path / mode)])
+        assert result.exit_code == 0, result.output
+        rows = json.loads((tmp_path / mode / "latency.json").read_text())["stages"]
+        assert {r["timesteps"] for r in rows} == expected
+    result = CliRunner().invoke(app, [*base, "--timesteps", "per-frame"])
+    assert result.exit_code == 2 and "--timesteps 'per-frame'" in result.output

@@ -95,9 +95,20 @@ def run_flops(ref: str, overrides: list[str], schedules: list[str] | None, metho
     return _finish(report, out, "flops", target, started, overwrite)
 
 
+TIMESTEP_MODES = ("sampler", "per-sample")
+
+
 def run_latency(model: str, schedules: list[str] | None, out: Path | None, frames=None, height=None, width=None,
-                stages=None, guidance=None, device=None, dtype=None, repeats=10, warmup=3, overwrite=False) -> dict:
-    """Time one forward per stage. ``model``: ``ARCH-random`` (random weights, built on the device) or a model."""
+                stages=None, guidance=None, device=None, dtype=None, repeats=10, warmup=3, overwrite=False,
+                timesteps: str = "sampler") -> dict:
+    """Time one forward per stage. ``model``: ``ARCH-random`` (random weights, built on the device) or a model.
+
+    ``timesteps``: ``sampler`` (per-token timesteps at the coarse stages, as sampling runs them) or
+    ``per-sample`` (one timestep per sample at every stage).
+    """
+    if timesteps not in TIMESTEP_MODES:
+        raise InputError(f"eval latency: --timesteps {timesteps!r} is not one of {', '.join(TIMESTEP_MODES)}; "
+                         "use sampler (what sampling runs) or per-sample.")
     started = time.time()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -115,7 +126,7 @@ def run_latency(model: str, schedules: list[str] | None, out: Path | None, frame
     console.print(f"eval latency: {target.source} on {dev} in {str(dt).removeprefix('torch.')}, "
                   f"{warmup} warm-up + {repeats} timed forwards per stage")
     rows = measure_latency(transformer, target.latent_shapes(), target.text_len, repeats=repeats, warmup=warmup,
-                           device=dev, dtype=dt)
+                           device=dev, dtype=dt, sampler_timesteps=timesteps == "sampler")
     parts = None if model.endswith("-random") else measure_parts(components, target.latent_shapes()[0],
                                                                   target.text_len, repeats=min(repeats, 3))
     report = latency_report(rows, schedules, target.guidance, environment_info(dev, dt), parts=parts)
