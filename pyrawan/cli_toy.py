@@ -55,4 +55,4 @@ def bench(
     """Judge toy-world videos against their prompts: object, colour, shape, size, motion, flicker, noise, sharpness."""
     from pyrawan.commands.toy import run_bench
 
-    run_bench(source, reference, out, overwrite, as_json, by=[] if by is None else by.split(","))
+    run_bench(source, reference, out, overwrite, as_json, by=[] if by is None else [name.strip() for name in by.split(",")])
