@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 from pyrawan.eval.latency import environment_info, measure_latency  # noqa: E402
 from pyrawan.models.presets import build_preset, build_transformer  # noqa: E402
-from pyrawan.pyramid.geometry import pixel_to_latent, stage_shapes  # noqa: E402
+from pyrawan.pyramid.geometry import WAN21_VAE_FACTORS, pixel_to_latent, stage_shapes  # noqa: E402
 
 SCHEDULES = {"0-0-50": True, "20-20-10": True, "2-2-2": False, "2-2-1": False, "1-1-1": False, "0-0-4": False}
 BACKENDS = ("native", "_native_cudnn", "_native_flash", "_native_efficient", "flash", "_flash_3", "sage")
@@ -58,7 +58,7 @@ class Run:
         self.dtype = torch.float32 if args.tiny else torch.bfloat16
         self.arch = "tiny" if args.tiny else "wan1.3b"
         size = (17, 64, 64) if args.tiny else (81, 448, 832)
-        self.shapes = stage_shapes(pixel_to_latent(*size), 3, False)
+        self.shapes = stage_shapes(pixel_to_latent(*size, WAN21_VAE_FACTORS), 3, False)
         self.text_len = 16 if args.tiny else 512
         self.repeats, self.warmup = (3, 1) if args.tiny else (args.repeats, 2)
         self.results: dict = {"video": size, "latents": self.shapes, "arch": self.arch, "sections": {}}

@@ -187,6 +187,19 @@ class RecipeBase(Section):
         bounds = self.stage_boundaries() if boundaries is None else tuple(boundaries)
         return PyramidConfig(p.stages, bounds, p.resizer, p.keep_time, kind=p.kind)
 
+    def vae_factors(self) -> tuple[int, int]:
+        """(temporal, spatial) compression of the base model's VAE: (4, 8) for Wan2.1."""
+        from pyrawan.models.arch import vae_factors
+
+        return vae_factors(self.base)
+
+    def latent_size(self) -> tuple[int, int, int]:
+        """Full-resolution latent (T, H, W) of ``video`` through the base model's VAE."""
+        from pyrawan.pyramid.geometry import pixel_to_latent
+
+        v = self.video
+        return pixel_to_latent(v.frames, v.height, v.width, self.vae_factors())
+
     def stage_shifts(self) -> tuple[float, ...]:
         """The timestep shift of every stage, coarsest first."""
         shift = self.sampling.shift

@@ -22,15 +22,21 @@ def cross_field_problems(r: RecipeBase, skip: frozenset[str] = frozenset()) -> l
 
     Rules that read a top-level key in ``skip`` (one that failed its own validation) are not run.
     """
-    from pyrawan.pyramid.geometry import check_sizes
+    from pyrawan.pyramid.geometry import WAN21_VAE_FACTORS, check_sizes
     from pyrawan.pyramid.schedule import check_boundaries, parse_schedule
 
     p, s = r.pyramid, r.sampling
-    checks = [
-        (f"video.{dim}", ("video", "pyramid"), lambda dim=dim: check_sizes(
-            {dim: getattr(r.video, dim)}, p.stages, p.keep_time, frame_unit=4, space_unit=8, what="pixel"))
-        for dim in ("frames", "height", "width")
-    ]
+
+    def check_video(dim: str) -> None:
+        try:
+            frame_unit, space_unit = r.vae_factors() if "base" not in skip else WAN21_VAE_FACTORS
+        except InputError:
+            return          # an unreadable VAE config is reported once, by name, where the model loads
+        check_sizes({dim: getattr(r.video, dim)}, p.stages, p.keep_time, frame_unit=frame_unit,
+                    space_unit=space_unit, what="pixel")
+
+    checks = [(f"video.{dim}", ("video", "pyramid"), lambda dim=dim: check_video(dim))
+              for dim in ("frames", "height", "width")]
     checks += [
         ("sampling.schedule", ("sampling", "pyramid"),
          lambda: parse_schedule(s.schedule, p.stages, key="sampling.schedule")),

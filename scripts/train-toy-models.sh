@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Train the shipped toy VAE and teacher (docs/toy-world.md, "How the current models were made").
 # One training process at a time; every step resumes, or is skipped when its output is complete, so
-# running this script again continues where it stopped. Takes about 6.5 h of CPU on 2 cores.
+# running this script again continues where it stopped. Takes about 8 h of CPU on 2 cores.
 #   THREADS=2 nohup nice -n 10 scripts/train-toy-models.sh >> runs/toytrain/train.log 2>&1 &
-# Then ship: python -m pyrawan.toy.ship --vae runs/toytrain/vae2 --transformer runs/toytrain/teacher-p1b
+# Then ship: python -m pyrawan.toy.ship --vae runs/toytrain/vae2 --transformer runs/toytrain/teacher-p1c
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -50,5 +50,8 @@ teacher $T/teacher-p1 toy-teacher base=$T/base-p1-vae2 data.root=$T/data4k data.
   train.steps=12000 train.validation.holdout=64
 echo "== teacher, second cosine $(date -u)"
 teacher $T/teacher-p1b toy-teacher base=$T/teacher-p1 train.from_scratch=false train.steps=12000 \
+  train.optimizer.lr=3e-4 data.root=$T/data4k data.cache=$T/cache4k-vae2 train.validation.holdout=64
+echo "== teacher, third cosine $(date -u)"
+teacher $T/teacher-p1c toy-teacher base=$T/teacher-p1b train.from_scratch=false train.steps=8000 \
   train.optimizer.lr=3e-4 data.root=$T/data4k data.cache=$T/cache4k-vae2 train.validation.holdout=64
 echo "== done $(date -u)"

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from diffusers.configuration_utils import FrozenDict
 
 from pyrawan.data.video import write_video
 
@@ -84,8 +85,8 @@ class PoolVAE(torch.nn.Module):
         super().__init__()
         mix = torch.randn(16, 3, generator=torch.Generator().manual_seed(7))
         self.mix = torch.nn.Parameter(mix * 2.0, requires_grad=False)
-        self.config = SimpleNamespace(latents_mean=[0.0] * 16, latents_std=[1.0] * 16, scale_factor_temporal=4,
-                                      scale_factor_spatial=8)
+        self.config = FrozenDict(latents_mean=[0.0] * 16, latents_std=[1.0] * 16, scale_factor_temporal=4,
+                                 scale_factor_spatial=8)
 
     def encode(self, video: torch.Tensor) -> SimpleNamespace:
         """``[B, 3, F, H, W]`` in [-1, 1] -> posterior over ``[B, 16, 1 + (F - 1) / 4, H / 8, W / 8]``."""

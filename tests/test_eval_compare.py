@@ -74,8 +74,23 @@ def test_compare_stars_a_delta_only_on_disjoint_intervals_of_enough_videos(tmp_p
     assert rows[0]["metrics"]["temporal_flickering"]["differs"] is False
     few = artifact("f", [20.0, 21.0], enough - 1)                          # 8 videos: disjoint, but too few
     assert compare([teacher, few])["rows"][1]["metrics"]["pixel_psnr"]["differs"] is None
-    assert "(Δ -10.500*)" in markdown(compare([teacher, worse]))
-    assert "(Δ -10.500)" in markdown(compare([teacher, few]))
+    assert "(Δ -10.500* [-10.800, -10.200]†)" in markdown(compare([teacher, worse]))
+    assert "(Δ -10.500)" in markdown(compare([teacher, few]))        # fewer seeds: not the same pairs, not paired
+
+
+def test_compare_gives_a_paired_interval_that_sees_what_overlapping_intervals_hide(tmp_path):
+    """Same prompts and seeds, each video a little better than its baseline twin: the marginal intervals
+    overlap (no *), the paired interval of the differences excludes 0 (†)."""
+    def artifact(name, psnr):
+        return read_eval(make_artifact(tmp_path / name, name, psnr, 1.0, 1.0, MIN_VIDEOS // 2))
+
+    teacher, better = artifact("t", [20.0, 30.0]), artifact("b", [20.5, 30.5])
+    entry = compare([teacher, better])["rows"][1]["metrics"]["pixel_psnr"]
+    assert entry["differs"] is False and entry["paired"]["differs"] is True
+    assert entry["paired"]["mean"] == pytest.approx(0.5) and entry["paired"]["n"] == MIN_VIDEOS
+    assert "(Δ +0.500 [+0.500, +0.500]†)" in markdown(compare([teacher, better]))
+    better["videos"][0]["seed"] = 99                                     # not the same pairs: no paired interval
+    assert compare([teacher, better])["rows"][1]["metrics"]["pixel_psnr"]["paired"] is None
 
 
 def test_compare_warns_when_the_videos_are_not_the_same_prompts_and_seeds(three):
@@ -90,7 +105,7 @@ def test_compare_and_report_cli(three, tmp_path):
     r = runner.invoke(app, ["eval", "compare", *map(str, three), "--baseline", str(three[0]), "-o", str(tmp_path / "c")])
     assert r.exit_code == 0, r.output
     md = (tmp_path / "c" / "compare.md").read_text()
-    assert "| cheap | 2-2-1 | 2 | 1.0000 | 0.500 | 0.10 |" in md and "20.500 [20.000, 21.000] (Δ -10.500)" in md
+    assert "| cheap | 2-2-1 | 2 | 1.0000 | 0.500 | 0.10 |" in md and "20.500 [20.000, 21.000] (Δ -10.500 [-11.000, -10.000])" in md
     data = json.loads((tmp_path / "c" / "compare.json").read_text())
     assert data["baseline"] == "teacher" and len(data["rows"]) == 3
     assert (tmp_path / "c" / "quality_vs_cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from diffusers import AutoencoderKLWan
 
 from pyrawan.errors import RunError
 from pyrawan.fsutil import sha256_file
@@ -223,6 +224,19 @@ def test_vae_training_resumes_and_refuses_changed_arguments(tmp_path):
     main(["--out", str(tmp_path / "bench"), "--init", str(tmp_path / "v"), "--bench-only", "--holdout", "3"])
     bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert bench["intervals"]["shape"]["n"] == 3 and sum(g["videos"] for g in bench["by_shape_size"]) == 3
+
+
+def test_a_4x_spatial_vae_trains_and_its_factors_are_read_back(tmp_path):
+    """``--spatial 4``: a new VAE with 16x16 latents per 64x64 frame, whose saved config says (4, 4)."""
+    from pyrawan.models.arch import factors_of_vae_config
+    from pyrawan.toy.train_vae import main
+
+    main(["--out", str(tmp_path / "v4"), "--spatial", "4", "--base-dim", "4", "--pool", "2", "--batch", "1",
+          "--crop", "32", "--holdout", "1", "--minutes", "0", "--steps", "1"])
+    config = json.loads((tmp_path / "v4" / "config.json").read_text())
+    assert factors_of_vae_config(config, "v4/config.json") == (4, 4) and len(config["latents_mean"]) == 16
+    vae = AutoencoderKLWan(**config)
+    assert vae.encode(torch.zeros(1, 3, 17, 64, 64)).latent_dist.mode().shape == (1, 16, 5, 16, 16)
 
 
 def test_probe_sees_the_shipped_teacher_read_colour_from_its_caption():

@@ -31,7 +31,6 @@ from pyrawan.manifest import artifact_dir, check_output, write_manifest
 from pyrawan.models.denoiser import denoise
 from pyrawan.models.pyramid_spec import Distilled, PyramidSpec
 from pyrawan.pyramid.config import PyramidConfig
-from pyrawan.pyramid.geometry import pixel_to_latent
 from pyrawan.pyramid.process import clean_estimate
 from pyrawan.pyramid.sampler import FewStep, fewstep_rollout
 from pyrawan.recipe import DistillRecipe
@@ -176,9 +175,8 @@ def sample_generators(loop: Loop, purpose: str, indices: list[int]) -> list[torc
 
 def first_noise(loop: Loop, gens: list[torch.Generator]) -> torch.Tensor:
     """Pure noise ``[B, 16, T, H, W]`` at the first stage the student's schedule runs, one sample per generator."""
-    v = loop.recipe.video
     first = max(i for i, r in enumerate(reversed(loop.levels)) if r)
-    shape = loop.pyramid.shapes(pixel_to_latent(v.frames, v.height, v.width))[first]
+    shape = loop.pyramid.shapes(loop.recipe.latent_size())[first]
     return torch.cat([torch.randn((1, 16, *shape), generator=g) for g in gens])
 
 

@@ -18,10 +18,10 @@ from pyrawan.eval.flops import flops_report
 from pyrawan.eval.latency import environment_info, latency_report, measure_latency, measure_parts
 from pyrawan.eval.report import render_table, write_json
 from pyrawan.manifest import artifact_dir, write_manifest
-from pyrawan.models.arch import arch_of
+from pyrawan.models.arch import arch_of, vae_factors
 from pyrawan.models.pyramid_spec import PyramidSpec
 from pyrawan.models.presets import build_transformer
-from pyrawan.pyramid.geometry import check_sizes, pixel_to_latent, stage_shapes
+from pyrawan.pyramid.geometry import WAN21_VAE_FACTORS, check_sizes, pixel_to_latent, stage_shapes
 
 @dataclass
 class Target:
@@ -37,11 +37,13 @@ class Target:
     text_len: int
     source: str
     ppf: bool = False
+    vae_factors: tuple[int, int] = WAN21_VAE_FACTORS   # (temporal, spatial) compression of the model's VAE
 
     def latent_shapes(self) -> list[tuple[int, int, int]]:
         check_sizes({"frames": self.frames, "height": self.height, "width": self.width}, self.num_stages,
-                    self.keep_time, frame_unit=4, space_unit=8, what="pixel")
-        return stage_shapes(pixel_to_latent(self.frames, self.height, self.width), self.num_stages, self.keep_time)
+                    self.keep_time, frame_unit=self.vae_factors[0], space_unit=self.vae_factors[1], what="pixel")
+        full = pixel_to_latent(self.frames, self.height, self.width, self.vae_factors)
+        return stage_shapes(full, self.num_stages, self.keep_time)
 
 
 def resolve_target(ref: str, overrides: list[str], stages: int | None = None) -> Target:
@@ -53,11 +55,12 @@ def resolve_target(ref: str, overrides: list[str], stages: int | None = None) ->
         r = load_recipe(ref, overrides)
         return Target(arch_of(r.base), r.video.frames, r.video.height, r.video.width, r.pyramid.stages,
                       r.pyramid.keep_time, r.sampling.guidance > 1, r.text.max_sequence_length, f"recipe {ref}",
-                      r.pyramid.kind == "ppf")
+                      r.pyramid.kind == "ppf", r.vae_factors())
     if (path / "pyramid.json").is_file():
         p = PyramidSpec.read(path / "pyramid.json")
         return Target(arch_of(ref), p.video.frames, p.video.height, p.video.width, p.num_stages, p.keep_time,
-                      p.sampling.guidance > 1, p.sampling.max_sequence_length, f"model {ref}", p.kind == "ppf")
+                      p.sampling.guidance > 1, p.sampling.max_sequence_length, f"model {ref}", p.kind == "ppf",
+                      vae_factors(ref))
     arch = arch_of(ref)
     return Target(arch, 81, 448, 832, stages or 3, False, True, 512, f"architecture {ref}")
 
@@ -190,7 +193,7 @@ def run_schedules(model: str, out: Path | None, budget_flops: str | None = None,
     if budget_flops is not None:
         budget = parse_amount(budget_flops, "--budget-flops") / 1e12
         per_stage, unit = stage_forward_tflops(dict(m.components.transformer.config), default_plan.pyramid,
-                                               default_plan.video, default_plan.max_sequence_length), "TFLOPs"
+                                               default_plan.latent_shapes()[0], default_plan.max_sequence_length), "TFLOPs"
     else:
         rows = measure_latency(m.components.transformer, default_plan.latent_shapes(), default_plan.max_sequence_length,
                                repeats=3, warmup=1)

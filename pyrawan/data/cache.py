@@ -43,7 +43,7 @@ from pyrawan.data.encode import (caption_embeddings, check_shapes, normalisation
 from pyrawan.data.frames import load_clip
 from pyrawan.errors import InputError
 from pyrawan.fsutil import atomic_write_bytes, atomic_write_text, sha256_file
-from pyrawan.pyramid.geometry import pixel_to_latent, stage_shapes
+from pyrawan.pyramid.geometry import stage_shapes
 
 if TYPE_CHECKING:
     from pyrawan.models.presets import WanComponents
@@ -199,7 +199,7 @@ def cached_stages(pyramid) -> int:
 def cache_settings(recipe: RecipeBase, components: WanComponents, dataset: Dataset) -> dict:
     """Everything the cached tensors depend on; any change means another cache."""
     v, p = recipe.video, recipe.pyramid
-    shapes = stage_shapes(pixel_to_latent(v.frames, v.height, v.width), cached_stages(p), p.keep_time)
+    shapes = stage_shapes(recipe.latent_size(), cached_stages(p), p.keep_time)
     return {
         "format": CACHE_FORMAT,
         "dataset_root": str(dataset.root), "layout": dataset.layout, "dataset_fingerprint": dataset.fingerprint(),

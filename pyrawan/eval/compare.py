@@ -4,7 +4,12 @@ the Pareto front of quality against cost, and a PNG of it.
 A delta is ``mean - baseline mean``; ``differs`` is True when the two 95% intervals do not overlap
 (``pyrawan.eval.stats.differs``: conservative, a real difference can still overlap), and None when
 either side has fewer than MIN_VIDEOS values: a bootstrap interval over so few is too narrow to
-call anything. A row's ``cost_ratio`` is its cost over the baseline's (same unit).
+call anything. When a row was judged on the same (prompt, seed) pairs as the baseline (``eval
+quality`` with the same suite and seeds: coupled noise, so the pairs share their noise), ``paired``
+holds the mean of the per-video differences and its 95% bootstrap interval; its ``differs`` is True
+when that interval excludes 0 (the test for a paired design: far more sensitive than disjoint
+intervals, since the prompt-to-prompt spread cancels). A row's ``cost_ratio`` is its cost over the
+baseline's (same unit).
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pyrawan.errors import InputError
-from pyrawan.eval.stats import differs
+from pyrawan.eval.stats import differs, mean_ci
 
 QUALITY_ORDER = ("toybench_overall", "pixel_psnr", "pixel_ssim", "latent_psnr", "vbench_total")
 MIN_VIDEOS = 10     # fewer values on either side: no call on a delta (differs = None, no star)
@@ -83,6 +88,8 @@ def compare(evals: Sequence[dict], baseline: int = 0, quality: str | None = None
             if b is not None and b.get("mean") is not None:
                 entry["delta"] = s["mean"] - b["mean"]
                 entry["differs"] = delta_differs(s, b)
+                if e is not base:
+                    entry["paired"] = paired_delta(e.get("videos", []), base.get("videos", []), name)
             metrics[name] = entry
         rows.append({"label": e.get("label"), "path": e.get("path"), "kind": e.get("kind"), "model": e.get("model"),
                      "schedule": e.get("schedule"), "videos": len(e.get("videos", [])),
@@ -106,8 +113,10 @@ def compare(evals: Sequence[dict], baseline: int = 0, quality: str | None = None
                             "description": info[n].get("description", n)} for n in names},
             "rows": rows,
             "note": (f"mean [95% CI over videos]; Δ = mean - baseline mean; * = the 95% intervals do not overlap "
-                     f"(no * is given when either side has fewer than {MIN_VIDEOS} videos); cost × baseline = "
-                     f"cost / the baseline's.")}
+                     f"(no * is given when either side has fewer than {MIN_VIDEOS} videos); Δ [low, high] = the "
+                     f"paired 95% interval of the per-video differences, where both were judged on the same "
+                     f"(prompt, seed) pairs; † = that interval excludes 0; cost × baseline = cost / the "
+                     f"baseline's.")}
 
 
 def delta_differs(entry: dict, base: dict, min_videos: int = MIN_VIDEOS) -> bool | None:
@@ -116,6 +125,27 @@ def delta_differs(entry: dict, base: dict, min_videos: int = MIN_VIDEOS) -> bool
     if min(entry.get("n", 0), base.get("n", 0)) < min_videos:
         return None
     return differs((entry["low"], entry["high"]), (base["low"], base["high"]))
+
+
+def paired_delta(videos: Sequence[dict], base_videos: Sequence[dict], name: str,
+                 min_videos: int = MIN_VIDEOS) -> dict | None:
+    """Mean of the per-video differences of ``name`` against the baseline's same (prompt, seed) video, its
+    95% bootstrap interval, ``n`` and ``differs`` (the interval excludes 0; None under ``min_videos``).
+
+    None when the two sets are not the same pairs, a pair repeats, or a video has no finite value (a
+    set-level metric such as FD has none per video).
+    """
+    def by_pair(rows: Sequence[dict]) -> dict:
+        return {(v.get("prompt"), v.get("seed")): (v.get("values") or {}).get(name) for v in rows}
+
+    mine, base = by_pair(videos), by_pair(base_videos)
+    values = [*mine.values(), *base.values()]
+    if not mine or mine.keys() != base.keys() or len(mine) != len(videos) or len(base) != len(base_videos) or \
+            not all(isinstance(x, (int, float)) and math.isfinite(x) for x in values):
+        return None
+    mean, low, high = mean_ci([mine[k] - base[k] for k in base])
+    return {"mean": mean, "low": low, "high": high, "n": len(base),
+            "differs": None if len(base) < min_videos else bool(low > 0 or high < 0)}
 
 
 def cost_ratio(row: dict, base: dict) -> float | None:
@@ -148,8 +178,15 @@ def cell(entry: dict | None, is_baseline: bool) -> str:
         return "–"
     text = f"{_num(entry['mean'])} [{_num(entry['low'])}, {_num(entry['high'])}]"
     if not is_baseline and "delta" in entry:
-        text += f" (Δ {'+' if entry['delta'] >= 0 else ''}{_num(entry['delta'])}{'*' if entry['differs'] else ''})"
+        paired = entry.get("paired")
+        interval = "" if not paired else \
+            f" [{_signed(paired['low'])}, {_signed(paired['high'])}]{'†' if paired['differs'] else ''}"
+        text += f" (Δ {_signed(entry['delta'])}{'*' if entry['differs'] else ''}{interval})"
     return text
+
+
+def _signed(value: float) -> str:
+    return ("+" if value >= 0 else "") + _num(value)
 
 
 def table_rows(result: dict, metrics: Sequence[str] | None = None) -> tuple[list[str], list[list[str]]]:

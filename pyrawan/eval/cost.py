@@ -11,14 +11,13 @@ from typing import Any
 
 from pyrawan.eval.flops import TERA, WanArch, analytic_forward_flops, schedule_flops, stage_geometry
 from pyrawan.pyramid.config import PyramidConfig
-from pyrawan.pyramid.geometry import pixel_to_latent
+from pyrawan.pyramid.geometry import Shape3
 
 
-def stage_forward_tflops(transformer_config: Mapping[str, Any], pyramid: PyramidConfig, video: Mapping[str, int],
+def stage_forward_tflops(transformer_config: Mapping[str, Any], pyramid: PyramidConfig, full: Shape3,
                          text_len: int) -> list[float]:
-    """TFLOPs of one forward per stage (index = stage, 0 = full resolution) at ``video``'s pixel size."""
+    """TFLOPs of one forward per stage (index = stage, 0 = full resolution) for full-resolution latent ``full``."""
     arch = WanArch.from_config(transformer_config, text_len=text_len)
-    full = pixel_to_latent(int(video["frames"]), int(video["height"]), int(video["width"]))
     geometry = stage_geometry(arch, full, pyramid.num_stages, pyramid.keep_time, pyramid.ppf)
     return [analytic_forward_flops(a, shape, text_len) / TERA for shape, a in geometry]
 

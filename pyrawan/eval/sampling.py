@@ -70,8 +70,8 @@ def plan_for(model: LoadedModel, spec: str, prompts: Sequence[str], schedule: st
 
 def plan_tflops(model: LoadedModel, plan: Plan) -> float:
     """Transformer TFLOPs per video of ``plan`` on ``model`` (x2 with guidance)."""
-    per_stage = stage_forward_tflops(dict(model.components.transformer.config), plan.pyramid, plan.video,
-                                     plan.max_sequence_length)
+    per_stage = stage_forward_tflops(dict(model.components.transformer.config), plan.pyramid,
+                                     plan.latent_shapes()[0], plan.max_sequence_length)
     return video_tflops(per_stage, plan.steps, plan.guidance)
 
 

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 import torch
 
 from pyrawan.errors import InputError
+from pyrawan.models.arch import factors_of_vae_config
 from pyrawan.models.artifact import LoadedModel
 from pyrawan.models.denoiser import Velocity, encode_prompts
 from pyrawan.models.vae import decode_latents
 from pyrawan.pyramid.config import PyramidConfig
-from pyrawan.pyramid.geometry import check_sizes, pixel_to_latent
+from pyrawan.pyramid.geometry import WAN21_VAE_FACTORS, check_sizes, pixel_to_latent
 from pyrawan.pyramid.sampler import active_stages, default_fewstep_levels, sample_fewstep, sample_multistep
 from pyrawan.pyramid.schedule import parse_schedule
 
@@ -96,6 +97,7 @@ class Plan:
     levels: list[list[float]] | None
     video: dict
     max_sequence_length: int
+    vae_factors: tuple[int, int] = WAN21_VAE_FACTORS   # (temporal, spatial) compression of the model's VAE
 
     @property
     def nfe(self) -> int:
@@ -103,7 +105,8 @@ class Plan:
 
     def latent_shapes(self) -> list[tuple[int, int, int]]:
         """Latent (T, H, W) of every stage, index = stage (0 = full resolution)."""
-        return self.pyramid.shapes(pixel_to_latent(self.video["frames"], self.video["height"], self.video["width"]))
+        v = self.video
+        return self.pyramid.shapes(pixel_to_latent(v["frames"], v["height"], v["width"], self.vae_factors))
 
     def as_dict(self) -> dict:
         return {"pyramid": self.pyramid.to_dict(), "schedule": "-".join(map(str, self.steps)), "shift": self.shift,
@@ -134,8 +137,9 @@ def make_plan(settings: SampleSettings, model: LoadedModel) -> Plan:
         if value is not None and value <= 0:
             raise InputError(f"--{key} = {value} must be a positive number.")
     video = {k: video[k] if getattr(settings, k) is None else getattr(settings, k) for k in VIDEO_KEYS}
+    factors = factors_of_vae_config(model.components.vae.config, "the model's vae config")
     check_sizes({k: video[k] for k in ("frames", "height", "width")}, pyramid.num_stages, pyramid.keep_time,
-                frame_unit=4, space_unit=8, what="--frames/--height/--width:")
+                frame_unit=factors[0], space_unit=factors[1], what="--frames/--height/--width:")
     steps = parse_schedule(settings.schedule or defaults["schedule"], pyramid.num_stages, key="--schedule")
     levels = settings.fewstep_levels if settings.fewstep_levels is not None else defaults.get("fewstep_levels")
     fewstep = settings.fewstep if settings.fewstep is not None else levels is not None
@@ -151,7 +155,7 @@ def make_plan(settings: SampleSettings, model: LoadedModel) -> Plan:
     return Plan(pyramid=pyramid, steps=steps, shift=list(shift) if isinstance(shift, (list, tuple)) else float(shift),
                 guidance=float(settings.guidance if settings.guidance is not None else defaults["guidance"]),
                 negative_prompt=settings.negative_prompt if settings.negative_prompt is not None else defaults["negative_prompt"],
-                levels=levels if fewstep else None, video=video,
+                levels=levels if fewstep else None, video=video, vae_factors=factors,
                 max_sequence_length=int(settings.max_sequence_length or defaults.get("max_sequence_length", 512)))
 
 

@@ -12,12 +12,12 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from pyrawan.errors import InputError
 from pyrawan.manifest import require_verified
 from pyrawan.pyramid.config import PyramidConfig
-from pyrawan.pyramid.geometry import pixel_to_latent
+from pyrawan.pyramid.geometry import WAN21_VAE_FACTORS
 
 PYRAMID_FORMAT = "pyrawan.pyramid/1"
 FIRST_FRAME_RULE = "latent frame 0 is its own block (2x2, m=4); later frames form 2x2x2 blocks (m=8)"
@@ -71,6 +71,7 @@ class PyramidSpec(_Strict):
     first_frame_rule: str = FIRST_FRAME_RULE
     stage_data: Literal[1, 2] = 2
     video: VideoSize
+    vae_factors: tuple[PositiveInt, PositiveInt] = WAN21_VAE_FACTORS   # (temporal, spatial) VAE compression; absent = Wan2.1
     stage_latents: list[list[int]]
     natural_levels: list[dict[str, Any]]
     sampling: SamplingDefaults
@@ -112,10 +113,11 @@ def define_pyramid(recipe, boundaries: list[float] | None, calibration: Path | N
     """The ``pyramid.json`` of a recipe (any kind with video/text/pyramid/sampling sections)."""
     p, v = recipe.pyramid, recipe.video
     config = recipe.pyramid_config(boundaries)
-    shapes = config.shapes(pixel_to_latent(v.frames, v.height, v.width))
+    shapes = config.shapes(recipe.latent_size())
     return PyramidSpec(
         num_stages=config.num_stages, kind=config.kind, boundaries=list(config.boundaries), resizer=config.resizer,
         keep_time=config.keep_time, stage_data=p.stage_data, video=VideoSize(**v.model_dump()),
+        vae_factors=recipe.vae_factors(),
         stage_latents=[list(shape) for shape in shapes],
         natural_levels=config.levels_table([t for t, _, _ in shapes]),
         sampling=SamplingDefaults(**recipe.sampling.model_dump(mode="json"),

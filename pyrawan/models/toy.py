@@ -34,6 +34,21 @@ TOY_VAE: dict[str, Any] = dict(
     temperal_downsample=[False, True, True], scale_factor_temporal=4, scale_factor_spatial=8,
 )
 
+
+
+def toy_vae_config(spatial: int = 8) -> dict[str, Any]:
+    """The toy VAE's constructor config at spatial factor 8 (``TOY_VAE``) or 4 (17×64×64 ↔ 16×5×16×16).
+
+    The 4× VAE keeps two levels, both also halving time (so still 4× in time); objects of the toy
+    world then span four times as many latent cells, which the 8× grid needs to keep corners.
+    """
+    if spatial == 8:
+        return dict(TOY_VAE)
+    if spatial == 4:
+        return {**TOY_VAE, "dim_mult": [1, 2, 2], "temperal_downsample": [True, True], "scale_factor_spatial": 4}
+    raise ValueError(f"toy VAE spatial factor {spatial}: use 8 or 4")
+
+
 TOY_TEXT_ENCODER: dict[str, Any] = TINY_TEXT_ENCODER  # random from a seed, shipped as a file
 
 _GLUE_WORDS = ("a", "an", "the", "on", "moving", "background", "plain", "gradient", "gray", "grey",
@@ -79,6 +94,12 @@ def _build(component: str, config: dict[str, Any]) -> torch.nn.Module:
 def default_config(component: str) -> dict[str, Any]:
     """The code-defined constructor config of a toy component (used before weights ship)."""
     return dict({"text_encoder": TOY_TEXT_ENCODER, "vae": TOY_VAE, "transformer": TOY_TRANSFORMER}[component])
+
+
+def shipped_config(component: str) -> dict[str, Any]:
+    """The constructor config the toy preset builds ``component`` from: the shipped one, else the default."""
+    entry = weights_index().get(component)
+    return dict(entry["config"]) if entry is not None else default_config(component)
 
 
 def load_shipped(component: str, entry: dict[str, Any], folder: Path = WEIGHTS_DIR) -> torch.nn.Module:

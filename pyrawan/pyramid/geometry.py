@@ -102,8 +102,16 @@ def stage_shapes(shape: Shape3, num_stages: int, keep_time: bool = False, patch=
     return shapes
 
 
-def pixel_to_latent(frames: int, height: int, width: int, vae_t: int = 4, vae_s: int = 8) -> Shape3:
-    """Latent (T, H, W) of a pixel video for Wan's causal VAE: T = 1 + (F - 1) / 4, H / 8, W / 8."""
+# (temporal, spatial) compression of Wan2.1's causal VAE; other VAEs record theirs (``models.arch.vae_factors``).
+WAN21_VAE_FACTORS = (4, 8)
+
+
+def pixel_to_latent(frames: int, height: int, width: int, factors: tuple[int, int]) -> Shape3:
+    """Latent (T, H, W) of a pixel video for a causal VAE with ``factors = (ft, fs)``.
+
+    T = 1 + (F - 1) / ft, H / fs, W / fs; for Wan2.1 (4, 8): 81x480x832 -> (21, 60, 104).
+    """
+    vae_t, vae_s = factors
     return 1 + (frames - 1) // vae_t, height // vae_s, width // vae_s
 
 

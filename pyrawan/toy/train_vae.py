@@ -2,13 +2,13 @@
 
     python -m pyrawan.toy.train_vae --out runs/toy-vae [--minutes 12 | --minutes 0 --steps N] [--seed 0]
         [--init DIR|shipped] [--decoder-only] [--base-dim 16] [--crop 32] [--device auto] [--save-every 0]
-        [--loss mse|l1] [--decode sample|mode] [--edge-weight 0] [--resume]
+        [--loss mse|l1] [--decode sample|mode] [--edge-weight 0] [--spatial 8|4] [--resume]
     python -m pyrawan.toy.train_vae --out DIR --init DIR|shipped --bench-only --holdout 96
 
 Data: a pool of rendered toy scenes (17×64×64). Each step trains on a batch of random 5-, 9- or
 17-frame windows (the first frame plus one, two or four 4-frame chunks of Wan's causal VAE; without
 17-frame windows the later chunks' reconstructions degrade) cut to a
-random ``--crop``² crop on the 8-pixel latent grid: the VAE is convolutional, so crops cut the cost
+random ``--crop``² crop on an 8-pixel grid: the VAE is convolutional, so crops cut the cost
 (32 px: four-fold; 64 = whole frames). Loss: pixel MSE or L1 on a posterior sample (or its mode) +
 ``edge_weight`` × the L1 error of pixel gradients + ``kl_weight`` × mean KL. The learning rate
 follows the time budget (``--minutes``) or, with ``--minutes 0``, the step budget. Checkpoints
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKLWan
 
-from pyrawan.models.toy import TOY_VAE
+from pyrawan.models.toy import TOY_VAE, toy_vae_config
 from pyrawan.toy import world
 
 FRAMES, SIZE = 17, 64
@@ -244,10 +244,10 @@ def load_state(out: Path, args: dict) -> dict:
     return state
 
 
-def init_weights(init: Path | None, base_dim: int) -> tuple[dict, dict | None, dict | None]:
+def init_weights(init: Path | None, base_dim: int, spatial: int = 8) -> tuple[dict, dict | None, dict | None]:
     """``(constructor config, state dict or None, {latents_mean, latents_std} or None)`` to start from.
 
-    ``init``: None (random init of width ``base_dim``), ``shipped`` (the package's VAE, config from
+    ``init``: None (random init of width ``base_dim`` and spatial factor ``spatial``), ``shipped`` (the package's VAE, config from
     ``weights.json``) or the ``--out`` folder of an earlier run.
     """
     from safetensors.torch import load_file
@@ -255,7 +255,7 @@ def init_weights(init: Path | None, base_dim: int) -> tuple[dict, dict | None, d
     from pyrawan.models.toy import WEIGHTS_DIR, weights_index
 
     if init is None:
-        return {**TOY_VAE, "base_dim": base_dim}, None, None
+        return {**toy_vae_config(spatial), "base_dim": base_dim}, None, None
     if str(init) == "shipped":
         entry = weights_index()["vae"]
         config, weights = dict(entry["config"]), WEIGHTS_DIR / entry["file"]
@@ -304,6 +304,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--object-boost", type=float, default=0.0, help="extra loss weight on object pixels")
     ap.add_argument("--base-dim", type=int, default=TOY_VAE["base_dim"], help="VAE width (channels at full size)")
+    ap.add_argument("--spatial", type=int, choices=(8, 4), default=8,
+                    help="spatial compression of a new VAE (--init unset): 8 as Wan, or 4 (16x16 latents)")
     ap.add_argument("--crop", type=int, default=32, help="training crop in pixels, a multiple of 8 up to 64")
     ap.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
     ap.add_argument("--loss", choices=("mse", "l1"), default="mse", help="pixel error")
@@ -331,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     pool, _, tracks = render_pool(args.pool, args.seed)
     pool = pool.to(device)
-    arch, weights, init_stats = init_weights(args.init, args.base_dim)
+    arch, weights, init_stats = init_weights(args.init, args.base_dim, args.spatial)
     vae = AutoencoderKLWan(**arch)
     if state is not None:
         from safetensors.torch import load_file

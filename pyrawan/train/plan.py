@@ -126,12 +126,11 @@ def make_plan(arch: str | dict, pyramid: PyramidConfig, full_thw: tuple[int, int
 def plan_recipe(recipe, world: int = 1) -> tuple[dict, list[str]]:
     """The plan of a finetune recipe for ``world`` processes, and the lines that summarise it."""
     from pyrawan.models.arch import arch_of
-    from pyrawan.pyramid.geometry import pixel_to_latent
 
     t, p, v = recipe.train, recipe.pyramid, recipe.video
     kind = t.engine if t.engine != "auto" else ("ddp" if world > 1 else "single")
     pyramid = recipe.pyramid_config()
-    plan = make_plan(arch_of(recipe.base), pyramid, pixel_to_latent(v.frames, v.height, v.width),
+    plan = make_plan(arch_of(recipe.base), pyramid, recipe.latent_size(),
                      recipe.text.max_sequence_length, t, kind, recipe.dtype == "bfloat16", sorted({1, 2, 4, 8, world}))
     o, split = t.optimizer, t.split(p.stages)
     lines = [
@@ -206,10 +205,9 @@ def distill_plan(recipe, world: int = 1) -> tuple[dict, list[str]]:
     generator's GAN loss backpropagates through the fake score; the fake score's step sees real and generated).
     """
     from pyrawan.models.arch import arch_of
-    from pyrawan.pyramid.geometry import pixel_to_latent
     from pyrawan.train.distill_config import gan_on, separate_teacher
 
-    t, d, p, v = recipe.train, recipe.distill, recipe.pyramid, recipe.video
+    t, d, v = recipe.train, recipe.distill, recipe.video
     kind = t.engine if t.engine != "auto" else ("ddp" if world > 1 else "single")
     bf16 = recipe.dtype == "bfloat16"
     pyramid = recipe.pyramid_config()
@@ -217,7 +215,7 @@ def distill_plan(recipe, world: int = 1) -> tuple[dict, list[str]]:
     cfg = dict(module.config)
     params = sum(q.numel() for q in module.parameters())
     trainable = lora_parameters(module, t.lora.rank, t.lora.target_modules) if t.lora.enabled else params
-    shape = pyramid.shapes(pixel_to_latent(v.frames, v.height, v.width))[0]
+    shape = pyramid.shapes(recipe.latent_size())[0]
     stored, transient = activation_elements(cfg, shape, recipe.text.max_sequence_length,
                                             _per_token(pyramid, 0, shape[0]), t.gradient_checkpointing)
     act = t.batch_size * (stored + transient) * (2 if bf16 else 4)

@@ -13,7 +13,6 @@ import torch
 from pyrawan import dist
 from pyrawan.errors import InputError, RunError
 from pyrawan.pyramid.config import PyramidConfig
-from pyrawan.pyramid.geometry import pixel_to_latent
 from pyrawan.recipe import DistillRecipe, FinetuneRecipe
 from pyrawan.train.data import LatentSource
 from pyrawan.train.engine import Context
@@ -48,7 +47,7 @@ def open_source(recipe: TrainRecipe, base: Base, ctx: Context) -> tuple[LatentSo
 def check_source(source: LatentSource, pyramid: PyramidConfig, recipe: TrainRecipe, components=None) -> None:
     """The cache must hold this pyramid's latent shapes (and data definition when it says so)."""
     v = recipe.video
-    want = pyramid.shapes(pixel_to_latent(v.frames, v.height, v.width))[: 1 if pyramid.ppf else None]
+    want = pyramid.shapes(recipe.latent_size())[: 1 if pyramid.ppf else None]
     have = [tuple(s) for s in getattr(source, "stage_shapes", want)]
     if have[: len(want)] != want[: len(have)]:
         raise InputError(f"the latent cache holds stage shapes {have} but video {v.frames}x{v.height}x{v.width} with "

@@ -66,12 +66,11 @@ def for_recipe(recipe, items: int = 24, seed: int = 0, nan_items: tuple[int, ...
     """A synthetic cache that fits ``recipe``'s video size, pyramid and base model's text width."""
     from pyrawan.models.arch import arch_of
     from pyrawan.models.presets import TRANSFORMER_ARCHS
-    from pyrawan.pyramid.geometry import pixel_to_latent
 
     arch = arch_of(recipe.base)
     text_dim = (TRANSFORMER_ARCHS[arch] if isinstance(arch, str) else arch)["text_dim"]
-    p, v = recipe.pyramid, recipe.video
+    p = recipe.pyramid
     pyramid = recipe.pyramid_config()
-    return SyntheticCache(items, pyramid, pixel_to_latent(v.frames, v.height, v.width),
+    return SyntheticCache(items, pyramid, recipe.latent_size(),
                           recipe.text.max_sequence_length, text_dim, seed, nan_items=nan_items,
                           definition=p.stage_data)

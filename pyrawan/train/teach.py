@@ -19,7 +19,6 @@ from safetensors.torch import load_file, save_file
 from pyrawan import dist
 from pyrawan.fsutil import atomic_path
 from pyrawan.pyramid.config import PyramidConfig
-from pyrawan.pyramid.geometry import pixel_to_latent
 from pyrawan.pyramid.sampler import active_stages, sample_multistep
 from pyrawan.pyramid.schedule import parse_schedule
 from pyrawan.train.data import generator, pad_texts
@@ -78,8 +77,8 @@ def compute(loop, real_velocity: RealVelocity) -> TeachPairs:
     the pairs whose targets this rank sampled (``target`` rows for the others are left out).
     """
     recipe, device, ctx = loop.recipe, loop.ctx.device, loop.ctx
-    n, v = recipe.distill.teach_pairs, recipe.video
-    full = loop.pyramid.shapes(pixel_to_latent(v.frames, v.height, v.width))[0]
+    n = recipe.distill.teach_pairs
+    full = loop.pyramid.shapes(recipe.latent_size())[0]
     z = torch.randn((n, 16, *full), generator=generator(recipe.seed, "teach-noise"))
     order = torch.randperm(len(loop.data), generator=generator(recipe.seed, "teach-items"))
     texts = [loop.data.text(int(order[j % len(order)])) for j in range(n)]
