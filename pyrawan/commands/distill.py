@@ -15,6 +15,7 @@ generator states and the iteration; a killed run resumed with ``--resume`` ends 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import shutil
 import time
@@ -78,6 +79,11 @@ class Loop:
     @property
     def total_steps(self) -> int:
         return sum(len(r) for r in self.levels)
+
+    @functools.cached_property
+    def stage_latents(self) -> list[tuple[int, int, int]]:
+        """Latent (T, H, W) of every stage (0 = full resolution) through the base model's VAE, read once."""
+        return self.pyramid.shapes(self.recipe.latent_size())
 
     def generator_steps(self, iteration: int | None = None) -> int:
         """Generator updates done after ``iteration`` iterations."""
@@ -176,7 +182,7 @@ def sample_generators(loop: Loop, purpose: str, indices: list[int]) -> list[torc
 def first_noise(loop: Loop, gens: list[torch.Generator]) -> torch.Tensor:
     """Pure noise ``[B, 16, T, H, W]`` at the first stage the student's schedule runs, one sample per generator."""
     first = max(i for i, r in enumerate(reversed(loop.levels)) if r)
-    shape = loop.pyramid.shapes(loop.recipe.latent_size())[first]
+    shape = loop.stage_latents[first]
     return torch.cat([torch.randn((1, 16, *shape), generator=g) for g in gens])
 
 

@@ -78,7 +78,7 @@ def compute(loop, real_velocity: RealVelocity) -> TeachPairs:
     """
     recipe, device, ctx = loop.recipe, loop.ctx.device, loop.ctx
     n = recipe.distill.teach_pairs
-    full = loop.pyramid.shapes(recipe.latent_size())[0]
+    full = loop.stage_latents[0]
     z = torch.randn((n, 16, *full), generator=generator(recipe.seed, "teach-noise"))
     order = torch.randperm(len(loop.data), generator=generator(recipe.seed, "teach-items"))
     texts = [loop.data.text(int(order[j % len(order)])) for j in range(n)]
