@@ -26,17 +26,13 @@ def cross_field_problems(r: RecipeBase, skip: frozenset[str] = frozenset()) -> l
     from pyrawan.pyramid.schedule import check_boundaries, parse_schedule
 
     p, s = r.pyramid, r.sampling
-
-    def check_video(dim: str) -> None:
-        try:
-            frame_unit, space_unit = r.vae_factors() if "base" not in skip else WAN21_VAE_FACTORS
-        except InputError:
-            return          # an unreadable VAE config is reported once, by name, where the model loads
-        check_sizes({dim: getattr(r.video, dim)}, p.stages, p.keep_time, frame_unit=frame_unit,
-                    space_unit=space_unit, what="pixel")
-
-    checks = [(f"video.{dim}", ("video", "pyramid"), lambda dim=dim: check_video(dim))
-              for dim in ("frames", "height", "width")]
+    try:                    # the base model's VAE factors, read once for the three size checks
+        factors = r.vae_factors() if "base" not in skip else WAN21_VAE_FACTORS
+    except InputError:
+        factors = None      # an unreadable VAE config is reported once, by name, where the model loads
+    checks = [(f"video.{dim}", ("video", "pyramid"), lambda dim=dim: factors is None or check_sizes(
+        {dim: getattr(r.video, dim)}, p.stages, p.keep_time, frame_unit=factors[0], space_unit=factors[1],
+        what="pixel")) for dim in ("frames", "height", "width")]
     checks += [
         ("sampling.schedule", ("sampling", "pyramid"),
          lambda: parse_schedule(s.schedule, p.stages, key="sampling.schedule")),
