@@ -306,6 +306,7 @@ def test_write_base_gives_a_loadable_toy_stack_with_another_patch(tmp_path):
     from diffusers import WanTransformer3DModel
     from safetensors.torch import save_file
 
+    from pyrawan.models.artifact import load_model
     from pyrawan.models.loading import load_components
     from pyrawan.toy.ship import write_base
 
@@ -315,11 +316,49 @@ def test_write_base_gives_a_loadable_toy_stack_with_another_patch(tmp_path):
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "ema.safetensors"))
     stack = load_components(str(write_base(tmp_path / "base", patch=2, weights=tmp_path / "ema.safetensors")))
     assert tuple(stack.transformer.config.patch_size) == (1, 2, 2)
+    spec = load_model(str(tmp_path / "base")).spec             # a one-stage artifact: samples at the toy size
+    assert (spec.num_stages, spec.video.frames, spec.video.height, spec.stage_latents) == (1, 17, 64, [[5, 8, 8]])
+    assert (spec.sampling.schedule, spec.sampling.guidance) == ("50", 3.0)
     assert all(torch.equal(v, state[k]) for k, v in stack.transformer.state_dict().items())
     shipped = build_preset("toy")
     assert all(torch.equal(v, shipped.vae.state_dict()[k]) for k, v in stack.vae.state_dict().items())
     text = "a small red circle slowly moving up-left on a plain gray background"
     assert stack.tokenizer(text).input_ids == shipped.tokenizer(text).input_ids
+
+
+def test_write_base_warm_starts_another_patch_from_the_shipped_teacher(tmp_path):
+    """Blocks, time and text embedders come from the 1x1 teacher; only the patch-shaped layers stay seeded."""
+    from safetensors.torch import load_file
+
+    from pyrawan.models.loading import load_components
+    from pyrawan.models.toy import WEIGHTS_DIR
+    from pyrawan.toy.ship import write_base
+
+    shipped = load_file(str(WEIGHTS_DIR / "transformer.safetensors"))
+    state = load_components(str(write_base(tmp_path / "base", patch=2, warm_from=WEIGHTS_DIR / "transformer.safetensors"))
+                            ).transformer.state_dict()
+    fresh = load_components(str(write_base(tmp_path / "fresh", patch=2))).transformer.state_dict()
+    differ = {k for k in state if state[k].shape != shipped[k].shape}
+    assert differ == {"patch_embedding.weight", "proj_out.weight", "proj_out.bias"}
+    assert all(torch.equal(state[k], fresh[k]) for k in differ)                   # seeded, as from scratch
+    assert all(torch.equal(state[k], shipped[k]) for k in state if k not in differ)
+    assert not torch.equal(state["blocks.0.attn1.to_q.weight"], fresh["blocks.0.attn1.to_q.weight"])
+
+
+def test_vae_motion_error_sees_frame_to_frame_wobble_not_steady_error():
+    """A reconstruction off by the same amount in every frame has no motion error; one that flickers does."""
+    from pyrawan.toy.train_vae import motion_error, object_weight
+
+    x = -torch.ones(1, 3, 9, 16, 16)
+    for t in range(9):
+        x[:, :, t, 4:10, t:t + 6] = 1.0                                     # a square moving right
+    weight = object_weight(x, 3.0)
+    steady = x + 0.2
+    flicker = x + 0.2 * torch.tensor([1.0, -1.0] * 4 + [1.0]).view(1, 1, 9, 1, 1)
+    assert motion_error(x, x, weight) == 0
+    assert motion_error(steady, x, weight) < 1e-6
+    assert motion_error(flicker, x, weight) > 0.3
+    assert (steady - x).abs().mean() == pytest.approx((flicker - x).abs().mean())   # same per-frame error
 
 
 def test_vae_learning_rate_follows_time_or_steps():

@@ -4,6 +4,7 @@
     python -m pyrawan.toy.ship --vae runs/toytrain/vae             # a train_vae.py output folder
     python -m pyrawan.toy.ship --transformer runs/toytrain/teacher # a `pyrawan finetune` artifact
     python -m pyrawan.toy.ship --write-base runs/toytrain/base-p1 --patch 1   # a base to pretrain a teacher from
+    python -m pyrawan.toy.ship --write-base runs/toytrain/base-p2 --patch 2 --warm-from pyrawan/toy/weights/transformer.safetensors
 
 Each call updates ``weights.json``: ``{component: {"file", "sha256", "bytes", "config", "source"}}``,
 where ``config`` is the full constructor config the loader builds the module from
@@ -60,21 +61,41 @@ def transformer_entry(artifact: Path) -> dict:
     return _record("transformer", state, config, f"pyrawan finetune recipes/toy-teacher.yaml ({artifact.name})")
 
 
-def write_base(folder: Path, patch: int | None = None, vae: Path | None = None,
-               weights: Path | None = None) -> Path:
-    """Write the toy stack as a diffusers pipeline folder whose transformer may have another patch size.
+def warm_start(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy every tensor of ``state`` whose name and shape match into ``module``; return the names kept as they were.
 
+    A teacher of another patch size keeps its seeded patch embedding and output projection (their
+    shapes differ) and starts every block, the time and the text embedders from ``state``.
+    """
+    own = module.state_dict()
+    copied = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    module.load_state_dict({**own, **copied}, strict=True)
+    return sorted(set(own) - set(copied))
+
+
+def write_base(folder: Path, patch: int | None = None, vae: Path | None = None,
+               weights: Path | None = None, warm_from: Path | None = None) -> Path:
+    """Write the toy stack as a one-stage model artifact whose transformer may have another patch size.
+
+    FOLDER is a diffusers pipeline folder plus ``pyramid.json`` (the ``toy-teacher`` recipe's plain
+    sampling defaults: 17×64×64, 50 steps, guidance 3, and this VAE's factors) and ``components.json``,
+    so ``pyrawan sample`` and ``eval quality`` run it at the toy size.
     ``pyrawan finetune toy-teacher base=FOLDER`` (``from_scratch``) then pretrains a teacher of that
     architecture; the transformer's weights in FOLDER are random (seed 0) and never used.
     ``vae``: a ``train_vae.py`` output folder to use instead of the shipped VAE. ``weights``: a
     transformer state in safetensors (e.g. a finetune checkpoint's ``ema.safetensors``), so a
-    checkpoint of a running teacher can be sampled with ``pyrawan sample --model FOLDER``.
+    checkpoint of a running teacher can be sampled with ``pyrawan sample --model FOLDER``. ``warm_from``:
+    a transformer state of another architecture (e.g. the shipped 1×1-patch teacher) to start from where
+    names and shapes match (``warm_start``); then finetune with ``train.from_scratch=false``.
     """
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
     from pyrawan.fsutil import atomic_path
+    from pyrawan.models.artifact import save_model
     from pyrawan.models.denoiser import pipeline_for
-    from pyrawan.models.presets import build_preset, seeded
+    from pyrawan.models.presets import COMPONENT_NAMES, build_preset, seeded
+    from pyrawan.models.pyramid_spec import recipe_pyramid
+    from pyrawan.recipe import load_recipe
     from pyrawan.models.toy import default_config
 
     stack = build_preset("toy")
@@ -85,11 +106,16 @@ def write_base(folder: Path, patch: int | None = None, vae: Path | None = None,
         stack.transformer = WanTransformer3DModel(**config).eval()
     if weights is not None:
         stack.transformer.load_state_dict(load_file(str(weights)), strict=True)
+    if warm_from is not None:
+        kept = warm_start(stack.transformer, load_file(str(warm_from)))
+        print(f"warm start from {warm_from}: seeded init kept for {', '.join(kept) or 'nothing'}")
     if vae is not None:
         stack.vae = AutoencoderKLWan(**json.loads((vae / "config.json").read_text())).eval()
         stack.vae.load_state_dict(load_file(str(vae / "vae.safetensors")))
     with atomic_path(folder, is_dir=True) as tmp:
         pipeline_for(stack).save_pretrained(str(tmp), safe_serialization=True)
+        spec = recipe_pyramid(load_recipe("toy-teacher", [f"base={tmp}"]))
+        save_model(tmp, stack, spec, changed=COMPONENT_NAMES)
     return folder
 
 
@@ -104,9 +130,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--base-vae", type=Path, default=None, help="with --write-base: a train_vae.py output folder")
     ap.add_argument("--base-weights", type=Path, default=None,
                     help="with --write-base: transformer weights (a finetune checkpoint's ema.safetensors)")
+    ap.add_argument("--warm-from", type=Path, default=None,
+                    help="with --write-base: start the transformer from these weights where names and shapes match")
     args = ap.parse_args(argv)
     if args.write_base is not None:
-        print(write_base(args.write_base, args.patch, args.base_vae, args.base_weights))
+        print(write_base(args.write_base, args.patch, args.base_vae, args.base_weights, args.warm_from))
         return
     index = weights_index()
     if args.text_encoder:

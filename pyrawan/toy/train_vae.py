@@ -2,7 +2,7 @@
 
     python -m pyrawan.toy.train_vae --out runs/toy-vae [--minutes 12 | --minutes 0 --steps N] [--seed 0]
         [--init DIR|shipped] [--decoder-only] [--base-dim 16] [--crop 32] [--device auto] [--save-every 0]
-        [--loss mse|l1] [--decode sample|mode] [--edge-weight 0] [--spatial 8|4] [--resume]
+        [--loss mse|l1] [--decode sample|mode] [--edge-weight 0] [--motion-weight 0] [--spatial 8|4] [--resume]
     python -m pyrawan.toy.train_vae --out DIR --init DIR|shipped --bench-only --holdout 96
 
 Data: a pool of rendered toy scenes (17×64×64). Each step trains on a batch of random 5-, 9- or
@@ -10,7 +10,8 @@ Data: a pool of rendered toy scenes (17×64×64). Each step trains on a batch of
 17-frame windows the later chunks' reconstructions degrade) cut to a
 random ``--crop``² crop on an 8-pixel grid: the VAE is convolutional, so crops cut the cost
 (32 px: four-fold; 64 = whole frames). Loss: pixel MSE or L1 on a posterior sample (or its mode) +
-``edge_weight`` × the L1 error of pixel gradients + ``kl_weight`` × mean KL. The learning rate
+``edge_weight`` × the L1 error of pixel gradients + ``motion_weight`` × the L1 error of frame-to-frame
+differences + ``kl_weight`` × mean KL. The learning rate
 follows the time budget (``--minutes``) or, with ``--minutes 0``, the step budget. Checkpoints
 (weights + ``train_state.pt``) make a stopped run resumable with ``--resume``. Afterwards the
 per-channel latent mean/std of the posterior mode over full clips go into the config
@@ -109,6 +110,18 @@ def edge_error(recon: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> to
     return dx + dy
 
 
+def motion_error(recon: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted mean |Δ_t recon − Δ_t x| over consecutive frames ([B, 3, F, H, W] inputs, weight [B, 1, F, H, W]).
+
+    A pixel counts with the larger weight of its two frames, so the object's leading and trailing
+    edges count wherever it is in either frame. Frame-to-frame wobble of a reconstructed object (its
+    outline shifting by a fraction of a pixel against the true motion) is what ToyBench's
+    smoothness measures; a per-frame error barely sees it, this term sees it directly.
+    """
+    pair_weight = torch.maximum(weight[:, :, 1:], weight[:, :, :-1])
+    return ((recon.diff(dim=2) - x.diff(dim=2)).abs() * pair_weight).mean()
+
+
 def learning_rate(lr: float, step: int, elapsed: float, minutes: float, steps: int) -> float:
     """50 warm-up steps, then a cosine down to 10 % of ``lr`` over the time budget, or over ``steps`` when
     ``minutes`` is 0 (a step-budgeted run does not depend on the machine's speed)."""
@@ -120,7 +133,7 @@ def learning_rate(lr: float, step: int, elapsed: float, minutes: float, steps: i
 def train(vae: AutoencoderKLWan, pool: torch.Tensor, tracks: torch.Tensor, minutes: float, steps: int, batch: int,
           lr: float, kl_weight: float, seed: int, object_boost: float = 0.0, crop: int = 32,
           checkpoint=None, save_every: float = 0.0, loss: str = "mse", decode: str = "sample",
-          edge_weight: float = 0.0, state: dict | None = None) -> list[dict]:
+          edge_weight: float = 0.0, motion_weight: float = 0.0, state: dict | None = None) -> list[dict]:
     """Train in place until ``steps`` or ``minutes`` (both counted over all resumes; ``minutes`` 0: no time
     limit, the learning rate follows the steps) run out; returns the loss log.
 
@@ -128,7 +141,7 @@ def train(vae: AutoencoderKLWan, pool: torch.Tensor, tracks: torch.Tensor, minut
     with the error, so thin corners are not averaged away); the log's ``mse`` is always the MSE.
     ``decode``: decode a posterior ``sample`` (trains the decoder to tolerate latent noise) or the
     posterior ``mode`` (what the decoder sees at use: the teacher generates clean latents).
-    ``edge_weight`` adds ``edge_error``.
+    ``edge_weight`` adds ``edge_error``, ``motion_weight`` adds ``motion_error``.
 
     ``checkpoint(opt, gen, log, minutes)``, when given, is called every ``save_every`` minutes and
     at the end (a stopped run keeps its latest weights and can be resumed). ``state`` (from
@@ -161,6 +174,7 @@ def train(vae: AutoencoderKLWan, pool: torch.Tensor, tracks: torch.Tensor, minut
         error = mse if loss == "mse" else (weight * (recon - x).abs()).mean()
         kl = post.kl().mean() / post.mean[0].numel()
         total = error + kl_weight * kl + (edge_weight * edge_error(recon, x, weight) if edge_weight else 0.0)
+        total = total + (motion_weight * motion_error(recon, x, weight) if motion_weight else 0.0)
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -311,6 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--loss", choices=("mse", "l1"), default="mse", help="pixel error")
     ap.add_argument("--decode", choices=("sample", "mode"), default="sample", help="decode a posterior sample or its mode")
     ap.add_argument("--edge-weight", type=float, default=0.0, help="weight of the L1 error of pixel gradients")
+    ap.add_argument("--motion-weight", type=float, default=0.0,
+                    help="weight of the L1 error of frame-to-frame differences (against reconstructed wobble)")
     ap.add_argument("--save-every", type=float, default=0.0, help="checkpoint every N minutes (0: at the end only)")
     ap.add_argument("--init", type=Path, default=None,
                     help="start from OUT of an earlier run, or 'shipped' (the package's VAE)")
@@ -352,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
 
     log = train(vae, pool, tracks, args.minutes, args.steps, args.batch, args.lr, args.kl_weight, args.seed,
                 args.object_boost, args.crop, checkpoint=checkpoint, save_every=args.save_every, loss=args.loss,
-                decode=args.decode, edge_weight=args.edge_weight, state=state)
+                decode=args.decode, edge_weight=args.edge_weight, motion_weight=args.motion_weight, state=state)
     if args.decoder_only and init_stats is not None:
         mean, std = init_stats["latents_mean"], init_stats["latents_std"]
     else:
