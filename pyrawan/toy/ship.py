@@ -95,8 +95,8 @@ def write_base(folder: Path, patch: int | None = None, vae: Path | None = None,
     from pyrawan.models.denoiser import pipeline_for
     from pyrawan.models.presets import COMPONENT_NAMES, build_preset, seeded
     from pyrawan.models.pyramid_spec import recipe_pyramid
-    from pyrawan.recipe import load_recipe
     from pyrawan.models.toy import default_config
+    from pyrawan.recipe import load_recipe
 
     stack = build_preset("toy")
     config = dict(default_config("transformer"))
@@ -113,7 +113,7 @@ def write_base(folder: Path, patch: int | None = None, vae: Path | None = None,
         stack.vae = AutoencoderKLWan(**json.loads((vae / "config.json").read_text())).eval()
         stack.vae.load_state_dict(load_file(str(vae / "vae.safetensors")))
     with atomic_path(folder, is_dir=True) as tmp:
-        pipeline_for(stack).save_pretrained(str(tmp), safe_serialization=True)
+        pipeline_for(stack).save_pretrained(str(tmp), safe_serialization=True)   # the recipe reads its VAE
         spec = recipe_pyramid(load_recipe("toy-teacher", [f"base={tmp}"]))
         save_model(tmp, stack, spec, changed=COMPONENT_NAMES)
     return folder
