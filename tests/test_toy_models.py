@@ -217,6 +217,12 @@ def test_vae_training_resumes_and_refuses_changed_arguments(tmp_path):
     assert report["steps"] == 4 and len(report["reconstruction"]["per_video"]) == 1
     config = json.loads((tmp_path / "v" / "config.json").read_text())
     assert config["latents_mean"] == toy.weights_index()["vae"]["config"]["latents_mean"]   # encoder frozen: same stats
+    del state["args"]["motion_weight"]                         # a run saved before --motion-weight existed
+    torch.save(state, tmp_path / "v" / STATE_FILE)
+    with pytest.raises(InputError, match="--motion-weight 0.0 -> 1.0"):
+        main(args + ["--motion-weight", "1", "--steps", "5", "--resume"])
+    main(args + ["--steps", "5", "--resume"])                   # absent = the default it had then
+    assert torch.load(tmp_path / "v" / STATE_FILE, weights_only=True)["step"] == 5
     with pytest.raises(InputError, match="--lr 0.0001 -> 0.001"):
         main([*args[:-1], "1e-3", "--steps", "6", "--resume"])
     with pytest.raises(InputError, match="holds no resumable"):

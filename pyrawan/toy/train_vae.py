@@ -226,6 +226,7 @@ def save(vae: AutoencoderKLWan, config: dict, out: Path) -> None:
 
 STATE_FILE = "train_state.pt"
 RESUMABLE_ARGS = ("minutes", "steps", "save_every", "resume", "device")   # may change between a run and its resume
+ADDED_ARGS = {"motion_weight": "0.0"}   # options newer than some saved runs: absent there means this value
 
 
 def save_state(out: Path, opt: torch.optim.Optimizer, gen: torch.Generator, log: list[dict], minutes: float,
@@ -248,8 +249,8 @@ def load_state(out: Path, args: dict) -> dict:
         raise InputError(f"--resume: {path} does not exist, so {out} holds no resumable train_vae run. Drop "
                          "--resume to start a new run, or give the --out folder of the run to continue.")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    changed = {k: (state["args"].get(k), v) for k, v in args.items()
-               if k not in RESUMABLE_ARGS and state["args"].get(k) != v}
+    saved = {**ADDED_ARGS, **state["args"]}
+    changed = {k: (saved.get(k), v) for k, v in args.items() if k not in RESUMABLE_ARGS and saved.get(k) != v}
     if changed:
         shown = ", ".join(f"--{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in changed.items())
         raise InputError(f"--resume: the arguments differ from those of the run in {out} ({shown}). Only "
