@@ -349,6 +349,11 @@ def test_write_base_warm_starts_another_patch_from_the_shipped_teacher(tmp_path)
     assert all(torch.equal(state[k], fresh[k]) for k in differ)                   # seeded, as from scratch
     assert all(torch.equal(state[k], shipped[k]) for k in state if k not in differ)
     assert not torch.equal(state["blocks.0.attn1.to_q.weight"], fresh["blocks.0.attn1.to_q.weight"])
+    from pyrawan.errors import InputError
+    from pyrawan.toy.ship import warm_start
+
+    with pytest.raises(InputError, match="no tensor of the given file matches"):   # e.g. a VAE's weights given
+        warm_start(torch.nn.Linear(2, 2), {"other.weight": torch.zeros(3)})
 
 
 def test_vae_motion_error_sees_frame_to_frame_wobble_not_steady_error():

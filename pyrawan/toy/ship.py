@@ -67,8 +67,13 @@ def warm_start(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[
     A teacher of another patch size keeps its seeded patch embedding and output projection (their
     shapes differ) and starts every block, the time and the text embedders from ``state``.
     """
+    from pyrawan.errors import InputError
+
     own = module.state_dict()
     copied = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not copied:
+        raise InputError("--warm-from: no tensor of the given file matches the transformer by name and shape; "
+                         "give a toy transformer's weights (e.g. pyrawan/toy/weights/transformer.safetensors).")
     module.load_state_dict({**own, **copied}, strict=True)
     return sorted(set(own) - set(copied))
 
