@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from pyrawan import __version__
 from pyrawan import manifest as mf
 from pyrawan import recipe as rc
 from pyrawan.errors import InputError, PyrawanError, io_fault_message
+from pyrawan.fsutil import atomic_write_bytes
 from pyrawan.cli_help import EXAMPLES, polish_help  # noqa: F401  (EXAMPLES: other cli modules add theirs)
 from pyrawan.recipe_io import read_yaml
 
@@ -240,8 +240,12 @@ def recipe_cp(
     target = dest / source.name if dest.is_dir() else dest
     if target.exists() and not force:
         raise InputError(f"{target} already exists; pass --force to replace it or choose another DEST.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, source.read_bytes())
+    except (FileExistsError, NotADirectoryError, IsADirectoryError) as err:
+        raise InputError(f"cannot write {target}: {err.strerror} ({err.filename}); choose a DEST whose folders are "
+                         f"folders, not files.") from None
     stdout().print(f"wrote {target}; check your edits with `pyrawan recipe validate {target}`.", markup=False)
 
 

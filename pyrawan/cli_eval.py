@@ -28,7 +28,7 @@ EXAMPLES.update({
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Model artifact folder, diffusers folder, hub id or preset.")]
 PromptsOpt = Annotated[Optional[Path], typer.Option("--prompts", help="Text file, one prompt per line.")]
 SuiteOpt = Annotated[Optional[str], typer.Option("--suite", help="Named prompt suite: toy-N (N toy-world prompts) [default: toy-8].")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Videos sampled and decoded together.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Videos sampled and decoded together.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="float32 or bfloat16 [default: bfloat16 on GPU].")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
@@ -151,7 +151,7 @@ def vbench_export(
     info: Annotated[Optional[Path], typer.Option("--vbench-info", help="VBench's full-info JSON [default: from the installed vbench package].")] = None,
     dimension: Annotated[Optional[list[str]], typer.Option("--dimension", help="Only prompts of this dimension (repeatable).")] = None,
     per_prompt: Annotated[Optional[int], typer.Option("--samples-per-prompt", help="Videos per prompt [default: 5; vbench2: 3].")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Video i of every prompt uses seed + i.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Video i of every prompt uses seed + i.")] = 0,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N prompts (a subset: say so when reporting).")] = None,
     schedule: Annotated[Optional[str], typer.Option("--schedule", help="Steps per stage [default: the model's].")] = None,
     batch_size: BatchOpt = 8,

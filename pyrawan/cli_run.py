@@ -185,8 +185,8 @@ def eval_latency(
     width: Annotated[Optional[int], typer.Option("--width", help="Pixel width.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32 or bfloat16 [default: bfloat16 on GPU].")] = None,
-    repeats: Annotated[int, typer.Option("--repeats", help="Timed forwards per stage (median reported).")] = 10,
-    warmup: Annotated[int, typer.Option("--warmup", help="Untimed forwards first.")] = 3,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed forwards per stage (median reported).")] = 10,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed forwards first.")] = 3,
     timesteps: Annotated[str, typer.Option(
         "--timesteps", help="sampler: per-token timesteps at the coarse stages, as the sampler runs them; "
                             "per-sample: one timestep per sample everywhere (as measured before 2026-11-28).")] = "sampler",

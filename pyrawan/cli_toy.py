@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from pyrawan.cli import RUN_PANEL, JsonOpt, OverwriteOpt, app
+from pyrawan.recipe import MAX_SEED
 
 toy_app = typer.Typer(no_args_is_help=True, help="The built-in toy world: a captioned video dataset and ToyBench, "
                                                   "a judge with no learned weights (docs/toy-world.md).")
@@ -19,13 +20,13 @@ app.add_typer(toy_app, name="toy", rich_help_panel=RUN_PANEL)
 @toy_app.command("make-dataset")
 def make_dataset(
     out: Annotated[Path, typer.Argument(help="Output dataset folder (written atomically, with manifest.json).")],
-    n: Annotated[int, typer.Option("--n", help="Number of videos.")] = 64,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the scene sampler (same seed, same videos).")] = 0,
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of videos.")] = 64,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED, help="Seed of the scene sampler (same seed, same videos).")] = 0,
     layout: Annotated[str, typer.Option("--layout", help="metadata.csv, metadata.jsonl, metadata.json, sidecar or prompts+videos.")] = "metadata.csv",
     frames: Annotated[int, typer.Option("--frames", help="Frames per video (17 or 33 form a 3-stage pyramid).")] = 17,
-    height: Annotated[int, typer.Option("--height", help="Pixel height (a multiple of 64 for a 3-stage pyramid).")] = 128,
-    width: Annotated[int, typer.Option("--width", help="Pixel width (a multiple of 64 for a 3-stage pyramid).")] = 128,
-    fps: Annotated[int, typer.Option("--fps", help="Frames per second of the mp4s.")] = 16,
+    height: Annotated[int, typer.Option("--height", help="Pixel height (a multiple of 64 for a 3-stage pyramid; 64 = the toy model's size).")] = 64,
+    width: Annotated[int, typer.Option("--width", help="Pixel width (a multiple of 64 for a 3-stage pyramid; 64 = the toy model's size).")] = 64,
+    fps: Annotated[int, typer.Option("--fps", min=1, max=240, help="Frames per second of the mp4s.")] = 16,
     short_captions: Annotated[float, typer.Option(
         "--short-captions", help="Fraction of videos captioned with only some attributes ('a red square moving left').")] = 0.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,

@@ -50,7 +50,7 @@ def place_problem(out: Path, inputs: Sequence[str | Path | None] = ()) -> str | 
     if out.is_symlink() and not out.exists():
         return f"-o/--out {out} is a broken symbolic link; remove it or choose another folder."
     if out.exists() and not out.is_dir():
-        return f"-o/--out {out} exists and is a file, not a folder; choose another -o/--out folder (a new name)."
+        return f"-o/--out {out} exists and is a file, not a folder; choose another output folder folder (a new name)."
     for given in inputs:
         if given is None or not str(given) or not Path(given).exists():
             continue  # a preset name or hub id: not a local path
@@ -80,23 +80,23 @@ def replace_problem(out: Path, overwrite: bool, kind: str | None = None, force: 
     if not out.is_dir() or not any(out.iterdir()):
         return None
     if not overwrite:
-        return (f"output {out} already exists and is not empty; choose another -o/--out, or pass --overwrite to "
+        return (f"output {out} already exists and is not empty; choose another output folder, or pass --overwrite to "
                 f"replace it (the old one is kept until the new one is complete).")
     if not (out / MANIFEST).is_file():
         return (f"output {out} is not a pyrawan artifact (no {MANIFEST}); refusing to replace it even with "
-                f"--overwrite, since it was not written by pyrawan. Choose another -o/--out.")
+                f"--overwrite, since it was not written by pyrawan. Choose another output folder.")
     try:
         manifest = read_manifest(out)
     except InputError as err:
         return f"output {out} has a damaged manifest, so refusing to replace it even with --overwrite ({err})"
     if kind is not None and manifest.get("kind") != kind:
         return (f"output {out} is a {manifest.get('kind')!r} artifact and this command writes {kind!r} artifacts; "
-                f"--overwrite replaces only an artifact of the same kind. Choose another -o/--out.")
+                f"--overwrite replaces only an artifact of the same kind. Choose another output folder.")
     extra = unlisted_files(out, manifest)
     if extra and not force:
         shown = ", ".join(extra[:8]) + (f" and {len(extra) - 8} more" if len(extra) > 8 else "")
         return (f"output {out} holds {len(extra)} file(s) that its {MANIFEST} does not list ({shown}); --overwrite "
-                f"would delete them. Move them out of {out} first, or choose another -o/--out.")
+                f"would delete them. Move them out of {out} first, or choose another output folder.")
     return None
 
 
@@ -128,7 +128,7 @@ def claim_output(out: Path) -> None:
         _, stale = claim(out, created)
     except ClaimTaken as taken:
         raise InputError(f"another pyrawan run (pid {taken.owner.get('pid')} on {taken.owner.get('host')}) is writing "
-                         f"{out} right now; wait for it to finish or choose another -o/--out. (If no such run exists, "
+                         f"{out} right now; wait for it to finish or choose another output folder. (If no such run exists, "
                          f"delete {lock_path(out)}.)") from None
     if not _CLAIMS:
         atexit.register(release_claims)

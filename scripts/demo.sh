@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the toy world with the shipped toy teacher: toy dataset -> calibrate -> convert ->
-# finetune (short) -> sample -> ToyBench + FLOPs, printing a results table (about 2 minutes on 2 CPU
+# finetune (short) -> sample -> ToyBench + FLOPs, printing a results table (about 3 minutes on 2 CPU
 # cores). Everything lands in runs/demo/ (replaced on every run). DEMO_ARGS=--quick: about a minute.
 set -euo pipefail
 cd "$(dirname "$0")/.."

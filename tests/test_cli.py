@@ -80,6 +80,30 @@ def test_schema_ls_and_cp(tmp_path):
     assert (tmp_path / "tiny.yaml").read_bytes() == (RECIPES_DIR / "tiny.yaml").read_bytes()
     assert "already exists" in run("recipe", "cp", "tiny", tmp_path / "tiny.yaml", code=2).stderr
     run("recipe", "cp", "tiny", tmp_path / "tiny.yaml", "--force")
+    assert "folders, not files" in flat(run("recipe", "cp", "tiny", tmp_path / "tiny.yaml" / "x.yaml", code=2).stderr)
+
+
+@pytest.mark.parametrize("args, option", [
+    (["toy", "make-dataset", "{tmp}/d", "--fps", "0"], "--fps"),
+    (["toy", "make-dataset", "{tmp}/d", "--seed", "-1"], "--seed"),
+    (["eval", "latency", "--model", "tiny-random", "--repeats", "0"], "--repeats"),
+    (["eval", "latency", "--model", "tiny-random", "--warmup", "-1"], "--warmup"),
+    (["eval", "quality", "--samples", "{tmp}", "--batch-size", "0", "-o", "{tmp}/q"], "--batch-size"),
+])
+def test_out_of_range_numbers_are_refused_by_option_before_any_work(tmp_path, args, option):
+    result = run(*[a.format(tmp=tmp_path) for a in args], code=2)
+    assert f"Invalid value for '{option}'" in flat(result.output) and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []                                 # nothing written
+
+
+def test_vbench_import_refuses_an_export_folder_of_another_kind(tmp_path):
+    results = tmp_path / "r_eval_results.json"
+    results.write_text(json.dumps({"subject_consistency": [0.9, [{"video_path": "/x/a cat-0.mp4",
+                                                                   "video_results": 0.9}]]}))
+    other = make_artifact(tmp_path / "other", kind="toy-dataset")
+    message = flat(run("eval", "vbench", "import", results, "--export", other, "-o", tmp_path / "i", code=2).stderr)
+    assert "--export" in message and "'toy-dataset' artifact, not a VBench export" in message
+    assert not (tmp_path / "i").exists()
 
 
 def test_verify_clean_then_flipped_byte_exits_1_naming_the_file(tmp_path):

@@ -11,7 +11,7 @@ noise seeds, coupled noise), and the table is compare's: each cell is the mean o
 videos with its 95 % bootstrap interval and the delta to the teacher, starred only when the two
 intervals are disjoint and both rows have at least ``pyrawan.eval.compare.MIN_VIDEOS`` videos.
 Everything lands under OUT (``runs/demo`` by default): ``data/``, ``cache/``, ``calibration/``,
-``pyramid/``, ``finetuned/``, ``eval-<row>/`` (eval artifacts), ``compare/`` (``compare.md``,
+``pyramid/``, ``finetuned/``, ``eval-<index>/`` (eval artifacts, in table order), ``compare/`` (``compare.md``,
 ``compare.json``, the plot), ``results.json``, ``quality_vs_flops.png`` (compare's plot) and
 ``frames.png`` (one prompt, every row). ``quick`` shrinks every size (dataset, steps, prompts) so
 CI runs the whole path in about a minute.
@@ -170,7 +170,7 @@ def row_videos(sizes: DemoSizes, seed: int) -> tuple[list[str], list[int]]:
 
 
 def evaluate_rows(out: Path, models: dict[str, str], sizes: DemoSizes, seed: int, phases: Phases) -> list[Path]:
-    """One eval artifact per row (``OUT/eval-<row>``) through ``pyrawan eval quality``'s own code
+    """One eval artifact per row (``OUT/eval-<index>``) through ``pyrawan eval quality``'s own code
     (``pyrawan.eval.quality_run``): coupled noise, ToyBench, FD against the dataset, FLOPs; returns the folders."""
     from pyrawan.commands.common import resolve_device
     from pyrawan.commands.eval_quality import model_loader

@@ -10,7 +10,7 @@ from pyrawan.errors import InputError
 from pyrawan.eval import vbench as vb
 from pyrawan.eval.artifact import build_eval, manifest_metrics, write_eval
 from pyrawan.fsutil import atomic_write_text
-from pyrawan.manifest import artifact_dir, check_output, read_manifest, write_manifest
+from pyrawan.manifest import artifact_dir, check_output, require_verified, write_manifest
 from pyrawan.ui import console, progress_bar
 
 
@@ -61,6 +61,22 @@ def run_export(model: str, out: Path, suite: str = "vbench", info: Path | None =
     return items
 
 
+def read_export(export: Path) -> tuple[dict[str, dict], str | None, str | None]:
+    """``({file: video record}, model, schedule)`` of a verified ``pyrawan eval vbench export`` artifact."""
+    manifest = require_verified(export, "--export")
+    if manifest.get("kind") != "vbench-export":
+        raise InputError(f"--export {export} is a {manifest.get('kind')!r} artifact, not a VBench export; give the "
+                         f"folder written by `pyrawan eval vbench export`, or leave --export out.")
+    path = export / "videos.jsonl"
+    try:
+        items = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        exported = {item["file"]: item for item in items}
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise InputError(f"{path} is damaged ({err!r}); rerun `pyrawan eval vbench export`.") from None
+    resolved = (manifest.get("recipe") or {}).get("resolved") or {}
+    return exported, resolved.get("model"), resolved.get("schedule")
+
+
 def run_import(results: list[Path], out: Path, export: Path | None = None, label: str | None = None,
                overwrite: bool = False) -> dict:
     """Turn VBench ``*_eval_results.json`` files into an eval artifact (per-video scores, mean and CI)."""
@@ -75,10 +91,7 @@ def run_import(results: list[Path], out: Path, export: Path | None = None, label
             merged[dim] = value
     exported, model, schedule = None, None, None
     if export is not None:
-        resolved = (read_manifest(export).get("recipe") or {}).get("resolved") or {}
-        lines = (Path(export) / "videos.jsonl").read_text(encoding="utf-8").splitlines()
-        exported = {item["file"]: item for item in map(json.loads, filter(None, lines))}
-        model, schedule = resolved.get("model"), resolved.get("schedule")
+        exported, model, schedule = read_export(Path(export))
     records, reported = vb.result_records(merged, exported)
     if exported is not None:
         for r in records:

@@ -177,7 +177,7 @@ def detect_layout(root: Path, layout: str = "auto") -> str:
         return "sidecar"
     raise InputError(f"no dataset found in {root}: expected metadata.jsonl, metadata.csv or metadata.json "
                      f"(video + caption columns), prompts.txt + videos.txt, or video files with a .txt caption "
-                     f"beside each (clip.mp4 + clip.txt). See docs/calibration.md; set data.layout to force one.")
+                     f"beside each (clip.mp4 + clip.txt). See docs/calibration.md (in a recipe, data.layout forces one).")
 
 
 def _layout_files(layout: str) -> str:

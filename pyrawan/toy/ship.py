@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--text-encoder", action="store_true")
     ap.add_argument("--vae", type=Path)
     ap.add_argument("--transformer", type=Path)
-    ap.add_argument("--write-base", type=Path, help="write a diffusers folder of the toy stack (no shipping)")
+    ap.add_argument("--write-base", type=Path, help="write a one-stage toy model artifact (pipeline folder, pyramid.json) to pretrain or judge a teacher (no shipping)")
     ap.add_argument("--patch", type=int, default=None, help="with --write-base: the transformer's spatial patch")
     ap.add_argument("--base-vae", type=Path, default=None, help="with --write-base: a train_vae.py output folder")
     ap.add_argument("--base-weights", type=Path, default=None,

@@ -257,7 +257,7 @@ def scene_dict(scene: Scene) -> dict:
 # ---- datasets ------------------------------------------------------------------------------------
 
 def make_dataset(folder: str | Path, n: int, seed: int = 0, layout: str = "metadata.csv", frames: int = 17,
-                 height: int = 128, width: int = 128, fps: int = 16,
+                 height: int = 64, width: int = 64, fps: int = 16,
                  on_video: Callable[[], object] | None = None, short_captions: float = 0.0) -> list[tuple[str, str]]:
     """Write ``n`` scenes drawn with ``seed`` as mp4s plus captions in ``layout`` under ``folder``.
 
