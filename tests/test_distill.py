@@ -171,7 +171,7 @@ def test_backward_simulation_runs_the_earlier_steps_without_gradient():
     import contextlib
     from types import SimpleNamespace
 
-    from pyrawan.commands.distill import rollout, student_estimate
+    from pyrawan.commands.distill_loop import rollout, student_estimate
     from pyrawan.pyramid.config import PyramidConfig
     from pyrawan.pyramid.sampler import default_fewstep_levels
 

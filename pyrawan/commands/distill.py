@@ -1,9 +1,9 @@
 """``pyrawan distill``: step distillation of a pyramidal model into a few-step one (e.g. 2-2-1).
 
 This module is the run around the method's loop: recipe checks, the models (generator, critic,
-frozen teacher), the shared start of every iteration (backward simulation: the exit step ``k`` drawn
-from ``(seed, i)``, the same on every rank; the student's earlier steps without gradient), L_teach,
-checkpoints, export and the summary. One iteration of each method is written out in its own module:
+frozen teacher), checkpoints, export and the summary. The loop's state and the shared start of every
+iteration (backward simulation, L_teach, the generator's step) are ``distill_loop.py``. One iteration
+of each method is written out in its own module:
 ``distill_dmd.py`` (DMD: fake score + generator, with the optional GAN heads of ``distill.gan``) and
 ``distill_adv.py`` (adversarial: discriminator heads + generator). The math is in ``pyrawan/train/dmd.py``,
 ``pyrawan/train/adversarial.py`` and ``pyrawan/train/gan.py``, the choices in docs/distill.md.
@@ -14,82 +14,32 @@ generator states and the iteration; a killed run resumed with ``--resume`` ends 
 """
 from __future__ import annotations
 
-import contextlib
-import functools
-import math
 import shutil
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from pyrawan import dist
 from pyrawan.commands.common import console, resolve_device
+from pyrawan.commands.distill_adv import adv_iteration_step, make_heads
+from pyrawan.commands.distill_dmd import build_gan_heads, dmd_iteration_step
+from pyrawan.commands.distill_loop import LOGGED, Loop, real_velocity
 from pyrawan.errors import InputError
 from pyrawan.manifest import artifact_dir, check_output, write_manifest
-from pyrawan.models.denoiser import denoise
 from pyrawan.models.pyramid_spec import Distilled, PyramidSpec
-from pyrawan.pyramid.config import PyramidConfig
-from pyrawan.pyramid.process import clean_estimate
-from pyrawan.pyramid.sampler import FewStep, fewstep_rollout
 from pyrawan.recipe import DistillRecipe
 from pyrawan.train.curves import plot_curves, read_records, short
-from pyrawan.train.data import LatentSource, StageDataset, generator, pad_texts, position_item, split_holdout
+from pyrawan.train.data import LatentSource, StageDataset, split_holdout
 from pyrawan.train.distill_config import Distill, gan_on, separate_teacher, student_levels
-from pyrawan.train.dmd import StageProcess, exit_step, flow_matching_loss, score_levels
-from pyrawan.train.engine import Context, Ema, EngineSpec, lr_at, make_engine
+from pyrawan.train.engine import Context, Ema, EngineSpec, make_engine
 from pyrawan.train.metrics import MetricsLog, progress
 from pyrawan.train.model import Base, Frozen, build_student, export_model, frozen_copy, load_frozen, trainable_copy
-from pyrawan.train.run import (Trainable, describe_nonfinite, ema_state, nonfinite, restore_checkpoint, run_folder,
-                               save_checkpoint, teardown)
+from pyrawan.train.run import (Trainable, ema_state, restore_checkpoint, run_folder, save_checkpoint, teardown)
 from pyrawan.train.source import start_run
-from pyrawan.train.teach import TeachPairs, make_teach_pairs, teach_target
+from pyrawan.train.teach import make_teach_pairs
 
 RESUMABLE_CHANGES = ("train.steps", "train.checkpoint.every", "train.checkpoint.keep")
-LOGGED = ("fake_loss", "gen_loss", "teach_loss", "w_dmd", "disc_loss", "adv_loss", "rec_loss", "r1", "real_logit",
-          "fake_logit", "cls_loss", "gan_loss")
-
-
-@dataclass
-class Loop:
-    """Everything the distillation loop touches."""
-
-    recipe: DistillRecipe
-    ctx: Context
-    generator: Trainable                       # the student (full or LoRA), with its EMA
-    critic: Trainable                          # dmd: the fake score; adv: the discriminator heads
-    teacher: Frozen | None                     # None: the student's base with its adapters disabled
-    pyramid: PyramidConfig
-    levels: list[list[float]]
-    data: StageDataset
-    base: Base
-    teach: TeachPairs | None
-    log: MetricsLog | None = None
-    out: Path = Path("runs/distill")
-    iteration: int = 0
-    gan: Trainable | None = None               # dmd with distill.gan.weight > 0: the GAN heads on the fake score
-
-    @property
-    def trainables(self) -> list[Trainable]:
-        """What checkpoints hold: generator, critic and (when on) the GAN heads; never exported but the generator."""
-        return [self.generator, self.critic] + ([self.gan] if self.gan is not None else [])
-
-    @property
-    def total_steps(self) -> int:
-        return sum(len(r) for r in self.levels)
-
-    @functools.cached_property
-    def stage_latents(self) -> list[tuple[int, int, int]]:
-        """Latent (T, H, W) of every stage (0 = full resolution) through the base model's VAE, read once."""
-        return self.pyramid.shapes(self.recipe.latent_size())
-
-    def generator_steps(self, iteration: int | None = None) -> int:
-        """Generator updates done after ``iteration`` iterations."""
-        return (self.iteration if iteration is None else iteration) // self.recipe.distill.generator_every
-
-
 def needs_teacher_pairs(d: Distill) -> bool:
     """Adversarial runs need the teacher pairs for L_rec or for their "real" samples."""
     return d.method == "adv" and (d.adv.lambda_rec > 0 or d.adv.real == "teacher")
@@ -116,154 +66,6 @@ def check_recipe(recipe: DistillRecipe, out: Path, overwrite: bool, need_data: b
     check_output(out, overwrite, inputs=[recipe.base, d.teacher, recipe.data.root, recipe.data.cache], kind="distill")
 
 
-# ---- models --------------------------------------------------------------------------------------
-
-def texts_with_empty(text: torch.Tensor, empty: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cond [B, L, D], uncond [1, L, D])`` padded to one length."""
-    both = pad_texts(list(text) + [empty])
-    return both[:-1], both[-1:]
-
-
-@contextlib.contextmanager
-def teacher_module(loop: Loop) -> Iterator[torch.nn.Module]:
-    """The frozen teacher: its own transformer, or the LoRA student's base with its adapters disabled."""
-    if loop.teacher is not None:
-        yield loop.teacher.transformer
-        return
-    module = loop.generator.engine.module
-    module.disable_adapters()
-    try:
-        yield module
-    finally:
-        module.enable_adapters()
-
-
-def real_velocity(loop: Loop, x: torch.Tensor, sigma_nat: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """The frozen teacher's guided velocity (no graph)."""
-    cond, uncond = texts_with_empty(text, loop.base.empty_text)
-    with torch.no_grad(), teacher_module(loop) as teacher:
-        return denoise(teacher, x, sigma_nat, cond, uncond, loop.recipe.distill.guidance)
-
-
-def student_estimate(loop: Loop, x: torch.Tensor, step: FewStep, text: torch.Tensor) -> torch.Tensor:
-    """The student's clean estimate of step ``step`` from its input ``x`` (carries the graph when enabled)."""
-    engine = loop.generator.engine
-    with engine.autocast():
-        v = denoise(engine.model, x, step.sigma_nat, text, dtype=engine.input_dtype)
-    return clean_estimate(x, v, step.rho, step.sigma_c, step.sigma_n, step.project)[0]
-
-
-def rollout(loop: Loop, noise: torch.Tensor, text: torch.Tensor, stop_at: int, gen: torch.Generator):
-    """Backward simulation: the student's steps before ``stop_at`` without gradient; ``(x, step)``."""
-    engine = loop.generator.engine
-    velocity = lambda x, s: denoise(engine.model, x, s, text, dtype=engine.input_dtype)  # noqa: E731
-    with torch.no_grad(), engine.autocast():
-        return fewstep_rollout(velocity, noise, loop.pyramid, loop.levels, stop_at, gen)
-
-
-# ---- one iteration -------------------------------------------------------------------------------
-
-def sample_indices(loop: Loop, iteration: int) -> list[int]:
-    """Global indices of this rank's samples at ``iteration``: B processes x b samples = one batch of B*b.
-
-    Every random draw of a sample (its noise, levels, prompt) is keyed on its global index, so n
-    processes with batch b follow one process with batch n*b up to float reduction order.
-    """
-    b, ctx = loop.recipe.train.batch_size, loop.ctx
-    first = (iteration * ctx.world + ctx.rank) * b
-    return list(range(first, first + b))
-
-
-def sample_generators(loop: Loop, purpose: str, indices: list[int]) -> list[torch.Generator]:
-    """One CPU generator per sample, keyed on ``(seed, purpose, iteration, global index)``."""
-    return [generator(loop.recipe.seed, purpose, loop.iteration, g) for g in indices]
-
-
-def first_noise(loop: Loop, gens: list[torch.Generator]) -> torch.Tensor:
-    """Pure noise ``[B, 16, T, H, W]`` at the first stage the student's schedule runs, one sample per generator."""
-    first = max(i for i, r in enumerate(reversed(loop.levels)) if r)
-    shape = loop.stage_latents[first]
-    return torch.cat([torch.randn((1, 16, *shape), generator=g) for g in gens])
-
-
-def draw_levels(loop: Loop, gens: list[torch.Generator]) -> torch.Tensor:
-    """Re-noising levels ``rho`` ``[B]`` inside the exit step's stage, one per sample."""
-    return torch.cat([score_levels(1, *loop.recipe.distill.score_levels, g) for g in gens])
-
-
-def teach_step_loss(loop: Loop, stop_at: int) -> torch.Tensor:
-    """L_teach per sample: the student's exit-step estimate from a teacher pair's coupled noise vs the
-    teacher's sample from the same noise, brought down to the exit step's stage."""
-    pairs, ctx = loop.teach, loop.ctx
-    indices = sample_indices(loop, loop.iteration)
-    picks = [g % len(pairs) for g in indices]
-    text = pad_texts([pairs.text[p] for p in picks]).to(ctx.device)
-    x, step = rollout(loop, pairs.student_noise[picks].to(ctx.device), text, stop_at,
-                      sample_generators(loop, "teach", indices))
-    x_hat = student_estimate(loop, x, step, text)
-    target = teach_target(pairs.target[picks], loop.pyramid, step.stage).to(ctx.device)
-    return flow_matching_loss(x_hat, target)
-
-
-def cache_latents(loop: Loop, items: list[int], stage: int) -> torch.Tensor:
-    """The latent cache's clean latents of ``items`` at ``stage`` ``[B, 16, T, H, W]`` (the "real" samples)."""
-    return torch.stack([loop.data.latents(j)[stage] for j in items]).to(loop.ctx.device)
-
-
-@dataclass
-class Rollout:
-    """An iteration's shared start: exit step ``k``, its input ``x`` and ``step``, the prompts and generators."""
-
-    k: int
-    x: torch.Tensor
-    step: FewStep
-    items: list[int]
-    text: torch.Tensor
-    gens: list[torch.Generator]
-    proc: StageProcess
-
-
-def start_iteration(loop: Loop, kind: str) -> Rollout:
-    """Draw the exit step, the prompts and the noise, and run the student's earlier steps without gradient."""
-    ctx, i = loop.ctx, loop.iteration
-    k = exit_step(loop.recipe.seed, i, loop.total_steps)
-    indices = sample_indices(loop, i)
-    items = [position_item(len(loop.data), g, loop.recipe.seed) for g in indices]
-    text = pad_texts([loop.data.text(j) for j in items]).to(ctx.device)
-    gens = sample_generators(loop, "distill", indices)
-    x, step = rollout(loop, first_noise(loop, gens).to(ctx.device), text, k, gens)
-    proc = StageProcess(kind, step.sigma_c.to(ctx.device), step.sigma_n.to(ctx.device), step.project)
-    return Rollout(k, x, step, items, text, gens, proc)
-
-
-def step_generator(loop: Loop, objective: torch.Tensor) -> tuple[float, bool]:
-    """Backward and step the generator (skipped on a non-finite objective), then its EMA; ``(grad norm, applied)``."""
-    engine = loop.generator.engine
-    engine.set_lr(lr_at(loop.generator_steps(), engine.spec))
-    engine.backward(objective, True)
-    norm, applied = engine.step(skip=not math.isfinite(float(objective.detach())), max_norm=engine.spec.max_grad_norm)
-    if applied and loop.generator.ema is not None:
-        loop.generator.ema.update(loop.generator_steps() + 1)
-    return norm, applied
-
-
-def finish_record(loop: Loop, record: dict, items: list[int]) -> dict:
-    """Average the record's losses over all processes; stop on a non-finite one."""
-    ctx, i = loop.ctx, loop.iteration
-    record["lr"] = lr_at(loop.generator_steps(), loop.generator.engine.spec)
-    keys = [key for key in LOGGED if record.get(key) is not None]
-    means = dist.all_reduce_sum(torch.tensor([record[key] for key in keys], dtype=torch.float64).to(ctx.device))
-    record.update({key: float(v) / ctx.world for key, v in zip(keys, means.cpu())})      # means over all samples
-    values = [record[key] for key in keys]
-    if not all(map(math.isfinite, values)):
-        loss = next((v for v in values if not math.isfinite(v)), float("nan"))
-        nonfinite("distill", run_folder(loop.out), i + 1, describe_nonfinite(loss, record.get("gen_grad_norm", 0.0)),
-                  [loop.data.name(j) for j in items], ctx.rank, loop.recipe.train.on_nonfinite,
-                  "lower train.optimizer.lr or the critic's lr (distill.fake_score.optimizer.lr for dmd, "
-                  "distill.adv.optimizer.lr for adv), or distill.guidance.")
-    return record
-
-
 # ---- the run -------------------------------------------------------------------------------------
 
 def build_models(recipe: DistillRecipe, base: Base, ctx: Context) -> tuple[Trainable, Trainable, Frozen | None]:
@@ -285,8 +87,6 @@ def build_models(recipe: DistillRecipe, base: Base, ctx: Context) -> tuple[Train
         teacher.transformer.enable_gradient_checkpointing()    # frozen weights: recompute is safe and saves memory
     backbone = teacher.transformer if teacher is not None else base.transformer
     if d.method == "adv":
-        from pyrawan.commands.distill_adv import make_heads
-
         critic, prefix, optimizer, clip = make_heads(d.adv, backbone), "discriminator-", d.adv.optimizer, d.adv.max_grad_norm
     else:
         critic, prefix = trainable_copy(backbone, t.gradient_checkpointing), "fake_score-"
@@ -333,8 +133,6 @@ def run(recipe: DistillRecipe, out: Path, resume: bool = False, overwrite: bool 
     loop = Loop(recipe, ctx, generator_, critic, teacher, pyramid, levels, StageDataset(source, train_idx, pyramid),
                 base, teach=None, out=out)
     if gan_on(recipe.distill):
-        from pyrawan.commands.distill_dmd import build_gan_heads
-
         loop.gan = build_gan_heads(recipe, critic, ctx, pyramid)
     if recipe.distill.teach_weight > 0 or needs_teacher_pairs(recipe.distill):
         loop.teach = make_teach_pairs(loop, run_dir, lambda x, s, text: real_velocity(loop, x, s, text),
@@ -354,10 +152,7 @@ def train_loop(loop: Loop, resolved: dict, show_progress: bool) -> None:
     """Iterations from ``loop.iteration`` to ``train.steps``: step, log, checkpoint."""
     t = loop.recipe.train
     every = t.checkpoint.every
-    if loop.recipe.distill.method == "adv":
-        from pyrawan.commands.distill_adv import adv_iteration_step as step
-    else:
-        from pyrawan.commands.distill_dmd import dmd_iteration_step as step
+    step = adv_iteration_step if loop.recipe.distill.method == "adv" else dmd_iteration_step
     with progress(t.steps, loop.iteration, show_progress, label="distill") as update:
         while loop.iteration < t.steps:
             tick = time.perf_counter()

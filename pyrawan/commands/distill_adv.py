@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from pyrawan.commands.distill import (Loop, cache_latents, draw_levels, finish_record, sample_indices, start_iteration,
-                                      step_generator, student_estimate, teach_step_loss, teacher_module)
+from pyrawan.commands.distill_loop import (Loop, cache_latents, draw_levels, finish_record, sample_indices,
+                                           start_iteration, step_generator, student_estimate, teach_step_loss,
+                                           teacher_module)
 from pyrawan.models.denoiser import denoise
 from pyrawan.pyramid.sampler import randn
 from pyrawan.train.adversarial import (Heads, approximate_r1, heads_for, hinge_discriminator, hinge_generator,

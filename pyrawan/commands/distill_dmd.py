@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from pyrawan.commands.distill import (Loop, cache_latents, draw_levels, finish_record, real_velocity, start_iteration,
-                                      step_generator, student_estimate, teach_step_loss)
+from pyrawan.commands.distill_loop import (Loop, cache_latents, draw_levels, finish_record, real_velocity,
+                                           start_iteration, step_generator, student_estimate, teach_step_loss)
 from pyrawan.errors import InputError
 from pyrawan.models.denoiser import denoise, unwrap
 from pyrawan.pyramid.config import PyramidConfig
