@@ -251,7 +251,7 @@ def test_probe_sees_the_shipped_teacher_read_colour_from_its_caption():
     from pyrawan.toy.probe import altered, caption_sensitivity
 
     scene = world.Scene("circle", "red", "small", "up-left", "slow", "gray", "plain")
-    for what, expect in (("direction", "down-right"), ("speed", "quickly"), ("colour", "cyan")):
+    for what, expect in (("direction", "down-right"), ("speed", "quickly"), ("colour", "cyan"), ("shape", "square")):
         text = altered(scene, what)
         assert expect in text and world.parse_caption(text) != scene.attributes()
     loss = caption_sensitivity(build_preset("toy"), n=8, sigmas=(0.8,))["0.8"]
@@ -392,4 +392,5 @@ def test_the_caption_probe_reads_a_model_artifact(tmp_path, capsys):
     probe.main(["--model", str(tmp_path / "model"), "--n", "2"])
     loss = json.loads(capsys.readouterr().out)["loss"]
     assert set(loss) == {"0.5", "0.8", "0.95"}
-    assert all(set(v) == {"true", "empty", "direction", "speed", "colour"} and v["colour"] > v["true"] for v in loss.values())
+    assert all(set(v) == {"true", "empty", "direction", "speed", "colour", "shape"} and v["colour"] > v["true"]
+               for v in loss.values())

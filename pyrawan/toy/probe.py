@@ -4,7 +4,7 @@
 
 For ``n`` held-out scenes (rendered, encoded by the model's VAE) and fixed noise at a few levels
 sigma, the velocity loss ``|F(x_sigma, caption) - (noise - x0)|^2`` is measured with the true
-caption, with one attribute changed (direction reversed, speed swapped, colour changed) and with
+caption, with one attribute changed (direction reversed, speed swapped, colour or shape changed) and with
 the empty caption. A teacher that uses an attribute has a higher loss when it is changed; equal
 losses mean the attribute is ignored (the 2x2-patch teacher shipped until 2026-11-29 ignored direction). This needs no
 sampling, so it is cheap enough to follow a training run.
@@ -31,6 +31,8 @@ OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up", "up-le
             "down-right": "up-left", "up-right": "down-left", "down-left": "up-right"}
 OTHER_COLOUR = {"red": "cyan", "cyan": "red", "green": "magenta", "magenta": "green", "blue": "yellow",
                 "yellow": "blue"}
+OTHER_SHAPE = {"square": "triangle", "triangle": "circle", "circle": "square"}
+ALTERED = ("direction", "speed", "colour", "shape")
 
 
 def _fields(scene: world.Scene) -> dict:
@@ -41,17 +43,18 @@ def _fields(scene: world.Scene) -> dict:
 
 
 def altered(scene: world.Scene, what: str) -> str:
-    """The scene's caption with ``what`` (direction, speed, colour) changed to a clearly different value."""
+    """The scene's caption with ``what`` (one of ALTERED) changed to a clearly different value."""
     changes = {"direction": lambda s: {"direction": OPPOSITE[s.direction]},
                "speed": lambda s: {"speed": "fast" if s.speed == "slow" else "slow"},
-               "colour": lambda s: {"colour": OTHER_COLOUR[s.colour]}}[what](scene)
+               "colour": lambda s: {"colour": OTHER_COLOUR[s.colour]},
+               "shape": lambda s: {"shape": OTHER_SHAPE[s.shape]}}[what](scene)
     return world.caption(world.Attributes(**{**_fields(scene), **changes}))
 
 
 @torch.no_grad()
 def caption_sensitivity(components, n: int = 32, seed: int = 4242, sigmas: tuple[float, ...] = (0.5, 0.8, 0.95),
                         max_sequence_length: int = 16, frames: int = 17, size: int = 64) -> dict[str, dict[str, float]]:
-    """``{sigma: {"true", "direction", "speed", "colour", "empty": mean loss}}`` over ``n`` held-out clips."""
+    """``{sigma: {"true", "empty", and each of ALTERED: mean loss}}`` over ``n`` held-out clips."""
     from pyrawan.models.denoiser import encode_prompts
     from pyrawan.models.vae import encode_video
 
@@ -60,7 +63,7 @@ def caption_sensitivity(components, n: int = 32, seed: int = 4242, sigmas: tuple
     videos = torch.stack([world.render(s, frames, size, size) for s in scenes]).permute(0, 2, 1, 3, 4) * 2 - 1
     z = torch.cat([encode_video(components.vae, videos[i:i + 8]) for i in range(0, n, 8)])
     captions = {"true": [world.caption(s) for s in scenes], "empty": [""] * n}
-    captions.update({what: [altered(s, what) for s in scenes] for what in ("direction", "speed", "colour")})
+    captions.update({what: [altered(s, what) for s in scenes] for what in ALTERED})
     text = {k: encode_prompts(components, v, None, max_sequence_length)[0] for k, v in captions.items()}
     transformer = components.transformer.eval()
     gen = torch.Generator().manual_seed(seed)
@@ -77,7 +80,8 @@ def caption_sensitivity(components, n: int = 32, seed: int = 4242, sigmas: tuple
 
 
 CONTRASTS: dict[str, tuple[str, str]] = {"colour": ("red", "cyan"), "direction": ("right", "left"),
-                                         "speed": ("fast", "slow"), "background": ("white", "black")}
+                                         "speed": ("fast", "slow"), "shape": ("square", "circle"),
+                                         "background": ("white", "black")}
 
 
 def explained_variance(latents: torch.Tensor, values: list[str | None]) -> float:
