@@ -134,7 +134,7 @@ def test_env_reports_versions_and_offline_flags():
     assert info["torch"] is None or "cuda_available" in info["torch"]
 
 
-def test_stubs_validate_then_exit_1_without_output(tmp_path, monkeypatch):
+def test_training_commands_validate_and_exit_2_before_loading_anything(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     recipe = recipe_file(tmp_path, "finetune")
     result = run("finetune", recipe, "seed=3", "-o", "out", "sampling.guidance=2", code=2)

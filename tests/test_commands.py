@@ -45,6 +45,14 @@ def test_convert_writes_a_pyramidal_artifact_that_references_unchanged_component
     assert not (art / "vae").exists()                                   # referenced, not copied
     components = json.loads((art / "components.json").read_text())["components"]
     assert components["vae"]["preset"] == "tiny" and len(components["vae"]["sha256"]) == 64
+    from pyrawan.models.artifact import state_dict_sha256
+    from pyrawan.models.presets import build_preset
+
+    tiny = build_preset("tiny")                                         # convert changes no weight
+    assert components["vae"]["sha256"] == state_dict_sha256(tiny.vae)
+    saved = load_file(str(art / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert saved.keys() == tiny.transformer.state_dict().keys()
+    assert all(torch.equal(saved[k], v) for k, v in tiny.transformer.state_dict().items())
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["kind"] == "convert" and manifest["recipe"]["resolved"]["pyramid"]["boundaries"]
     assert {o["path"] for o in manifest["outputs"]} >= {"pyramid.json", "components.json"}

@@ -122,6 +122,10 @@ def test_clip_frames_resize_and_stage_pixels():
     video = torch.rand(17, 3, 48, 80)
     out = resize_crop(video, 64, 64)
     assert out.shape == (17, 3, 64, 64) and 0 <= float(out.min()) and float(out.max()) <= 1
+    bands = torch.zeros(1, 3, 48, 80)
+    bands[..., :16], bands[..., 64:] = 1.0, 1.0                   # bright 16 px on each side of a dark centre
+    covered = resize_crop(bands, 64, 64)                          # scale 4/3 to cover, then the centre 64 columns
+    assert float(covered[..., 4:-4].max()) < 0.05 and float(covered[..., 0].min()) > 0.2   # a stretch keeps the bands
     down = pixel_down(video)
     assert down.shape == (9, 3, 24, 40)
     torch.testing.assert_close(down[0], torch.nn.functional.avg_pool2d(video[0], 2))

@@ -4,6 +4,7 @@ impossible combinations are refused before anything loads; ``--dry-run`` counts 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -93,7 +94,8 @@ def test_a_killed_gan_run_resumes_to_the_same_generator_fake_score_and_heads(tmp
     args = ["tiny-dmd", *QUICK, *GAN, "train.steps=8", "train.checkpoint.every=4", "train.batch_size=2"]
     launch(*args, "-o", "A", cwd=tmp_path, timeout=600)
     kill_after_checkpoint([*args, "-o", "B"], tmp_path, tmp_path / "B", 4)
-    launch(*args, "-o", "B", "--resume", cwd=tmp_path, timeout=600)
+    resumed = launch(*args, "-o", "B", "--resume", cwd=tmp_path, timeout=600)
+    assert re.search(r"resumed from \S+step-00000004 \(step 4\)", resumed.stdout + resumed.stderr)   # not from 0
     a, b = tmp_path / "A", tmp_path / "B"
     wa, wb = transformer(a), transformer(b)
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)          # bit-identical

@@ -40,6 +40,9 @@ def test_latent_mse_and_psnr():
     out = ref + 0.5                                             # MSE 0.25
     assert m.latent_mse(out, ref) == pytest.approx([0.25, 0.25])
     assert m.latent_psnr(out, ref) == pytest.approx([10 * math.log10(16 / 0.25)] * 2)
+    half = ref * 0.5                                            # range 2; MSE 2 cells x 1 / 32 = 0.0625
+    assert m.latent_psnr(half, ref) == pytest.approx([10 * math.log10(4**2 / 0.0625)] * 2)    # the reference's peak
+    assert m.latent_psnr(ref, half) == pytest.approx([10 * math.log10(2**2 / 0.0625)] * 2)
 
 
 def test_ssim_identity_is_one_and_falls_with_noise():
@@ -49,6 +52,9 @@ def test_ssim_identity_is_one_and_falls_with_noise():
     values = [m.pixel_ssim(np.clip(clean + rng.normal(scale=s, size=clean.shape), 0, 1), clean)[0]
               for s in (0.01, 0.05, 0.2)]
     assert 1.0 > values[0] > values[1] > values[2] > 0.0
+    assert m.pixel_ssim(1 - clean, clean)[0] < 0                 # anti-correlated structure: the covariance term
+    noisy = np.clip(clean + rng.normal(scale=0.05, size=clean.shape), 0, 1)
+    assert m.pixel_ssim(noisy, clean)[0] == pytest.approx(m.pixel_ssim(clean, noisy)[0], rel=1e-12)   # symmetric
 
 
 def test_ssim_of_constant_images_is_the_luminance_term():
@@ -102,6 +108,11 @@ def test_paired_and_unpaired_bundles():
     lat = torch.randn(1, 16, 2, 4, 4)
     paired = m.paired_metrics(lat, lat + 0.1, frames, frames)
     assert set(paired) == {"latent_mse", "latent_psnr", "pixel_psnr", "pixel_ssim"}
-    assert paired["pixel_ssim"][0] == pytest.approx(1.0)
-    assert set(m.unpaired_metrics(frames)) == {"temporal_flickering", "motion_magnitude"}
+    assert paired["latent_mse"] == pytest.approx([0.01])
+    assert paired["latent_psnr"] == pytest.approx(m.latent_psnr(lat, lat + 0.1))
+    assert paired["pixel_psnr"][0] == m.PSNR_CAP and paired["pixel_ssim"][0] == pytest.approx(1.0)
+    unpaired = m.unpaired_metrics(frames)
+    assert set(unpaired) == {"temporal_flickering", "motion_magnitude"}
+    assert unpaired["temporal_flickering"] == pytest.approx(m.temporal_flickering(frames))
+    assert unpaired["motion_magnitude"] == pytest.approx(m.motion_magnitude(frames))
     assert set(m.METRICS) >= set(paired) | set(m.unpaired_metrics(frames))

@@ -143,10 +143,7 @@ def test_meta_report_tiny_matches_analytic_report():
     assert meta_forward_flops(module, (3, 8, 8), 16) == pytest.approx(meta["stages"][1]["tflops_per_forward"] * 1e12)
 
 
-def test_preset_name_if_available():
-    presets = pytest.importorskip("pyrawan.models.presets")
-    if not hasattr(presets, "arch_config"):
-        pytest.skip("presets.arch_config not available")
+def test_flops_of_a_preset_by_name():
     report = flops_report("wan1.3b", PAPER_LATENT, 3, guidance=False)
     assert round(report["stages"][0]["tflops_per_forward"], 1) == 251.8
     with pytest.raises(InputError):

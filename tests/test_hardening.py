@@ -212,10 +212,15 @@ def test_cli_turns_a_disk_full_write_into_exit_1_and_ctrl_c_into_130(tmp_path, m
     assert "interrupted" in out and "run the command again" in out
 
 
-def test_interrupt_message_of_finetune_says_how_to_continue():
-    from pyrawan.cli import INTERRUPTED
+def test_interrupt_message_of_finetune_says_how_to_continue(tmp_path, monkeypatch):
+    from pyrawan.commands import finetune
 
-    assert "--resume" in INTERRUPTED["finetune"] and "checkpoints" in INTERRUPTED["finetune"]
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "run", interrupted)
+    out = cli("finetune", "tiny-finetune", "-o", tmp_path / "out", code=130)
+    assert "interrupted: finetune" in out and "checkpoints" in out and "--resume" in out
 
 
 # ---- models: what is loaded, and from where ------------------------------------------------------

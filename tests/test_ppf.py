@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -232,7 +233,8 @@ def test_ppf_finetune_learns_every_stage_and_a_killed_run_resumes_bit_identicall
     assert "ppf_embeddings.1.weight" in weights(ppf_reference)
     args = [*PPF_FT, "-o", "B"]
     kill_after_checkpoint(args, tmp_path, tmp_path / "B", 10)
-    launch(*args, "--resume", cwd=tmp_path)
+    resumed = launch(*args, "--resume", cwd=tmp_path)
+    assert re.search(r"resumed from \S+step-00000010 \(step 10\)", resumed.stdout + resumed.stderr)  # not from 0
     a, b = weights(ppf_reference), weights(tmp_path / "B")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert metrics(ppf_reference, "train", "loss") == metrics(tmp_path / "B", "train", "loss")

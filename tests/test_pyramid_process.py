@@ -113,7 +113,7 @@ def test_definition_1_noisy_end_is_a_jump_from_the_clean_end_of_the_coarser_stag
         centred = flat - mean
         cov = centred.T @ centred / N
         target = torch.diag((sn0**2).repeat_interleave(16))
-        assert (cov - target).abs().max() < 0.05
+        assert (cov - target).abs().max() < 0.15 * float(sn0.min()) ** 2     # no noise or twice it: off by sn0^2
 
 
 def make_stage(name, seed=0, keep_time=False, top=False, b=(0.3, 0.7), stage=1):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -66,6 +67,22 @@ def test_overwrite_is_atomic_replace(tmp_path):
     write_video(path, smooth_pattern(9, 16, 16))
     assert sha256_file(path) != first and probe_video(path)["frames"] == 9
     assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_failed_encode_leaves_the_old_video_and_no_temporary_file(tmp_path, monkeypatch):
+    from pyrawan.data import video
+
+    path = write_video(tmp_path / "a.mp4", smooth_pattern(5, 16, 16))
+    first = sha256_file(path)
+
+    def half_written(out, *args):
+        Path(out).write_bytes(b"\x00" * 100)                        # some bytes, then the encoder fails
+        raise RuntimeError("encoder died")
+
+    monkeypatch.setattr(video, "_encode", half_written)
+    with pytest.raises(RuntimeError, match="encoder died"):
+        write_video(path, smooth_pattern(9, 16, 16))
+    assert sha256_file(path) == first and [p.name for p in tmp_path.iterdir()] == ["a.mp4"]
 
 
 def test_atomic_path_failure_leaves_target_untouched(tmp_path):
