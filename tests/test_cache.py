@@ -55,11 +55,13 @@ def test_reader_contract_and_both_definitions(tmp_path, data_root, pool, definit
     assert all(z.dtype == torch.float32 for z in latents)
     clip = load_clip(data_root / "videos/clip1.mp4", 17, 64, 64, 16)
     torch.testing.assert_close(latents[0], encode_video(pool.vae, to_vae_input(clip))[0])
-    if definition == 1:
-        torch.testing.assert_close(latents[2], get_resizer("dct").down(latents[1][None])[0])
-    else:
-        expected = encode_video(pool.vae, to_vae_input(stage_clips(clip, 3)[2]))[0]
-        torch.testing.assert_close(latents[2], expected)
+    if definition == 1:                                                   # each stage: the resizer's down of the finer
+        for stage in (1, 2):
+            torch.testing.assert_close(latents[stage], get_resizer("dct").down(latents[stage - 1][None])[0])
+    else:                                                                 # each stage: its resized pixels, encoded
+        for stage in (1, 2):
+            expected = encode_video(pool.vae, to_vae_input(stage_clips(clip, 3)[stage]))[0]
+            torch.testing.assert_close(latents[stage], expected)
     text, _ = encode_prompts(pool, ["a calm sea"], None, 16)
     assert cache.text(2).shape == (16, 32) and cache.text(2).dtype == torch.float32
     torch.testing.assert_close(cache.text(2), text[0].float(), atol=1e-6, rtol=1e-5)

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
@@ -52,6 +52,8 @@ def outcome(call) -> object:
 @FUZZ
 @given(st.dictionaries(st.sampled_from(KEYS + ["schema_version", "kind", "junk"]), VALUES, max_size=8),
        st.sampled_from(sorted(RECIPE_KINDS)))
+@example(data={}, kind="finetune")
+@example(data={"seed": 3, "video": {"frames": 17, "height": 64, "width": 64}}, kind="convert")
 def test_recipe_files_load_or_fail_with_an_input_error(data, kind):
     body = {"schema_version": 1, "kind": kind, "base": "tiny", **data}
     with tempfile.TemporaryDirectory() as folder:
@@ -59,6 +61,8 @@ def test_recipe_files_load_or_fail_with_an_input_error(data, kind):
         path.write_text(yaml.safe_dump(body, allow_unicode=True), encoding="utf-8")
         result = outcome(lambda: load_recipe(path))
     assert isinstance(result, (RecipeBase, InputError))
+    if data in ({}, {"seed": 3, "video": {"frames": 17, "height": 64, "width": 64}}):   # the valid examples load
+        assert isinstance(result, RecipeBase) and result.kind == kind and result.seed == data.get("seed", 0)
 
 
 OVERRIDE_TEXT = st.one_of(st.text(max_size=30), st.integers(-5, 100).map(str), st.floats(0, 10).map(repr),
@@ -68,10 +72,15 @@ OVERRIDE_TEXT = st.one_of(st.text(max_size=30), st.integers(-5, 100).map(str), s
 
 @FUZZ
 @given(st.lists(st.tuples(st.sampled_from(KEYS), OVERRIDE_TEXT), max_size=3))
+@example(pairs=[])
+@example(pairs=[("seed", "7"), ("pyramid.resizer", "dct")])
 def test_overrides_load_or_fail_with_an_input_error(pairs):
     tokens = [f"{key}={text}" for key, text in pairs]
     result = outcome(lambda: load_recipe("tiny", tokens))
     assert isinstance(result, (RecipeBase, InputError))
+    if pairs in ([], [("seed", "7"), ("pyramid.resizer", "dct")]):     # the valid examples load and apply
+        assert isinstance(result, RecipeBase) and result.seed == (7 if pairs else 0)
+        assert result.pyramid.resizer == ("dct" if pairs else load_recipe("tiny").pyramid.resizer)
     if isinstance(result, RecipeBase):             # what loads is finite and within the caps
         assert result.video.height <= 8192 and result.pyramid.stages <= 8 and result.sampling.guidance <= 100
 
@@ -102,8 +111,17 @@ def _metadata(layout: str, rows: list[dict], junk: str) -> str:
     return "\n".join(lines) + "\n" + junk
 
 
+def _all_valid(layout: str, rows: list[dict], junk: str) -> bool:
+    """Rows that must all be listed: clean JSON, each naming the one video with a printable caption."""
+    return layout != "metadata.csv" and junk == "" and bool(rows) and all(
+        set(r) == {"video", "caption"} and r["video"] == "clip.mp4" and isinstance(r["caption"], str)
+        and r["caption"].strip() and r["caption"].isprintable() for r in rows)
+
+
 @FUZZ
 @given(st.sampled_from(["metadata.jsonl", "metadata.json", "metadata.csv"]), ROWS, st.text(max_size=40))
+@example(layout="metadata.jsonl", rows=[{"video": "clip.mp4", "caption": "a red ball"}] * 2, junk="")
+@example(layout="metadata.json", rows=[{"video": "clip.mp4", "caption": "a blue sky"}], junk="")
 def test_dataset_metadata_scans_or_fails_with_an_input_error(layout, rows, junk):
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder) / "data"
@@ -113,6 +131,8 @@ def test_dataset_metadata_scans_or_fails_with_an_input_error(layout, rows, junk)
         (root / "link.mp4").symlink_to(Path(folder) / "out.mp4")
         (root / layout).write_text(_metadata(layout, rows, junk), encoding="utf-8")
         result = outcome(lambda: scan_dataset(root, Data()))
+        if _all_valid(layout, rows, junk):
+            assert not isinstance(result, InputError) and len(result.records) == len(rows), result
         if isinstance(result, InputError):
             return
         resolved = root.resolve()
