@@ -54,3 +54,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def transformer_batches(monkeypatch):
+    """``batches(cls, argv)``: the batch size of every ``cls.forward`` call while ``pyrawan ARGV`` runs in
+    this process (counts what a sampler really runs, not what its manifest says)."""
+    from typer.testing import CliRunner
+
+    from pyrawan.cli import app
+
+    def batches(cls: type, argv: list) -> list[int]:
+        seen, forward = [], cls.forward
+
+        def counted(self, *args, **kwargs):
+            seen.append(int((args[0] if args else kwargs["hidden_states"]).shape[0]))
+            return forward(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "forward", counted)
+        result = CliRunner().invoke(app, [str(a) for a in argv])
+        monkeypatch.setattr(cls, "forward", forward)
+        assert result.exit_code == 0, result.output
+        return seen
+
+    return batches

@@ -39,7 +39,7 @@ def transformer(out: Path) -> dict[str, torch.Tensor]:
     return load_file(out / "transformer" / "diffusion_pytorch_model.safetensors")
 
 
-def test_toy_ptstar_makes_a_few_step_model_that_sample_runs_with_five_forwards(tmp_path):
+def test_toy_ptstar_makes_a_few_step_model_that_sample_runs_with_five_forwards(tmp_path, transformer_batches):
     r = load_recipe("toy-dmd-ptstar", [*QUICK, "train.steps=10", "train.batch_size=2", "distill.teach_pairs=2",
                                         "train.validation.holdout=2"],
                     kind="distill")
@@ -62,6 +62,11 @@ def test_toy_ptstar_makes_a_few_step_model_that_sample_runs_with_five_forwards(t
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "videos" / "manifest.json").read_text())["metrics"]
     assert metrics["nfe_per_video"] == 5 and metrics["forwards_per_video"] == 5
+    from diffusers import WanTransformer3DModel
+
+    batches = transformer_batches(WanTransformer3DModel, ["sample", "--model", out, "--prompt", "a red square",
+                                                         "-o", tmp_path / "counted"])
+    assert batches == [1] * 5                                            # five steps, no guidance batch
 
 
 def test_the_generator_trains_and_a_fresh_start_samples_new_teacher_pairs(tmp_path):

@@ -249,7 +249,7 @@ def test_two_ddp_processes_train_a_ppf_model_like_one(ppf_reference, tmp_path):
     assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5) for k in a)
 
 
-def test_ppf_dmd_distills_against_the_original_model_and_samples_in_five_forwards(tmp_path):
+def test_ppf_dmd_distills_against_the_original_model_and_samples_in_five_forwards(tmp_path, transformer_batches):
     from pyrawan.commands.distill import run
     from pyrawan.train.synthetic import for_recipe
 
@@ -264,3 +264,6 @@ def test_ppf_dmd_distills_against_the_original_model_and_samples_in_five_forward
     assert any(not torch.equal(tuned[k], start[k]) for k in tuned if k.startswith("ppf_"))     # coarse stages learn
     pyrawan("sample", "--model", out, "--prompt", "a red square", "-o", tmp_path / "S", cwd=tmp_path)
     assert json.loads((tmp_path / "S" / "manifest.json").read_text())["metrics"]["forwards_per_video"] == 5
+    batches = transformer_batches(PPFWanTransformer, ["sample", "--model", out, "--prompt", "a red square",
+                                                      "-o", tmp_path / "counted"])
+    assert batches == [1] * 5                                            # five steps, no guidance batch
