@@ -201,18 +201,38 @@ def test_vae_training_batches_centre_the_object():
     assert whole.shape == (4, 3, 17, 64, 64)
 
 
-def test_vae_training_resumes_and_refuses_changed_arguments(tmp_path):
+def test_vae_training_resumes_and_refuses_changed_arguments(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
     from pyrawan.errors import InputError
+    from pyrawan.toy import train_vae
     from pyrawan.toy.train_vae import STATE_FILE, main
 
     args = ["--out", str(tmp_path / "v"), "--init", "shipped", "--decoder-only", "--pool", "2", "--batch", "1",
-            "--crop", "32", "--holdout", "1", "--loss", "l1", "--decode", "mode", "--edge-weight", "1", "--lr", "1e-4"]
-    main(args + ["--steps", "2"])
+            "--crop", "32", "--holdout", "1", "--loss", "l1", "--decode", "mode", "--edge-weight", "1", "--minutes", "0",
+            "--lr", "1e-4"]                                     # --minutes 0: the learning rate follows steps, not time
+    draws, random_batch = [], train_vae.random_batch
+
+    def killed_at_step_2(*a, **k):                             # a checkpoint is written before every step
+        draws.append(1)
+        if len(draws) == 3:
+            raise KeyboardInterrupt
+        return random_batch(*a, **k)
+
+    monkeypatch.setattr(train_vae, "random_batch", killed_at_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        main(args + ["--steps", "4", "--save-every", "1e-9"])
+    monkeypatch.undo()
     state = torch.load(tmp_path / "v" / STATE_FILE, weights_only=True)
     assert state["step"] == 2 and [e["step"] for e in state["log"]] == [0, 1]
+    state["log"][0]["mse"] = 123.0                             # a mark only a resume carries over
+    torch.save(state, tmp_path / "v" / STATE_FILE)
     main(args + ["--steps", "4", "--resume"])
     state = torch.load(tmp_path / "v" / STATE_FILE, weights_only=True)
-    assert [e["step"] for e in state["log"]] == [0, 1, 2, 3]
+    assert [e["step"] for e in state["log"]] == [0, 1, 2, 3] and state["log"][0]["mse"] == 123.0
+    main([*args[:1], str(tmp_path / "straight"), *args[2:], "--steps", "4"])      # the same 4 steps in one go
+    resumed, straight = (load_file(str(tmp_path / d / "vae.safetensors")) for d in ("v", "straight"))
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)            # bit-identical
     report = json.loads((tmp_path / "v" / "report.json").read_text())
     assert report["steps"] == 4 and len(report["reconstruction"]["per_video"]) == 1
     config = json.loads((tmp_path / "v" / "config.json").read_text())
