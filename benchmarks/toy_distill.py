@@ -1,12 +1,12 @@
 """The distillation rows of docs/results.md, measured in the toy world on the CPU (issue: DMD few-step models).
 
-    python benchmarks/toy_distill.py [--out runs/toy-distill] [--iterations 600] [--seed-sets 3] [--prompts 32]
+    python benchmarks/toy_distill.py [--out runs/toy-distill] [--iterations 600] [--finetune-steps 400] [--seed-sets 3] [--prompts 32]
 
 Every phase is a `pyrawan` command (so each row can be reproduced by hand) and is skipped when its
 output artifact exists, so an interrupted run continues where it stopped:
 
 1. a toy dataset (256 videos, 17x64x64) -> calibrate (latent cache, boundaries) -> convert the toy
-   teacher into a 3-stage pyramid -> finetune it (pyramidal flow matching, 400 steps);
+   teacher into a 3-stage pyramid -> finetune it (pyramidal flow matching, --finetune-steps);
 2. the DMD-OT teacher: the toy teacher finetuned with plain flow matching at every stage resolution;
 3. distill: DMD-OT, DMD-PT, DMD-PT*, Adv-OD, Adv-PD (2-2-1, from the finetuned pyramid) and the
    one-stage Wan-DMD-like baselines 1 and 2 steps (from the toy teacher);
@@ -61,7 +61,7 @@ def done(folder: Path) -> bool:
     return (folder / "manifest.json").is_file()
 
 
-def build(out: Path, iterations: int, log: Path) -> dict[str, Path]:
+def build(out: Path, iterations: int, finetune_steps: int, log: Path) -> dict[str, Path]:
     """Phases 1-3; returns the model folder of every row key."""
     cache = out / "cache"
     common = [f"data.cache={cache}"]
@@ -74,7 +74,7 @@ def build(out: Path, iterations: int, log: Path) -> dict[str, Path]:
     if not done(out / "pyramid"):
         pyrawan("convert", "toy", "--calibration", str(out / "calibration"), "-o", str(out / "pyramid"), log=log)
     if not done(out / "finetuned"):
-        pyrawan("finetune", "toy-finetune", f"base={out / 'pyramid'}", *common, "train.steps=400",
+        pyrawan("finetune", "toy-finetune", f"base={out / 'pyramid'}", *common, f"train.steps={finetune_steps}",
                 "train.validation.every=0", "-o", str(out / "finetuned"), log=log)
     if not done(out / "ot-teacher"):
         pyrawan("finetune", "toy-ot-teacher", *common, "-o", str(out / "ot-teacher"), log=log)
@@ -94,7 +94,7 @@ def build(out: Path, iterations: int, log: Path) -> dict[str, Path]:
     if not done(out / "ppf"):
         pyrawan("convert", "toy", "--ppf", bounds, "-o", str(out / "ppf"), log=log)
     if not done(out / "ppf-finetuned"):
-        pyrawan("finetune", "toy-ppf-finetune", f"base={out / 'ppf'}", bounds, *common, "train.steps=400",
+        pyrawan("finetune", "toy-ppf-finetune", f"base={out / 'ppf'}", bounds, *common, f"train.steps={finetune_steps}",
                 "train.validation.every=0", "-o", str(out / "ppf-finetuned"), log=log)
     if not done(out / "ppf-dmd"):
         pyrawan("distill", "toy-ppf-dmd", f"base={out / 'ppf'}", bounds, *common, f"train.steps={iterations}",
@@ -176,14 +176,15 @@ def markdown(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/toy-distill"))
-    ap.add_argument("--iterations", type=int, default=600)
+    ap.add_argument("--iterations", type=int, default=600, help="Distillation iterations of every distilled row.")
+    ap.add_argument("--finetune-steps", type=int, default=400, help="Steps of the pyramid's and the PPF model's finetune.")
     ap.add_argument("--seed-sets", type=int, default=3)
     ap.add_argument("--prompts", type=int, default=32)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "log.txt"
-    models = build(args.out, args.iterations, log)
+    models = build(args.out, args.iterations, args.finetune_steps, log)
     rows = score_rows(args.out, models, args.seed_sets, args.prompts, log)
     (args.out / "results.json").write_text(json.dumps(rows, indent=1))
     (args.out / "results.md").write_text(markdown(rows))

@@ -111,6 +111,7 @@ def demo(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the dataset, training and sampling.")] = 0,
     resizer: Annotated[Optional[str], typer.Option("--resizer", help="Pyramid transform: haar, dct or db4 [default: haar].")] = None,
     stage_data: Annotated[Optional[int], typer.Option("--stage-data", help="Coarse training data: 1 = downsample latents, 2 = resize pixels [default: 2].")] = None,
+    videos: Annotated[Optional[int], typer.Option("--videos", help="Toy dataset size, the finetuning data [default: 96; --quick: 8].")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Finetuning steps [default: 400; --quick: 3].")] = None,
     seed_sets: Annotated[Optional[int], typer.Option("--seed-sets", help="Seed sets per row (own prompts and noise) [default: 3; --quick: 1].")] = None,
     prompts: Annotated[Optional[int], typer.Option("--prompts", help="Prompts per seed set [default: 16; --quick: 2].")] = None,
@@ -128,7 +129,7 @@ def demo(
     from pyrawan.recipe import MAX_SEED
     from pyrawan.train.config import MAX_STEPS
 
-    limits = {"--steps": (steps, 1, MAX_STEPS), "--seed": (seed, 0, MAX_SEED), "--seed-sets": (seed_sets, 1, 100),
+    limits = {"--videos": (videos, 1, 100_000), "--steps": (steps, 1, MAX_STEPS), "--seed": (seed, 0, MAX_SEED), "--seed-sets": (seed_sets, 1, 100),
               "--prompts": (prompts, 1, 10_000)}
     for flag, (value, low, high) in limits.items():
         if value is not None and not low <= value <= high:
@@ -138,7 +139,7 @@ def demo(
     if align_weight is not None and not 0 <= align_weight < float("inf"):
         raise InputError(f"demo: --align-weight {align_weight} must be a finite number >= 0 (0 turns it off).")
     run_demo(out or Path("runs") / "demo", quick=quick, seed=seed, resizer=resizer, stage_data=stage_data,
-             finetune_steps=steps, seed_sets=seed_sets, prompts=prompts, boundaries=boundaries,
+             videos=videos, finetune_steps=steps, seed_sets=seed_sets, prompts=prompts, boundaries=boundaries,
              align_weight=align_weight)
 
 

@@ -109,8 +109,9 @@ def test_quick_demo_takes_resizer_and_definition(tmp_path):
     from pyrawan.commands import demo
 
     rows = demo.run(tmp_path / "demo", quick=True, resizer="dct", stage_data=1, finetune_steps=2,
-                    boundaries="pyramid-flow", align_weight=0.5)
+                    boundaries="pyramid-flow", align_weight=0.5, videos=10)
     assert len(rows) == 4
+    assert len((tmp_path / "demo" / "data" / "metadata.csv").read_text().strip().splitlines()) == 1 + 10
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert saved["sizes"]["resizer"] == "dct" and saved["sizes"]["stage_data"] == 1
     assert saved["sizes"]["finetune_steps"] == 2 and saved["sizes"]["boundaries"] == "pyramid-flow"
@@ -135,7 +136,24 @@ def test_demo_options_are_checked(tmp_path):
     assert result.exit_code != 0 and "calibrated, uniform or pyramid-flow" in result.output
     result = CliRunner().invoke(app, ["demo", "--align-weight", "-1", "-o", str(tmp_path / "d")])
     assert result.exit_code != 0 and "--align-weight" in result.output
+    result = CliRunner().invoke(app, ["demo", "--videos", "0", "-o", str(tmp_path / "d")])
+    assert result.exit_code != 0 and "--videos 0" in result.output
     assert not (tmp_path / "d").exists()
+
+
+def test_demo_cli_passes_every_option_on(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pyrawan.cli import app
+    from pyrawan.commands import demo
+
+    seen = {}
+    monkeypatch.setattr(demo, "run", lambda out, **kwargs: seen.update(kwargs, out=out))
+    result = CliRunner().invoke(app, ["demo", "--quick", "--videos", "12", "--steps", "5", "--seed-sets", "2",
+                                      "--prompts", "3", "--resizer", "dct", "-o", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    assert seen["videos"] == 12 and seen["finetune_steps"] == 5 and seen["seed_sets"] == 2 and seen["prompts"] == 3
+    assert seen["resizer"] == "dct" and seen["quick"] is True and seen["out"] == tmp_path / "d"
 
 
 def test_shipped_vae_keeps_colour_and_shape():
