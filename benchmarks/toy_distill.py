@@ -151,6 +151,7 @@ def score_rows(out: Path, models: dict[str, Path], seed_sets: int, n: int, log: 
         ci = intervals(per_video)
         fds = [r["fd"] for r in reports if r.get("fd") is not None]
         rows.append({"row": name, "model": str(models[key]), "schedule": schedule, "cfg": cfg, "tflops": tflops,
+                     "overall": [v["overall"] for v in per_video],
                      "seconds_per_video": seconds / len(per_video), "videos": len(per_video),
                      "intervals": ci, "scores": {k: ci[k]["mean"] for k in ("overall", *SCORES)},
                      "fd": mean_ci(fds, method="t") if len(fds) > 1 else (fds[0] if fds else None, None, None)})
@@ -158,18 +159,37 @@ def score_rows(out: Path, models: dict[str, Path], seed_sets: int, n: int, log: 
     for r in rows:
         r["flops_ratio"] = None if r["tflops"] is None else r["tflops"] / base["tflops"]
         r["time_ratio"] = r["seconds_per_video"] / base["seconds_per_video"]
+        r["paired_vs_teacher"] = paired_difference(r, base)
+        r["paired_vs_wan_dmd_2"] = paired_difference(r, next(b for b in rows if b["model"].endswith("dmd-baseline2")))
     return rows
+
+
+def paired_difference(row: dict, base: dict) -> tuple[float, float, float]:
+    """Mean [95 % bootstrap interval] of the per-video overall difference ``row - base``: every row samples the
+    same (prompt, seed) pairs in the same order, so the videos pair up."""
+    from pyrawan.eval.stats import mean_ci
+
+    return mean_ci([a - b for a, b in zip(row["overall"], base["overall"], strict=True)])
 
 
 def markdown(rows: list[dict]) -> str:
     def ci(entry: dict) -> str:
         return f"{entry['mean']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
 
-    head = ("| row | × FLOPs | × time | ToyBench [95% CI] | detection | colour | shape | direction | speed | FD "
-            "(mean over sets) |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    def fd(entry: tuple) -> str:
+        return "" if entry[0] is None else f"{entry[0]:.0f}" + ("" if entry[1] is None else f" [{entry[1]:.0f}, {entry[2]:.0f}]")
+
+    def paired(entry: tuple[float, float, float]) -> str:
+        return f"{entry[0]:+.3f} [{entry[1]:+.3f}, {entry[2]:+.3f}]"
+
+    keys = ("detection", "colour", "shape", "size", "direction", "speed", "smoothness")
+    head = ("| row | × FLOPs | × time | ToyBench [95% CI] | " + " | ".join(keys) + " | FD (mean over sets) "
+            "[95% t] | Δ overall vs teacher, paired | Δ overall vs 0-0-2, paired |\n|"
+            + "---|" * (len(keys) + 7) + "\n")
     lines = [f"| {r['row']} | {r['flops_ratio']:.3f} | {r['time_ratio']:.2f} | {ci(r['intervals']['overall'])} | "
-             + " | ".join(ci(r["intervals"][k]) for k in ("detection", "colour", "shape", "direction", "speed"))
-             + f" | {r['fd'][0]:.0f} |" for r in rows]
+             + " | ".join(ci(r["intervals"][k]) for k in keys)
+             + f" | {fd(r['fd'])} | {paired(r['paired_vs_teacher'])} | "
+             f"{paired(r['paired_vs_wan_dmd_2'])} |" for r in rows]
     return head + "\n".join(lines) + "\n"
 
 
