@@ -1,8 +1,8 @@
 """The finetune ablations of docs/results.md, in the toy world: one `pyrawan demo` per configuration.
 
-    python benchmarks/toy_ablations.py [--out runs/ablations] [--seed-sets 3] [--prompts 32] [--only NAME ...]
+    python benchmarks/toy_ablations.py [--out runs/ablations] [--seed-sets 3] [--prompts 32] [--steps 400] [--only NAME ...]
 
-Each configuration is the demo (dataset → calibrate → convert → finetune 400 steps → eval quality of
+Each configuration is the demo (dataset → calibrate → convert → finetune (400 steps, or --steps) → eval quality of
 the teacher at 50 steps, the unfinetuned and the finetuned pyramid at 20-20-10 and 4-4-2 → eval
 compare) with one setting changed against the default (haar, Definition 2, calibrated boundaries,
 no alignment loss). A configuration whose ``results.json`` exists is not run again, so an
@@ -36,7 +36,7 @@ METRICS = ("toybench_overall", "toybench_detection", "toybench_colour", "toybenc
            "toybench_speed")
 
 
-def run_config(name: str, out: Path, seed_sets: int, prompts: int) -> Path:
+def run_config(name: str, out: Path, seed_sets: int, prompts: int, steps: int) -> Path:
     """``pyrawan demo`` of one configuration into ``out/name`` (skipped when it finished before)."""
     folder = out / name
     if (folder / "results.json").is_file():
@@ -44,7 +44,8 @@ def run_config(name: str, out: Path, seed_sets: int, prompts: int) -> Path:
     started = time.time()
     with open(out / f"{name}.log", "w") as log:
         proc = subprocess.run([sys.executable, "-m", "pyrawan", "demo", "--seed-sets", str(seed_sets), "--prompts",
-                               str(prompts), *CONFIGS[name][1], "-o", str(folder)], stdout=log, stderr=subprocess.STDOUT)
+                               str(prompts), "--steps", str(steps), *CONFIGS[name][1], "-o", str(folder)],
+                              stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode:
         raise SystemExit(f"demo {name} failed (exit {proc.returncode}); see {out / f'{name}.log'}")
     print(f"  {name}: {time.time() - started:.0f} s", flush=True)
@@ -89,6 +90,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/ablations"))
     ap.add_argument("--seed-sets", type=int, default=3)
     ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=400, help="Finetuning steps of every configuration.")
     ap.add_argument("--only", nargs="*", choices=list(CONFIGS), help="Run only these configurations (default first).")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -96,7 +98,7 @@ def main() -> None:
     names = ["default", *[n for n in (args.only or CONFIGS) if n != "default"]]
     results = {}
     for name in names:
-        folder = run_config(name, args.out, args.seed_sets, args.prompts)
+        folder = run_config(name, args.out, args.seed_sets, args.prompts, args.steps)
         results[name] = json.loads((folder / "results.json").read_text())
     rows, md = table(results)
     (args.out / "ablations.json").write_text(json.dumps(rows, indent=1) + "\n")

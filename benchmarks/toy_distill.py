@@ -172,6 +172,25 @@ def paired_difference(row: dict, base: dict) -> tuple[float, float, float]:
     return mean_ci([a - b for a, b in zip(row["overall"], base["overall"], strict=True)])
 
 
+PAIRS = [  # (row, against): the paper's claims, as paired per-video differences of overall
+    ("DMD-OT 2-2-1", "DMD-PT 2-2-1"), ("DMD-PT* 2-2-1", "DMD-PT 2-2-1"), ("DMD-OT 2-2-1", "Adv-OD 2-2-1"),
+    ("DMD-PT* 2-2-1", "Adv-PD 2-2-1"), ("DMD-OT 2-2-1", "finetuned pyramid 20-20-10, CFG 3"),
+    ("PPF finetuned 20-20-10, CFG 3", "finetuned pyramid 20-20-10, CFG 3"),
+    ("PPF-DMD 2-2-1 (from the PPF finetune)", "PPF finetuned 20-20-10, CFG 3"),
+]
+
+
+def pairs_markdown(rows: list[dict]) -> str:
+    """The PAIRS table: mean [95 % bootstrap interval] of the per-video overall difference row - against."""
+    by_name = {r["row"]: r for r in rows}
+    lines = ["| row | against | Δ overall, paired |", "|---|---|---|"]
+    for name, against in PAIRS:
+        if name in by_name and against in by_name:
+            mean, low, high = paired_difference(by_name[name], by_name[against])
+            lines.append(f"| {name} | {against} | {mean:+.3f} [{low:+.3f}, {high:+.3f}] |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: list[dict]) -> str:
     def ci(entry: dict) -> str:
         return f"{entry['mean']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
@@ -207,8 +226,9 @@ def main() -> None:
     models = build(args.out, args.iterations, args.finetune_steps, log)
     rows = score_rows(args.out, models, args.seed_sets, args.prompts, log)
     (args.out / "results.json").write_text(json.dumps(rows, indent=1))
-    (args.out / "results.md").write_text(markdown(rows))
-    print(markdown(rows))
+    text = markdown(rows) + "\n" + pairs_markdown(rows)
+    (args.out / "results.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
