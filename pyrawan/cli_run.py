@@ -111,7 +111,7 @@ def demo(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the dataset, training and sampling.")] = 0,
     resizer: Annotated[Optional[str], typer.Option("--resizer", help="Pyramid transform: haar, dct or db4 [default: haar].")] = None,
     stage_data: Annotated[Optional[int], typer.Option("--stage-data", help="Coarse training data: 1 = downsample latents, 2 = resize pixels [default: 2].")] = None,
-    videos: Annotated[Optional[int], typer.Option("--videos", help="Toy dataset size, the finetuning data [default: 96; --quick: 8].")] = None,
+    videos: Annotated[Optional[int], typer.Option("--videos", help="Toy dataset size (4 or more), the finetuning data [default: 96; --quick: 8].")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Finetuning steps [default: 400; --quick: 3].")] = None,
     seed_sets: Annotated[Optional[int], typer.Option("--seed-sets", help="Seed sets per row (own prompts and noise) [default: 3; --quick: 1].")] = None,
     prompts: Annotated[Optional[int], typer.Option("--prompts", help="Prompts per seed set [default: 16; --quick: 2].")] = None,
@@ -129,8 +129,8 @@ def demo(
     from pyrawan.recipe import MAX_SEED
     from pyrawan.train.config import MAX_STEPS
 
-    limits = {"--videos": (videos, 1, 100_000), "--steps": (steps, 1, MAX_STEPS), "--seed": (seed, 0, MAX_SEED), "--seed-sets": (seed_sets, 1, 100),
-              "--prompts": (prompts, 1, 10_000)}
+    limits = {"--videos": (videos, 4, 100_000), "--steps": (steps, 1, MAX_STEPS), "--seed": (seed, 0, MAX_SEED),
+              "--seed-sets": (seed_sets, 1, 100), "--prompts": (prompts, 1, 10_000)}
     for flag, (value, low, high) in limits.items():
         if value is not None and not low <= value <= high:
             raise InputError(f"demo: {flag} {value} must be between {low} and {high}.")
