@@ -156,11 +156,12 @@ def score_rows(out: Path, models: dict[str, Path], seed_sets: int, n: int, log: 
                      "intervals": ci, "scores": {k: ci[k]["mean"] for k in ("overall", *SCORES)},
                      "fd": mean_ci(fds, method="t") if len(fds) > 1 else (fds[0] if fds else None, None, None)})
     base = rows[0]
+    wan_dmd_2 = next(r for r in rows if r["model"].endswith("dmd-baseline2"))
     for r in rows:
         r["flops_ratio"] = None if r["tflops"] is None else r["tflops"] / base["tflops"]
         r["time_ratio"] = r["seconds_per_video"] / base["seconds_per_video"]
         r["paired_vs_teacher"] = paired_difference(r, base)
-        r["paired_vs_wan_dmd_2"] = paired_difference(r, next(b for b in rows if b["model"].endswith("dmd-baseline2")))
+        r["paired_vs_wan_dmd_2"] = paired_difference(r, wan_dmd_2)
     return rows
 
 
@@ -170,6 +171,11 @@ def paired_difference(row: dict, base: dict) -> tuple[float, float, float]:
     from pyrawan.eval.stats import mean_ci
 
     return mean_ci([a - b for a, b in zip(row["overall"], base["overall"], strict=True)])
+
+
+def signed_ci(entry: tuple[float, float, float]) -> str:
+    """``+mean [+low, +high]`` of a paired difference."""
+    return f"{entry[0]:+.3f} [{entry[1]:+.3f}, {entry[2]:+.3f}]"
 
 
 PAIRS = [  # (row, against): the paper's claims, as paired per-video differences of overall
@@ -186,8 +192,7 @@ def pairs_markdown(rows: list[dict]) -> str:
     lines = ["| row | against | Δ overall, paired |", "|---|---|---|"]
     for name, against in PAIRS:
         if name in by_name and against in by_name:
-            mean, low, high = paired_difference(by_name[name], by_name[against])
-            lines.append(f"| {name} | {against} | {mean:+.3f} [{low:+.3f}, {high:+.3f}] |")
+            lines.append(f"| {name} | {against} | {signed_ci(paired_difference(by_name[name], by_name[against]))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -198,17 +203,14 @@ def markdown(rows: list[dict]) -> str:
     def fd(entry: tuple) -> str:
         return "" if entry[0] is None else f"{entry[0]:.0f}" + ("" if entry[1] is None else f" [{entry[1]:.0f}, {entry[2]:.0f}]")
 
-    def paired(entry: tuple[float, float, float]) -> str:
-        return f"{entry[0]:+.3f} [{entry[1]:+.3f}, {entry[2]:+.3f}]"
-
     keys = ("detection", "colour", "shape", "size", "direction", "speed", "smoothness")
     head = ("| row | × FLOPs | × time | ToyBench [95% CI] | " + " | ".join(keys) + " | FD (mean over sets) "
             "[95% t] | Δ overall vs teacher, paired | Δ overall vs 0-0-2, paired |\n|"
             + "---|" * (len(keys) + 7) + "\n")
     lines = [f"| {r['row']} | {r['flops_ratio']:.3f} | {r['time_ratio']:.2f} | {ci(r['intervals']['overall'])} | "
              + " | ".join(ci(r["intervals"][k]) for k in keys)
-             + f" | {fd(r['fd'])} | {paired(r['paired_vs_teacher'])} | "
-             f"{paired(r['paired_vs_wan_dmd_2'])} |" for r in rows]
+             + f" | {fd(r['fd'])} | {signed_ci(r['paired_vs_teacher'])} | "
+             f"{signed_ci(r['paired_vs_wan_dmd_2'])} |" for r in rows]
     return head + "\n".join(lines) + "\n"
 
 
