@@ -276,12 +276,16 @@ def _print_findings(art_dir: Path, findings: list[mf.Finding], listed: int) -> N
                           Text(f.detail, overflow="fold"))
         stdout().print(table)
     bad = [f.path for f in findings if f.fatal]
+    changed = [f for f in findings if f.fatal and f.problem != "symlink"]
+    links = len(bad) - len(changed)
     if bad:
-        stderr().print(f"error: {art_dir} does not verify: {len(bad)} of {listed} files differ from its "
-                       f"{mf.MANIFEST}: {', '.join(bad)}.", style="red", markup=False)
+        parts = [f"{len(changed)} of {listed} files differ from its {mf.MANIFEST}"] * bool(changed) + \
+            [f"{links} symbolic link{'s' * (links != 1)} leave{'s' * (links == 1)} the artifact or loop"] * bool(links)
+        stderr().print(f"error: {art_dir} does not verify: {', '.join(parts)}: {', '.join(bad)}.", style="red",
+                       markup=False)
     else:
         unlisted = len(findings)
-        extra = f" ({unlisted} unlisted file{'s' * (unlisted != 1)}: warning only)" if unlisted else ""
+        extra = f" ({unlisted} warning{'s' * (unlisted != 1)}: unlisted files or links inside)" if unlisted else ""
         stdout().print(f"ok: {art_dir}: all {listed} files match {mf.MANIFEST}{extra}.", markup=False)
 
 
@@ -366,6 +370,7 @@ def calibrate(
 from pyrawan import cli_run  # noqa: E402,F401
 from pyrawan import cli_train  # noqa: E402,F401
 from pyrawan import cli_toy  # noqa: E402,F401
+from pyrawan import cli_ship  # noqa: E402,F401  (export, push)
 
 
 def main() -> None:

@@ -78,3 +78,23 @@ def io_fault_message(err: BaseException) -> str | None:
                 f"command again, or choose an -o/--out folder on another disk.")
     return (f"cannot write{where}: {_DENIED[number]}. Choose an -o/--out folder you can write to (or fix its "
             f"permissions) and run the command again; nothing was published.")
+
+
+class NonFiniteError(RunError):
+    """Sampling or decoding produced NaN or Inf: nothing of it may be published (exit code 1).
+
+    ``samples`` are positions in the batch that went bad; a caller that knows which prompts the batch
+    holds re-raises it with ``for_prompts`` so the message names prompt indices.
+    """
+
+    def __init__(self, where: str, samples: list[int], what: str = "the latents"):
+        self.where, self.samples, self.what = where, list(samples), what
+        shown = ", ".join(map(str, self.samples[:10])) + (", ..." if len(self.samples) > 10 else "")
+        super().__init__(f"{what} of prompt index {shown} became non-finite (NaN or Inf) at {where}; nothing of "
+                         f"{'it' if len(self.samples) == 1 else 'them'} is published. The model's weights (or its "
+                         f"settings: guidance, shift) produce NaN: check it with `pyrawan verify` and the loss of "
+                         f"the run that made it, then sample again.")
+
+    def for_prompts(self, indices) -> "NonFiniteError":
+        """The same error with batch positions replaced by ``indices[position]`` (prompt indices)."""
+        return NonFiniteError(self.where, [int(indices[i]) for i in self.samples], self.what)

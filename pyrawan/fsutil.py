@@ -40,6 +40,29 @@ def sha256_tree(root: str | Path, under: str | Path = ".") -> dict[str, str]:
     return {p.relative_to(root).as_posix(): sha256_file(p) for p in files}
 
 
+NAME_BYTES = 120  # default cap, in UTF-8 bytes, of a file name made from user text (file systems allow 255)
+
+
+def capped_name(text: str, suffix: str = "", max_bytes: int = NAME_BYTES, salt: str | None = None) -> str:
+    """``text + suffix`` as a file name of at most ``max_bytes`` bytes of UTF-8.
+
+    A longer ``text`` is cut at a character boundary and ends in ``~`` plus 8 hex digits of the sha256
+    of the whole text, so different texts keep different names. ``salt`` (e.g. the source path of a
+    copied file) always adds that tag, made from text and salt: two files of one name stay apart.
+    Characters are kept as they are; callers refuse ``/`` and NUL where a name must match another tool's.
+    """
+    def utf8(value: str) -> bytes:
+        return value.encode("utf-8", "surrogatepass")
+
+    if len(utf8(text + suffix)) <= max_bytes and salt is None:
+        return text + suffix
+    tag = "~" + hashlib.sha256(utf8(text if salt is None else f"{text}\0{salt}")).hexdigest()[:8]
+    room = max_bytes - len(utf8(tag + suffix))
+    if room < 1:
+        raise ValueError(f"max_bytes {max_bytes} leaves no room for a name with suffix {suffix!r}")
+    return utf8(text)[:room].decode("utf-8", "ignore") + tag + suffix
+
+
 def temp_sibling(path: str | Path, is_dir: bool = False) -> Path:
     """A unique hidden name next to ``path`` that keeps its suffix (so format guessing still works)."""
     path = Path(path)

@@ -187,7 +187,7 @@ class Finding:
     """One difference between an artifact folder and its manifest. ``fatal=False`` = a warning."""
 
     path: str
-    problem: str  # missing | size | sha256 | unsafe | unlisted
+    problem: str  # missing | size | sha256 | unsafe | unlisted | symlink
     detail: str
     fatal: bool = True
 
@@ -196,7 +196,10 @@ class Finding:
 
 
 def check_artifact(art_dir: str | Path) -> list[Finding]:
-    """Every listed file is present with its size and sha256.
+    """Every listed file is present with its size and sha256; every symbolic link is reported.
+
+    A symbolic link is a warning when it points to a file inside the artifact and an error when it
+    leaves the folder, loops back onto a folder that holds it, or is broken.
 
     A file the manifest does not list is an error inside a folder that holds listed files (a model
     component such as ``transformer/``, whose folder is loaded as a whole) and a warning elsewhere.
@@ -207,7 +210,10 @@ def check_artifact(art_dir: str | Path) -> list[Finding]:
                                                  for o in outputs):
         raise InputError(f"{art_dir / MANIFEST}: 'outputs' must be a list of {{path, bytes, sha256}}; the manifest "
                          f"is damaged, rerun the command that made it.")
-    findings = [f for entry in outputs if (f := _check_file(art_dir, entry)) is not None]
+    links = [_symlink_finding(art_dir, link) for link in _symlinks(art_dir)]
+    bad_links = {f.path for f in links if f.fatal}
+    findings = links + [f for entry in outputs if (f := _check_file(art_dir, entry)) is not None
+                        and f.path not in bad_links]
     listed = {str(entry["path"]) for entry in outputs}
     loaded = {PurePosixPath(rel).parts[0] for rel in listed if len(PurePosixPath(rel).parts) > 1}
     for rel in _artifact_files(art_dir):
@@ -230,6 +236,8 @@ def _check_file(art_dir: Path, entry: dict) -> Finding | None:
     if not rel or pure.is_absolute() or ".." in pure.parts:
         return Finding(rel, "unsafe", "path is not inside the artifact folder")
     path = art_dir / pure
+    if not _stays_inside(art_dir, path):
+        return Finding(rel, "unsafe", "resolves (through a symbolic link) outside the artifact folder; not read")
     if not path.is_file():
         return Finding(rel, "missing", "file is missing")
     size = path.stat().st_size
@@ -240,6 +248,42 @@ def _check_file(art_dir: Path, entry: dict) -> Finding | None:
         return Finding(rel, "sha256", f"contents changed: sha256 {digest[:12]}... on disk, "
                                       f"{str(entry['sha256'])[:12]}... in the manifest")
     return None
+
+
+def _stays_inside(art_dir: Path, path: Path) -> bool:
+    """True when ``path``, symlinks resolved, is inside ``art_dir`` (a missing path counts as inside)."""
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+    return resolved.is_relative_to(art_dir.resolve()) and resolved != art_dir.resolve()
+
+
+def _symlinks(art_dir: Path) -> list[Path]:
+    """Every symbolic link below ``art_dir``, to files or folders (linked folders are not entered)."""
+    found = []
+    for parent, folders, files in os.walk(art_dir):
+        found += [Path(parent) / name for name in folders + files if (Path(parent) / name).is_symlink()]
+    return sorted(found)
+
+
+def _symlink_finding(art_dir: Path, link: Path) -> Finding:
+    """A warning for a link to a file or folder inside the artifact; an error for one that leaves it, loops
+    back onto a folder that holds it (e.g. a link to ``.``), or is broken."""
+    rel = link.relative_to(art_dir).as_posix()
+    shown = os.readlink(link)
+    try:
+        target = link.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return Finding(rel, "symlink", f"symbolic link to {shown!r}, which is broken or loops; remove it")
+    if not target.is_relative_to(art_dir.resolve()):
+        return Finding(rel, "symlink", f"symbolic link to {shown!r}, outside the artifact folder: a consumer "
+                                       f"would read a file the manifest does not pin; remove it")
+    if target.is_dir() and link.parent.resolve().is_relative_to(target):
+        return Finding(rel, "symlink", f"symbolic link to {shown!r}, a folder that holds the link itself (a loop); "
+                                       f"remove it")
+    return Finding(rel, "symlink", f"symbolic link to {shown!r} inside the artifact (pyrawan never writes "
+                                   f"links; the file it points to is what is checked)", fatal=False)
 
 
 def verify(art_dir: str | Path) -> list[str]:

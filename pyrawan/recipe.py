@@ -31,7 +31,7 @@ SCHEMA_VERSIONS = (1,)
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
-def _fail(message: str) -> PydanticCustomError:
+def fail(message: str) -> PydanticCustomError:
     """A validation error whose text is exactly ``message`` (no "Value error," prefix)."""
     return PydanticCustomError("pyrawan", "{message}", {"message": message})
 
@@ -105,13 +105,13 @@ class Sampling(Section):
             shift = handler(value)
         except ValidationError as err:
             finite = any(e["type"] == "finite_number" for e in err.errors())
-            raise _fail(("must be a finite number: " if finite else "") + "expected a number > 0, or a list of "
+            raise fail(("must be a finite number: " if finite else "") + "expected a number > 0, or a list of "
                         "numbers > 0 with one per stage (coarsest first)")
         values = shift if isinstance(shift, tuple) else (shift,)
         if min(values, default=1.0) <= 0 or max(values, default=1.0) > 1000:
-            raise _fail("every shift must be > 0 and at most 1000 (1 = no shift; Wan's own sampler uses 3 to 5)")
+            raise fail("every shift must be > 0 and at most 1000 (1 = no shift; Wan's own sampler uses 3 to 5)")
         if len(values) > MAX_STAGES:
-            raise _fail(f"at most {MAX_STAGES} shifts (one per stage)")
+            raise fail(f"at most {MAX_STAGES} shifts (one per stage)")
         return shift
 
     @field_validator("schedule")
@@ -120,7 +120,7 @@ class Sampling(Section):
         """A schedule of absurd length is a typo (its form is checked against the pyramid later)."""
         counts = [int(part) for part in re.findall(r"\d+", value)]
         if any(len(part) > 6 for part in re.findall(r"\d+", value)) or sum(counts) > MAX_TOTAL_STEPS:
-            raise _fail(f"at most {MAX_TOTAL_STEPS} steps in all (e.g. 20-20-10); got {value!r}")
+            raise fail(f"at most {MAX_TOTAL_STEPS} steps in all (e.g. 20-20-10); got {value!r}")
         return value
 
     @field_validator("fewstep_levels")
@@ -128,7 +128,7 @@ class Sampling(Section):
     def _levels_in_range(cls, value: tuple[tuple[float, ...], ...] | None) -> Any:
         """Local levels are fractions of a stage's span."""
         if value and any(not 0.0 <= rho <= 1.0 for stage in value for rho in stage):
-            raise _fail("every level rho must lie in [0, 1] (1 = noisy end of the stage, 0 = clean end)")
+            raise fail("every level rho must lie in [0, 1] (1 = noisy end of the stage, 0 = clean end)")
         return value
 
 
@@ -152,7 +152,7 @@ class RecipeBase(Section):
     def _device(cls, value: str) -> str:
         """Only devices pyrawan knows how to run on."""
         if not re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", value):
-            raise _fail("use auto, cpu, cuda or cuda:N (e.g. cuda:0)")
+            raise fail("use auto, cpu, cuda or cuda:N (e.g. cuda:0)")
         return value
 
     @model_validator(mode="after")

@@ -176,6 +176,20 @@ def _describe(e: dict, key: str, model: type[BaseModel] | None, kinds: dict[str,
     return f"{key} = {value}: {e['msg']}"
 
 
+def describe_errors(err: ValidationError, limit: int = 6) -> str:
+    """``key = value: message`` for the first ``limit`` errors of a file that is not a recipe (dotted keys;
+    loc parts written ``<tag>`` name a union member and are left out)."""
+    parts = []
+    for e in err.errors()[:limit]:
+        loc = [p for p in e["loc"] if not (isinstance(p, str) and p.startswith("<"))]   # union tags
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+        message = e["msg"]
+        whole = not key or message.startswith(key)      # the message names its own key and value
+        parts.append(message if whole else f"{key} = {_show(e.get('input'))}: {message}")
+    more = len(err.errors()) - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
 def _show(value: Any, limit: int = 60) -> str:
     """Short JSON-ish rendering of a bad value."""
     try:

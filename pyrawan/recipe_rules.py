@@ -11,7 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from pyrawan.errors import InputError
 from pyrawan.train.config import train_problems
-from pyrawan.train.distill_config import distill_problems
+from pyrawan.train.distill_config import distill_problems, distill_train_problems
 
 if TYPE_CHECKING:
     from pyrawan.recipe import RecipeBase
@@ -37,9 +37,9 @@ def cross_field_problems(r: RecipeBase, skip: frozenset[str] = frozenset()) -> l
         ("sampling.schedule", ("sampling", "pyramid"),
          lambda: parse_schedule(s.schedule, p.stages, key="sampling.schedule")),
         ("pyramid.boundaries", ("pyramid",), lambda: p.boundaries is None or check_boundaries(p.boundaries, p.stages)),
-        ("sampling.shift", ("sampling", "pyramid"), lambda: _check_per_stage("sampling.shift", s.shift, p.stages)),
+        ("sampling.shift", ("sampling", "pyramid"), lambda: check_per_stage("sampling.shift", s.shift, p.stages)),
         ("sampling.fewstep_levels", ("sampling", "pyramid"),
-         lambda: _check_fewstep(s.fewstep_levels, p.stages, _steps_or_none(r))),
+         lambda: check_fewstep(s.fewstep_levels, p.stages, _steps_or_none(r))),
         ("calibration", ("calibration",), lambda: _check_folder("calibration", r.calibration)),
         ("base", ("base",), lambda: _check_base(r.base)),
     ]
@@ -50,6 +50,8 @@ def cross_field_problems(r: RecipeBase, skip: frozenset[str] = frozenset()) -> l
     distill = getattr(r, "distill", None)
     if distill is not None and not skip.intersection(("distill", "pyramid")):
         problems += distill_problems(distill, p.stages)
+    if distill is not None and train is not None and "train" not in skip:
+        problems += distill_train_problems(train)
     if p.kind == "ppf" and not skip.intersection(("train", "distill", "pyramid")):
         problems += ppf_problems(train, distill)
     for key, needs, check in checks:
@@ -110,7 +112,7 @@ def ppf_problems(train, distill) -> list[tuple[str, str]]:
     return problems
 
 
-def _check_per_stage(key: str, value: Any, stages: int, scalar_ok: bool = True) -> None:
+def check_per_stage(key: str, value: Any, stages: int, scalar_ok: bool = True) -> None:
     """A per-stage list must have one value per stage (``scalar_ok``: a single value may stand for all)."""
     if isinstance(value, tuple) and len(value) != stages:
         alt = " or a single number for all stages" if scalar_ok else ""
@@ -118,12 +120,12 @@ def _check_per_stage(key: str, value: Any, stages: int, scalar_ok: bool = True) 
                          f"give one value per stage (coarsest first){alt}.")
 
 
-def _check_fewstep(levels: tuple[tuple[float, ...], ...] | None, stages: int, steps: tuple[int, ...] | None) -> None:
+def check_fewstep(levels: tuple[tuple[float, ...], ...] | None, stages: int, steps: tuple[int, ...] | None) -> None:
     """One decreasing list per stage, as long as the stage's step count, starting from pure noise."""
     key = "sampling.fewstep_levels"
     if levels is None:
         return
-    _check_per_stage(key, levels, stages, scalar_ok=False)
+    check_per_stage(key, levels, stages, scalar_ok=False)
     for i, stage in enumerate(levels):
         if steps is not None and len(stage) != steps[i]:
             raise InputError(f"{key}[{i}] = {json.dumps(stage)} has {len(stage)} levels but sampling.schedule gives "

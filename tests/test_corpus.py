@@ -124,3 +124,14 @@ def test_damaged_model_folder(case: dict, work: Path, tiny_pipeline_dir: Path):
     shutil.copytree(tiny_pipeline_dir, model)
     DAMAGE[case["damage"]](model)
     refuse(["convert", "tiny", f"base={model}", "-o", "out"], work, [case["expect"], str(model)])
+
+
+# ---- crafted artifacts: the trust boundary -----------------------------------------------------------
+
+@pytest.mark.parametrize("case", CASES["trust"], ids=lambda c: c["craft"])
+def test_crafted_artifact(case: dict, work: Path):
+    from test_trust_boundary import CRAFTS
+
+    art = CRAFTS[case["craft"]](work)
+    args = [str(a).replace("{art}", str(art.relative_to(work))) for a in case["args"]]
+    refuse(args, work, [case["expect"]], case.get("exit", 2))

@@ -69,12 +69,18 @@ def test_toy_ptstar_makes_a_few_step_model_that_sample_runs_with_five_forwards(t
     assert batches == [1] * 5                                            # five steps, no guidance batch
 
 
-def test_the_generator_trains_and_a_fresh_start_samples_new_teacher_pairs(tmp_path):
+def test_the_generator_takes_one_adamw_step_and_a_fresh_start_samples_new_teacher_pairs(tmp_path):
+    """Two iterations with generator_every 2: one generator step. AdamW with beta_1 = 0 moves each weight by
+    ``-lr wd w - lr g / (|g| + eps)``: by ``lr`` exactly where the gradient is not tiny (the known answer)."""
     base = load_model("tiny").components.transformer.state_dict()
-    r = recipe("train.lora.enabled=false", "train.optimizer.lr=1e-3")
+    lr, wd = 1e-3, 0.01
+    r = recipe("train.lora.enabled=false", f"train.optimizer.lr={lr}", f"train.optimizer.weight_decay={wd}",
+               "train.steps=2", "train.ema.enabled=false")
     out = distill(r, tmp_path / "full")
+    assert [x.get("gen_applied") for x in records(out)] == [None, True]
     trained = transformer(out)
-    assert any(not torch.equal(trained[k], base[k]) for k in base)
+    step = torch.cat([((trained[k].double() - base[k].double() * (1 - lr * wd)) / lr).flatten() for k in base])
+    assert step.abs().max() < 1 + 1e-3 and (step.abs() > 0.99).double().mean() > 0.5
     pairs = tmp_path / "full.run" / "teach_pairs.safetensors"
     first = load_file(pairs)
     assert first["target"].shape[0] == r.distill.teach_pairs and torch.isfinite(first["target"]).all()

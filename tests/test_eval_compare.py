@@ -93,6 +93,33 @@ def test_compare_gives_a_paired_interval_that_sees_what_overlapping_intervals_hi
     assert compare([teacher, better])["rows"][1]["metrics"]["pixel_psnr"]["paired"] is None
 
 
+def test_compare_pairs_videos_by_prompt_and_seed_not_by_position():
+    """Videos listed in another order, each one 0.1-0.9 better than its (prompt, seed) twin while prompts
+    differ by tens: paired by key the interval lies within the true differences; paired by position it
+    would mix prompts and straddle 0."""
+    from pyrawan.eval.stats import mean_ci
+
+    keys = [(f"prompt {p}", seed) for p in range(4) for seed in range(3)]
+    base_values = [10.0 * p + seed for p, seed in ((k, s) for k in range(4) for s in range(3))]
+    gains = [0.1 + 0.8 * ((7 * i) % 12) / 11 for i in range(12)]                  # 0.1 ... 0.9, not constant
+    order = [5, 0, 11, 3, 8, 1, 10, 6, 2, 9, 4, 7]
+
+    def evaluation(label, items):
+        videos = [{"index": i, "prompt": p, "seed": s, "video": None, "values": {"pixel_psnr": v}}
+                  for i, ((p, s), v) in enumerate(items)]
+        return build_eval("quality", label, videos, tflops_per_video=1.0)
+
+    base = evaluation("teacher", zip(keys, base_values))
+    other = evaluation("student", [(keys[i], base_values[i] + gains[i]) for i in order])
+    paired = compare([base, other])["rows"][1]["metrics"]["pixel_psnr"]["paired"]
+    assert paired["mean"] == pytest.approx(sum(gains) / 12) and paired["n"] == 12
+    assert min(gains) <= paired["low"] < paired["mean"] < paired["high"] <= max(gains) and paired["differs"] is True
+    assert (paired["low"], paired["high"]) == pytest.approx(mean_ci(gains)[1:])   # the baseline's order of pairs
+    by_position = [o["values"]["pixel_psnr"] - b["values"]["pixel_psnr"]
+                   for o, b in zip(other["videos"], base["videos"])]
+    assert mean_ci(by_position)[1] < 0 < mean_ci(by_position)[2]                   # what a positional pairing gives
+
+
 def test_compare_warns_when_the_videos_are_not_the_same_prompts_and_seeds(three):
     evals = [read_eval(p) for p in three]
     evals[2]["videos"][1]["seed"] = 7

@@ -92,3 +92,40 @@ def test_statistic_ci_bootstraps_any_statistic_and_matches_mean_ci_for_the_mean(
     assert statistic_ci(1, lambda idx: 7.0) == (7.0, 7.0, 7.0)
     with pytest.raises(InputError, match="no items"):
         statistic_ci(0, lambda idx: 0.0)
+
+
+def test_edges_of_the_arguments_and_the_messages():
+    """Found by mutation testing (docs/testing.md): the boundaries of ``level``/``resamples``/``n`` and the texts."""
+    from pyrawan.eval.stats import statistic_ci
+
+    for level in (0.0, 1.0):
+        with pytest.raises(InputError, match=rf"^mean_ci: level={level} is outside \(0, 1\)\. Use e\.g\. 0\.95"):
+            mean_ci([1.0, 2.0], level=level)
+    with pytest.raises(InputError, match=r"^mean_ci: no values to average\. Pass at least one per-item value\.$"):
+        mean_ci([])
+    with pytest.raises(InputError, match=r"^mean_ci: resamples=0 must be >= 1 \(2000 is the default\)\.$"):
+        mean_ci([1.0, 2.0], resamples=0)
+    with pytest.raises(InputError, match=r"^statistic_ci: resamples=0 must be >= 1 \(2000 is the default\)\.$"):
+        statistic_ci(2, lambda idx: 0.0, resamples=0)
+    with pytest.raises(InputError, match=r"^statistic_ci: no items\. Pass at least one\.$"):
+        statistic_ci(0, lambda idx: 0.0)
+    _, low, high = mean_ci([1.0, 5.0], resamples=1)                    # one resample: a one-point interval
+    assert low == high and low in (1.0, 3.0, 5.0)
+    assert statistic_ci(2, lambda idx: float(idx.sum()), resamples=1)[1] in (0.0, 1.0, 2.0)
+    assert statistic_ci(3, lambda idx: float(idx.sum()))[0] == 3.0          # the value uses every item once
+    _, low, high = statistic_ci(2, lambda idx: float(np.array([1.0, 5.0])[idx].mean()))
+    assert low == 1.0 and high == 5.0                                     # two items have a spread
+    sample = np.random.default_rng(2).normal(size=12)
+    stat = lambda idx: float(sample[idx].mean())                          # noqa: E731
+    assert statistic_ci(12, stat) == statistic_ci(12, stat, seed=0) != statistic_ci(12, stat, seed=1)
+
+
+def test_t_interval_of_two_values_and_a_flattened_input():
+    mean, low, high = mean_ci([1.0, 3.0], method="t")                    # s = sqrt(2), sem = 1, t_{0.975,1} = 12.706
+    assert (mean, low, high) == pytest.approx((2.0, 2.0 - 12.706204736, 2.0 + 12.706204736))
+    assert mean_ci([[1.0, 2.0], [3.0, 7.0]]) == mean_ci([1.0, 2.0, 3.0, 7.0])
+
+
+def test_differs_reads_the_high_end_of_a_three_tuple():
+    assert not differs((3.0, 2.0, 4.0), (1.5, 1.0, 2.5))                 # 2.5 >= 2.0: they overlap
+    assert not differs((1.5, 1.0, 2.5), (3.0, 2.0, 4.0))

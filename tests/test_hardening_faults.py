@@ -91,16 +91,49 @@ def test_two_writers_to_one_output_one_loses_cleanly(tmp_path):
     assert fsutil.read_claim(tmp_path / "out") is None
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; see test_hardening for the "
-                    "in-process check of an unwritable output")
-def test_read_only_output_folder_is_refused_before_loading(tmp_path):
+MOUNT_RO = 'mount --bind -o ro "$1" "$1" || exit 97; shift; exec "$@"'     # in a private mount namespace
+
+
+@pytest.mark.parametrize("how", ["permissions", "immutable", "read-only mount"])
+def test_read_only_output_folder_is_refused_before_loading(tmp_path, how):
+    """A folder nobody may write into, root included (CI runs as root, which ignores permission bits):
+    mode 0555 (as a normal user), the immutable attribute (``chattr +i``: CAP_LINUX_IMMUTABLE and ext4, xfs
+    or btrfs; run in process, it is quick), or a read-only bind mount in a user + mount namespace (``unshare``:
+    user namespaces allowed; a real process). Where none works, test_hardening's in-process check still
+    refuses an unwritable output."""
+    from typer.testing import CliRunner
+
+    from pyrawan.cli import app
+
     locked = tmp_path / "locked"
     locked.mkdir()
-    locked.chmod(0o555)
+    argv, undo = ["convert", "tiny", "-o", str(locked / "out")], None
+    if how == "permissions":
+        if os.geteuid() == 0:
+            pytest.skip("root ignores permission bits; the immutable and read-only mount cases run instead")
+        locked.chmod(0o555)
+        undo = ["chmod", "755", str(locked)]
+    elif how == "immutable":
+        made = subprocess.run(["chattr", "+i", str(locked)], capture_output=True, text=True)
+        if made.returncode != 0:
+            pytest.skip(f"chattr +i is refused here ({made.stderr.strip()}): it needs CAP_LINUX_IMMUTABLE and a file "
+                        "system with the immutable attribute")
+        undo = ["chattr", "-i", str(locked)]
     try:
-        rc, text = finish(start("-o", str(locked / "out"), cwd=tmp_path))
+        if how == "read-only mount":
+            mount = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", MOUNT_RO, "sh", str(locked)]
+            proc = subprocess.run([*mount, sys.executable, "-m", "pyrawan", *argv], cwd=tmp_path, env=ENV,
+                                  capture_output=True, text=True, timeout=300)
+            rc, text = proc.returncode, proc.stdout + proc.stderr
+        else:
+            result = CliRunner().invoke(app, argv)
+            rc, text = result.exit_code, result.output
     finally:
-        locked.chmod(0o755)
+        if undo:
+            subprocess.run(undo, check=True)
+    text = " ".join(text.split())
+    if how == "read-only mount" and rc in (1, 97) and "pyrawan" not in text:
+        pytest.skip(f"no read-only bind mount in a user namespace here: {text[:200]}")
     assert rc == 2 and "read-only or not writable" in text and "loading" not in text, text
     assert not (locked / "out").exists()
 

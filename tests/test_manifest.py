@@ -73,6 +73,22 @@ def test_verify_clean_then_flipped_byte_missing_and_extra(tmp_path):
     assert not findings["notes.txt"].fatal and len(verify(art)) == 2
 
 
+def test_a_same_size_change_in_a_subfolder_fails_verify(tmp_path):
+    """Model components live in subfolders (transformer/, lora/): their files are hashed like top-level ones."""
+    art = make_artifact(tmp_path / "a", files={"top.bin": b"t", "sub/config.json": b'{"a": 1}',
+                                               "sub/deeper/w.bin": b"\x00" * 64})
+    assert verify(art) == []
+    for rel in ("sub/config.json", "sub/deeper/w.bin"):
+        path = art / rel
+        data = path.read_bytes()
+        path.write_bytes(bytes([data[0] ^ 1]) + data[1:])              # same size: only the hash tells
+        assert [p.split(": ")[:2] for p in verify(art)] == [[rel, "contents changed"]]
+        with pytest.raises(InputError, match=f"does not verify: {rel}"):
+            require_verified(art)
+        path.write_bytes(data)
+    assert verify(art) == []
+
+
 def test_size_change_is_reported_without_hashing(tmp_path):
     art = make_artifact(tmp_path / "a")
     (art / "weights.bin").write_bytes(b"short")

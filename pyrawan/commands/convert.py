@@ -37,6 +37,8 @@ def run(recipe: RecipeBase, out: Path, calibration: Path | None = None, overwrit
     base = Path(recipe.base)
     if verify_if_artifact(base, "base model"):
         inputs.append(base)
+    elif base.suffix == ".safetensors" and verify_if_artifact(base.parent, "base model's folder"):
+        inputs.append(base.parent)                      # a single file from `pyrawan export`: keep the lineage
     with artifact_dir(out, overwrite=overwrite, inputs=sources, kind="convert") as tmp:
         console.print(f"convert: loading [bold]{recipe.base}[/]")
         model = load_model(recipe.base, device=device, dtype=dtype)

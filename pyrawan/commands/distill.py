@@ -55,12 +55,6 @@ def check_recipe(recipe: DistillRecipe, out: Path, overwrite: bool, need_data: b
     if d.variant in ("pt", "ptstar") and not lora:
         console.print(f"distill: note: distill.variant = {d.variant} with train.lora.enabled = false; the paper trains "
                       "LoRA adapters for PT and PT* to prevent divergence.", style="yellow", markup=False)
-    if recipe.train.engine == "deepspeed" and recipe.train.zero_stage == 3:
-        problems.append("train.zero_stage = 3 is not supported by distill (the frozen and LoRA-disabled teacher calls "
-                        "need whole weights); use train.zero_stage: 2")
-    if recipe.train.grad_accum != 1:
-        problems.append(f"train.grad_accum = {recipe.train.grad_accum}: distill runs one micro-step per iteration; "
-                        "raise train.batch_size or the number of processes instead (set grad_accum: 1)")
     if problems:
         raise InputError("distill recipe: " + "; ".join(problems) + ".")
     check_output(out, overwrite, inputs=[recipe.base, d.teacher, recipe.data.root, recipe.data.cache], kind="distill")

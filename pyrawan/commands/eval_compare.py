@@ -6,7 +6,9 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from pyrawan.eval.artifact import read_eval
 from pyrawan.eval.compare import compare, markdown, plot, table_rows
@@ -42,9 +44,11 @@ def _load(paths: list[Path], baseline: Path | None) -> tuple[list[dict], int]:
 
 def _print(result: dict, metrics: list[str] | None) -> None:
     header, rows = table_rows(result, metrics)
-    table = Table(*header, title=f"eval compare (baseline: {result['baseline']})")
+    table = Table(title=Text(f"eval compare (baseline: {result['baseline']})"))
+    for name in header:
+        table.add_column(Text(name))
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*map(Text, row))                     # labels are text from the artifacts, not rich markup
     table_console().print(table)
     console.print(result["note"], markup=False)
     for warning in result["warnings"]:
@@ -72,6 +76,6 @@ def run_compare(paths: list[Path], out: Path | None, baseline: Path | None = Non
         resolved = {"kind": "eval-report" if html else "eval-compare", "artifacts": [str(p) for p in paths],
                     "baseline": result["baseline"], "quality_metric": result["quality_metric"]}
         write_manifest(tmp, resolved["kind"], resolved, paths, {"rows": len(result["rows"])}, started)
-    console.print(f"eval {'report' if html else 'compare'}: wrote [bold]{out}[/]"
+    console.print(f"eval {'report' if html else 'compare'}: wrote [bold]{escape(str(out))}[/]"
                   + (" (open index.html)" if html else ""))
     return result

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from pyrawan import dist
 from pyrawan.commands.common import console, progress_bar, resolve_device, resolve_dtype
 from pyrawan.data.video import write_video
-from pyrawan.errors import InputError
+from pyrawan.errors import InputError, NonFiniteError, RunError
 from pyrawan.fsutil import atomic_path, atomic_write_text, sha256_file
 from pyrawan.manifest import artifact_dir, check_output, manifest_sha256, verify_if_artifact, write_manifest
 from pyrawan.models.artifact import LoadedModel, load_model
@@ -181,11 +181,24 @@ def render(model: LoadedModel, plan: Plan, prompts: list[str], indices: list[int
     with progress_bar("sample", total=len(indices) * plan.nfe, enabled=progress) as advance:
         batches = generate_batches(model, plan, [prompts[i] for i in indices], [seed + i for i in indices],
                                    batch_size, advance=advance)
-        for positions, latents, videos in batches:
-            for p, z, video in zip(positions, latents, videos):
-                i = indices[p]
-                records.append(write_sample(partial, i, prompts[i], seed + i, z, video, plan))
+        try:
+            for positions, latents, videos in batches:
+                for p, z, video in zip(positions, latents, videos):
+                    i = indices[p]
+                    records.append(write_sample(partial, i, prompts[i], seed + i, z, video, plan))
+        except NonFiniteError as err:
+            raise err.for_prompts(indices) from None
     return records
+
+
+def non_finite(err: NonFiniteError, partial: Path, rank: int) -> RunError:
+    """The error to report for a non-finite sample: ``OUT.partial`` is removed when it keeps no video."""
+    kept = len(list((partial / "done").glob("*.json")))
+    if kept == 0 and rank == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        return err
+    return RunError(f"{err} The {kept} video(s) finished before it are kept in {partial}, not published "
+                    f"(--overwrite removes them).")
 
 
 def publish(partial: Path, out: Path, records: list[dict], overwrite: bool, inputs: list[Path], resolved: dict,
@@ -251,6 +264,8 @@ def run(settings: SampleSettings, out: Path | None = None) -> Path:
     try:
         records = render(model, plan, settings.prompts, mine, settings.seed, partial, batch_size,
                          settings.progress and rank == 0)
+    except NonFiniteError as err:
+        raise non_finite(err, partial, rank) from None
     except KeyboardInterrupt:
         kept = len(list((partial / "done").glob("*.json")))
         console.print(f"sample: interrupted; {kept} of {len(settings.prompts)} video(s) are kept in {partial}; "

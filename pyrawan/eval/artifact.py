@@ -20,16 +20,19 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pyrawan.artifact_files import ArtifactFiles
 from pyrawan.errors import InputError
 from pyrawan.eval.metrics import METRICS
 from pyrawan.eval.stats import mean_ci
 from pyrawan.fsutil import atomic_write_text, json_safe
-from pyrawan.manifest import read_manifest
 
 SCHEMA = "pyrawan.eval/1"
 METRICS_FILE = "metrics.json"
+Finite = Annotated[float, Field(allow_inf_nan=False)]
 CI = {"level": 0.95, "method": "bootstrap", "resamples": 2000, "seed": 0, "over": "videos"}
 
 
@@ -72,19 +75,60 @@ def manifest_metrics(body: dict) -> dict:
                         for k, v in body["summary"].items()}, "cost": body["cost"], "videos": len(body["videos"])}
 
 
+class _Summary(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    mean: Finite | None = None
+    low: Finite | None = None
+    high: Finite | None = None
+    n: int = Field(0, ge=0)
+    higher_is_better: bool = True
+
+
+class _Video(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    prompt: str
+    seed: int | None = None
+    video: str | None = None
+    values: dict[str, Finite | None] = {}
+
+
+class _Cost(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    tflops_per_video: Finite | None = Field(None, ge=0)
+    seconds_per_video: Finite | None = Field(None, ge=0)
+
+
+class _EvalBody(BaseModel):
+    """What ``compare`` and ``report`` read of a ``metrics.json`` (other keys pass through unchecked)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    label: str | None = None
+    model: str | None = None
+    schedule: str | None = None
+    cost: _Cost = _Cost()
+    summary: dict[str, _Summary]
+    videos: list[_Video]
+    notes: list[str] = []
+
+
 def read_eval(folder: str | Path) -> dict:
-    """The ``metrics.json`` of an eval artifact, with ``"path"`` added; InputError if it is not one."""
+    """The ``metrics.json`` of an eval artifact (read through the artifact's door, hash-checked, typed), with
+    ``"path"`` added; InputError if it is not one."""
     folder = Path(folder)
-    read_manifest(folder)
-    path = folder / METRICS_FILE
-    if not path.is_file():
+    files = ArtifactFiles(folder, "eval artifact")
+    if METRICS_FILE not in files.outputs and not (folder / METRICS_FILE).is_file():
         raise InputError(f"{folder} is a pyrawan artifact but not an eval artifact (no {METRICS_FILE}); give folders "
                          f"written by `pyrawan eval quality` or `pyrawan eval vbench import`.")
-    try:
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path} is not valid JSON ({err}); rerun the command that wrote it.") from None
+    body = files.read_json(METRICS_FILE)
+    path = folder / METRICS_FILE
     if not isinstance(body, dict) or body.get("schema") != SCHEMA:
         raise InputError(f"{path}: schema is {body.get('schema') if isinstance(body, dict) else None!r}, this "
                          f"pyrawan reads {SCHEMA!r}; rerun the command that wrote it.")
+    try:
+        _EvalBody.model_validate(body)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        raise InputError(f"{path}: {where}: {first['msg']} (found {str(first.get('input'))[:60]!r}); this is not "
+                         f"what pyrawan writes, rerun the command that wrote it.") from None
     return {**body, "path": str(folder)}

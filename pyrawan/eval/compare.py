@@ -18,9 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pyrawan.errors import InputError
+from pyrawan.escape import PLOT_TEXT, markdown_text
 from pyrawan.eval.stats import differs, mean_ci
 
 QUALITY_ORDER = ("toybench_overall", "pixel_psnr", "pixel_ssim", "latent_psnr", "vbench_total")
+TEXT_COLUMNS = 2    # model label and schedule: the table's columns of text read from artifacts
 MIN_VIDEOS = 10     # fewer values on either side: no call on a delta (differs = None, no star)
 
 
@@ -204,10 +206,15 @@ def table_rows(result: dict, metrics: Sequence[str] | None = None) -> tuple[list
 def markdown(result: dict, metrics: Sequence[str] | None = None) -> str:
     """The table as GitHub markdown, with the baseline and the note."""
     header, rows = table_rows(result, metrics)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-    warnings = "".join(f"\n\nWarning: {w}" for w in result["warnings"])
-    return f"Baseline: {result['baseline']}. {result['note']}{warnings}\n\n" + "\n".join(lines) + "\n"
+
+    def line(cells) -> str:
+        return "| " + " | ".join(cells) + " |"
+    lines = [line(map(markdown_text, header)), "|" + "---|" * len(header)]
+    # label and schedule are text read from the artifacts; the other cells are numbers pyrawan formatted
+    lines += [line([*map(markdown_text, row[:TEXT_COLUMNS]), *(c.replace("|", "\\|") for c in row[TEXT_COLUMNS:])])
+              for row in rows]
+    warnings = "".join(f"\n\nWarning: {markdown_text(w)}" for w in result["warnings"])
+    return f"Baseline: {markdown_text(result['baseline'])}. {result['note']}{warnings}\n\n" + "\n".join(lines) + "\n"
 
 
 def plot(result: dict, path: Path) -> Path | None:
@@ -227,14 +234,15 @@ def plot(result: dict, path: Path) -> Path | None:
         m = r["metrics"][q]
         ax.errorbar([r["cost"]], [m["mean"]], yerr=[[m["mean"] - m["low"]], [m["high"] - m["mean"]]],
                     fmt="*" if r["pareto"] else "o", markersize=11 if r["pareto"] else 6, capsize=3)
-        ax.annotate(str(r["label"]), (r["cost"], m["mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.annotate(str(r["label"]), (r["cost"], m["mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8,
+                    **PLOT_TEXT)
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["cost"])
     ax.plot([r["cost"] for r in front], [r["metrics"][q]["mean"] for r in front], "k--", lw=1, label="Pareto front")
     unit = result["cost_unit"]
     ax.set_xlabel("TFLOPs per video (transformer)" if unit == "tflops" else "seconds per video")
     if len({r["cost"] for r in rows}) > 1 and min(r["cost"] for r in rows) > 0:
         ax.set_xscale("log")
-    ax.set_ylabel(f"{q} ({'higher' if result['quality_higher_is_better'] else 'lower'} is better), 95% CI")
+    ax.set_ylabel(f"{q} ({'higher' if result['quality_higher_is_better'] else 'lower'} is better), 95% CI", **PLOT_TEXT)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()

@@ -7,11 +7,14 @@ column per (prompt, seed), one row per model. The mp4s are copied next to the pa
 from __future__ import annotations
 
 import html
-import shutil
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+from pyrawan.artifact_files import ArtifactFiles
 from pyrawan.eval.compare import table_rows
+from pyrawan.fsutil import atomic_write_bytes
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".gif")
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top}
@@ -19,25 +22,32 @@ th{background:#f3f3f3}.grid td{text-align:center}.grid video{width:192px}.captio
 .note{color:#555;font-size:13px}"""
 
 
-def video_key(record: dict) -> tuple[str, int]:
-    """How videos are matched across models: the same prompt and the same seed."""
-    return record["prompt"], int(record["seed"])
+def video_key(record: dict) -> tuple[str, int | None]:
+    """How videos are matched across models: the same prompt and the same seed (None: not known, e.g. a
+    VBench import without ``--export``)."""
+    return record["prompt"], record.get("seed")
 
 
-def copy_videos(evals: Sequence[dict], out: Path) -> list[dict[tuple[str, int], str]]:
-    """Copy each artifact's mp4s into ``out/videos/<row>/``; per artifact ``{(prompt, seed): relative path}``."""
+def copy_videos(evals: Sequence[dict], out: Path) -> list[dict[tuple[str, int | None], str]]:
+    """Copy each artifact's mp4s into ``out/videos/<row>/``; per artifact ``{(prompt, seed): relative path}``.
+
+    Every video is read through its artifact's door (``ArtifactFiles.referenced``): a file of the eval
+    artifact or of one of its input artifacts (which is verified first), listed in that manifest and
+    hash-checked as it is read; anything else stops the report.
+    """
     found = []
     for row, e in enumerate(evals):
+        files = ArtifactFiles(e["path"], "eval artifact")
         mapping = {}
-        for r in e.get("videos", []):
+        for k, r in enumerate(e.get("videos", [])):
             if not r.get("video"):
                 continue
-            source = Path(e["path"]) / r["video"]
-            if not source.is_file():
-                continue
-            target = Path("videos") / str(row) / f"{int(r['index']):04d}{source.suffix}"
-            (out / target).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, out / target)
+            door, name = files.referenced(r["video"])
+            if not (door.folder / name).is_file() and name not in door.outputs:
+                continue  # a video that was never kept (e.g. an export's unsampled entry)
+            suffix = PurePosixPath(name).suffix if PurePosixPath(name).suffix in VIDEO_SUFFIXES else ".mp4"
+            target = Path("videos") / str(row) / f"{k:04d}{suffix}"
+            atomic_write_bytes(out / target, door.read_bytes(name))
             mapping[video_key(r)] = target.as_posix()
         found.append(mapping)
     return found
@@ -55,7 +65,7 @@ def video_grid(evals: Sequence[dict], videos: list[dict[tuple[str, int], str]]) 
     keys = [k for k in keys if any(k in m for m in videos)]
     if not keys:
         return '<p class="note">No videos: the artifacts hold no mp4 files.</p>'
-    header = ["model"] + [f"seed {seed}" for _, seed in keys]
+    header = ["model"] + [f"seed {'–' if seed is None else seed}" for _, seed in keys]
     captions = ["<b>prompt</b>"] + [f'<div class="caption">{html.escape(p)}</div>' for p, _ in keys]
     rows = [captions]
     for e, mapping in zip(evals, videos):

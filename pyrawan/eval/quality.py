@@ -12,17 +12,17 @@ noise unrelated to the reference's, and its paired metrics are reported as not a
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors import SafetensorError
+from safetensors.torch import load
 
+from pyrawan.artifact_files import ArtifactFiles
 from pyrawan.errors import InputError
 from pyrawan.eval import metrics as M
-from pyrawan.manifest import read_manifest
 
 Decode = Callable[[torch.Tensor], torch.Tensor]   # latents [B, 16, T, H, W] -> frames [B, F, 3, H, W] in [0, 1]
 
@@ -89,30 +89,39 @@ def decode_in_batches(decode: Decode, latents: torch.Tensor, batch_size: int,
     return torch.cat(parts)
 
 
-def _records(folder: Path) -> list[dict]:
-    path = folder / "samples.jsonl"
-    if not path.is_file():
-        raise InputError(f"--samples {folder} has no samples.jsonl; give a folder written by `pyrawan sample`.")
-    try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path} is damaged ({err}); rerun `pyrawan sample`.") from None
+def _records(files: ArtifactFiles) -> list[dict]:
+    """The artifact's ``samples.jsonl`` (through its door), each record checked for the keys read here."""
+    if "samples.jsonl" not in files.outputs:
+        raise InputError(f"--samples {files.folder} has no samples.jsonl; give a folder written by `pyrawan sample`.")
+    records = files.read_jsonl("samples.jsonl")
+    for r in records:
+        if not (isinstance(r, dict) and type(r.get("index")) is int and isinstance(r.get("prompt"), str)
+                and type(r.get("seed")) is int and isinstance(r.get("latents"), str)
+                and isinstance(r.get("video"), (str, type(None)))):
+            raise InputError(f"{files.folder / 'samples.jsonl'}: a record is not {{index, prompt, seed, latents, "
+                             f"video}} as `pyrawan sample` writes it ({str(r)[:80]}); rerun `pyrawan sample`.")
+    return records
 
 
 def read_sample_set(folder: str | Path, label: str | None = None) -> SampleSet:
-    """A ``pyrawan sample`` artifact as a SampleSet (latents loaded, frames not decoded yet)."""
+    """A ``pyrawan sample`` artifact as a SampleSet (latents loaded, frames not decoded yet), every file read
+    through the artifact's door (listed, inside, hash-checked)."""
     folder = Path(folder)
-    manifest = read_manifest(folder)
+    files = ArtifactFiles(folder, "--samples")
+    manifest = files.manifest
     if manifest.get("kind") != "sample":
         raise InputError(f"--samples {folder} is a {manifest.get('kind')!r} artifact, not a sample artifact; give a "
                          f"folder written by `pyrawan sample` (or `pyrawan eval quality --model`).")
     resolved = (manifest.get("recipe") or {}).get("resolved") or {}
-    records = sorted(_records(folder), key=lambda r: r["index"])
-    missing = [r.get("latents") for r in records if not r.get("latents") or not (folder / r["latents"]).is_file()]
+    records = sorted(_records(files), key=lambda r: r["index"])
+    missing = [r["latents"] for r in records if r["latents"] not in files.outputs]
     if missing:
         raise InputError(f"--samples {folder}: latents file {missing[0]!r} is missing; pixel metrics are computed "
                          f"from the saved latents (never from the lossy mp4). Rerun `pyrawan sample`.")
-    latents = torch.cat([load_file(str(folder / r["latents"]))["latents"].float() for r in records])
+    for r in records:
+        if r.get("video"):
+            files.locate(r["video"])  # inside and listed; hashed when a report copies it
+    latents = torch.cat([_latents(files, r["latents"]) for r in records])
     schedule = resolved.get("schedule")
     metrics = manifest.get("metrics") or {}
     seconds = metrics.get("seconds_per_video")
@@ -125,6 +134,15 @@ def read_sample_set(folder: str | Path, label: str | None = None) -> SampleSet:
                                                            for r in records],
                      schedule=schedule, video=dict(resolved.get("video") or {}), coupled=coupled,
                      seconds_per_video=seconds, source=folder)
+
+
+def _latents(files: ArtifactFiles, name: str) -> torch.Tensor:
+    """The ``latents`` tensor of one sample's safetensors file, parsed from the hash-checked bytes."""
+    try:
+        return load(files.read_bytes(name))["latents"].float()
+    except (KeyError, SafetensorError) as err:
+        raise InputError(f"--samples {files.folder}: {name} is not a pyrawan latents file ({err}); rerun "
+                         f"`pyrawan sample`.") from None
 
 
 def pairing_problems(a: SampleSet, b: SampleSet) -> list[str]:

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from pyrawan.data.video import write_video
-from pyrawan.errors import InputError
+from pyrawan.errors import InputError, NonFiniteError
 from pyrawan.eval.cost import stage_forward_tflops, video_tflops
 from pyrawan.eval.quality import SampleSet
 from pyrawan.fsutil import atomic_path, atomic_write_text
@@ -97,7 +97,10 @@ def sample_set(model: LoadedModel, spec: str, plan: Plan, prompts: Sequence[str]
                                    decode=True)
         while True:
             start = time.perf_counter()
-            part = next(batches, None)
+            try:
+                part = next(batches, None)
+            except NonFiniteError as err:
+                raise err.for_prompts(positions) from None
             busy += time.perf_counter() - start
             if part is None:
                 break

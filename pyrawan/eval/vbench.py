@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from pyrawan.errors import InputError
+from pyrawan.fsutil import capped_name
 
 SUITES = {  # suite -> (package, info file, samples per prompt, prompt characters kept in file names)
     "vbench": ("vbench", "VBench_full_info.json", 5, None),
     "vbench2": ("vbench2", "VBench2_full_info.json", 3, 180),
 }
 RESULTS_SUFFIX = "_eval_results.json"
+NAME_BYTES = 200  # a video name's cap: VBench's own prompts (VBench-2.0 cuts them to 180 characters) fit whole
 
 
 @dataclass(frozen=True)
@@ -104,11 +106,22 @@ def read_suite(path: Path, dimensions: list[str] | None = None) -> list[SuitePro
 
 
 def video_name(prompt: str, index: int, suite: str = "vbench") -> str:
-    """VBench's file name of video ``index`` of ``prompt``: ``{prompt}-{index}.mp4`` (vbench2: prompt[:180])."""
+    """VBench's file name of video ``index`` of ``prompt``: ``{prompt}-{index}.mp4`` (vbench2: prompt[:180]).
+
+    A prompt longer than NAME_BYTES bytes of UTF-8 is cut and tagged with a hash of the whole prompt
+    (``capped_name``): no file system takes it whole, and VBench's standard mode cannot find it then (use
+    ``--mode custom_input`` with ``prompts.json``).
+    """
     keep = _suite(suite)[3]
     if "/" in prompt or "\0" in prompt:
         raise InputError(f"prompt {prompt!r} contains '/', which cannot be part of a file name; VBench prompts never do.")
-    return f"{prompt[:keep] if keep else prompt}-{index}.mp4"
+    return capped_name(prompt[:keep] if keep else prompt, f"-{index}.mp4", NAME_BYTES)
+
+
+def capped_items(items: list[dict], suite: str = "vbench") -> list[dict]:
+    """Export items whose file name is not VBench's own (the prompt was too long to keep whole)."""
+    keep = _suite(suite)[3]
+    return [it for it in items if it["file"] != f"{it['prompt'][:keep] if keep else it['prompt']}-{it['index']}.mp4"]
 
 
 def samples_per_prompt(suite: str, given: int | None = None) -> int:

@@ -22,7 +22,10 @@ def arch_of(base: str) -> str | dict:
         return HUB_ARCHS.get(base, base)
     config = Path(base) / "transformer" / "config.json"
     if config.is_file():
-        return {k: v for k, v in json.loads(config.read_text()).items() if not k.startswith("_")}
+        from pyrawan.models.model_files import check_transformer_folder
+
+        check_transformer_folder(config.parent)
+        return {k: v for k, v in _read_json(config, "the transformer of").items() if not k.startswith("_")}
     raise InputError(
         f"cannot tell the architecture of {base!r} without its weights: give a recipe whose base is a known "
         f"hub id ({', '.join(HUB_ARCHS)}), a model folder with transformer/config.json, or an architecture "

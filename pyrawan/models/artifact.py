@@ -25,10 +25,10 @@ import torch
 from pyrawan.errors import InputError
 from pyrawan.fsutil import atomic_path, atomic_write_text, sha256_tree
 from pyrawan.models.loading import load_component, load_components, resolve_hub
+from pyrawan.models.model_files import COMPONENTS_SCHEMA, check_transformer_folder, parse_components, parse_reference
 from pyrawan.models.presets import COMPONENT_NAMES, WanComponents, build_preset
 from pyrawan.models.pyramid_spec import PyramidSpec
 
-COMPONENTS_SCHEMA = "pyrawan.components/1"
 PYRAMID_FILE = "pyramid.json"
 COMPONENTS_FILE = "components.json"
 
@@ -171,25 +171,17 @@ def _verify_files(
         raise _mismatch(artifact, name, what)
 
 
-ENTRY_KEYS = {
-    "saved": ("saved",),
-    "preset": ("preset", "seed", "sha256"),
-    "repo_id": ("repo_id", "revision", "subfolder", "files"),
-    "path": ("path", "subfolder", "files"),
-}
+def _check_entry(artifact: Path, name: str, entry: Any) -> dict[str, Any]:
+    """The validated ``components.json`` entry for ``name`` (a reference of one known kind; InputError otherwise)."""
+    return parse_reference(entry, str(artifact / COMPONENTS_FILE), name)
 
 
-def _check_entry(artifact: Path, name: str, entry: Any) -> None:
-    """InputError unless ``entry`` is a dict of one known kind with all of that kind's keys."""
-    kind = next((k for k in ENTRY_KEYS if isinstance(entry, dict) and k in entry), None)
-    missing = [k for k in ENTRY_KEYS[kind] if k not in entry] if kind else ["saved|preset|repo_id|path"]
-    if missing:
-        raise InputError(f"{artifact / COMPONENTS_FILE}: the entry for {name!r} ({entry!r}) is not a valid "
-                         f"reference; missing key(s) {missing}. Re-create the artifact.")
-    saved = entry.get("saved") if kind == "saved" else None
-    if saved is not None and (not isinstance(saved, str) or Path(saved).name != saved or saved in ("", ".", "..")):
-        raise InputError(f"{artifact / COMPONENTS_FILE}: the entry for {name!r} saves it in {saved!r}, which is not "
-                         f"a subfolder of the artifact; refusing to load weights from outside it. Re-create the artifact.")
+def _check_transformer(artifact: Path, entry: dict[str, Any]) -> None:
+    """The transformer's config against its weights' header, before any component is built."""
+    if "saved" in entry:
+        check_transformer_folder(artifact / entry["saved"])
+    elif "path" in entry:
+        check_transformer_folder(Path(entry["path"]) / entry["subfolder"])
 
 
 def _load_reference(
@@ -226,17 +218,11 @@ def load_artifact(
 ) -> LoadedModel:
     """Load a saved pyramidal artifact folder (see module docstring)."""
     spec = PyramidSpec.parse(_read_json(path / PYRAMID_FILE), str(path / PYRAMID_FILE))
-    body = _read_json(path / COMPONENTS_FILE)
-    body = body if isinstance(body, dict) else {}
-    entries = body.get("components")
-    if body.get("schema") != COMPONENTS_SCHEMA or not isinstance(entries, dict) or \
-            set(entries) != set(COMPONENT_NAMES):
-        raise InputError(f"{path / COMPONENTS_FILE} is not a {COMPONENTS_SCHEMA} file with entries for "
-                         f"{list(COMPONENT_NAMES)}. Re-create the artifact with this pyrawan version.")
+    entries = parse_components(_read_json(path / COMPONENTS_FILE), str(path / COMPONENTS_FILE))
+    _check_transformer(path, entries["transformer"])
     parts: dict[str, Any] = {"source": {}}
     for name in COMPONENT_NAMES:
         comp_dtype = (vae_dtype or dtype) if name == "vae" else dtype
-        _check_entry(path, name, entries[name])
         parts[name], parts["source"][name] = _load_reference(path, name, entries[name], device, comp_dtype)
     return LoadedModel(WanComponents(**parts), spec, path.resolve())
 

@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pyrawan.errors import InputError
+from pyrawan.errors import InputError, NonFiniteError
 from pyrawan.models.arch import factors_of_vae_config
 from pyrawan.models.artifact import LoadedModel
 from pyrawan.models.denoiser import Velocity, encode_prompts
 from pyrawan.models.vae import decode_latents
 from pyrawan.pyramid.config import PyramidConfig
 from pyrawan.pyramid.geometry import WAN21_VAE_FACTORS, check_sizes, pixel_to_latent
-from pyrawan.pyramid.sampler import active_stages, default_fewstep_levels, sample_fewstep, sample_multistep
+from pyrawan.pyramid.sampler import (active_stages, default_fewstep_levels, nonfinite_samples, sample_fewstep,
+                                     sample_multistep)
 from pyrawan.pyramid.schedule import parse_schedule
 
 VIDEO_KEYS = ("frames", "height", "width", "fps")
@@ -225,20 +226,26 @@ def generate_batches(model: LoadedModel, plan: Plan, prompts: Sequence[str], see
     """Yield ``(positions, latents [B, 16, T, H, W], frames [B, F, 3, H, W] | None)`` per batch of prompts.
 
     ``positions`` index ``prompts``/``seeds``; latents are float32 on the CPU, frames float32 in
-    [0, 1] on the CPU (``None`` when ``decode`` is False).
+    [0, 1] on the CPU (``None`` when ``decode`` is False). NaN or Inf in a batch's latents or frames raises
+    ``NonFiniteError`` naming the positions of the prompts concerned.
     """
     if len(prompts) != len(seeds):
         raise InputError(f"{len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt.")
     check_batch_size(batch_size)
     for start in range(0, len(prompts), batch_size):
         part = range(start, min(start + batch_size, len(prompts)))
-        latents = sample_latents(model, plan, [prompts[i] for i in part], [seeds[i] for i in part],
-                                 coupled_noise, advance)
+        try:
+            latents = sample_latents(model, plan, [prompts[i] for i in part], [seeds[i] for i in part],
+                                     coupled_noise, advance)
+        except NonFiniteError as err:
+            raise err.for_prompts(part) from None
         frames = None
         if decode:
             vae_device = next(model.components.vae.parameters()).device
             with torch.inference_mode():                 # a GPU decodes one video at a time (memory)
                 frames = decode_latents(model.components, latents, chunk=1 if vae_device.type == "cuda" else None).cpu()
+            if bad := nonfinite_samples(frames):
+                raise NonFiniteError("the VAE decode", [part[i] for i in bad], what="the decoded video")
         yield part, latents, frames
 
 

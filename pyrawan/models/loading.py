@@ -19,6 +19,7 @@ from transformers import AutoTokenizer, UMT5EncoderModel
 
 from pyrawan.errors import InputError, RunError, io_fault_message
 from pyrawan.models.ppf import transformer_class
+from pyrawan.models.model_files import check_transformer_files, check_transformer_folder, read_json_or_none
 from pyrawan.models.presets import COMPONENT_NAMES, PRESETS, WanComponents, build_preset
 
 HUB_ALLOW_PATTERNS = [
@@ -115,6 +116,8 @@ def load_folder(
     """
     folder = folder.resolve()
     origin = origin or {"path": str(folder)}
+    if "transformer" not in skip:
+        check_transformer_folder(folder / "transformer")       # before any component is built
     out: dict[str, Any] = {"source": {}}
     for name in COMPONENT_NAMES:
         if name in skip:
@@ -222,6 +225,8 @@ def load_single_file(
             "Wan2.1 pipeline folder or Hub id whose transformer matches the file "
             f"{path} (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)."
         )
+    config = folder / "transformer" / "config.json"
+    check_transformer_files(read_json_or_none(config), config, [path])
     try:
         with _quiet_diffusers():
             model = WanTransformer3DModel.from_single_file(
@@ -238,13 +243,18 @@ def _components_from_file(
     path: Path, config_from: str | None, device: str | torch.device, dtype: torch.dtype,
     vae_dtype: torch.dtype | None,
 ) -> WanComponents:
-    """Transformer from a single file, everything else from ``config_from``."""
+    """Transformer from a single file, everything else from ``config_from``.
+
+    Without ``config_from``: a file written by ``pyrawan export --format single-file`` names its config and
+    components itself; a plain Wan2.1 file gets them from the official diffusers repository of its size.
+    """
     if not config_from:
-        raise InputError(
-            f"{path} is a single .safetensors file. It holds only the transformer, so also give "
-            "config_from (--config-from): a diffusers Wan2.1 pipeline folder or Hub id that provides "
-            "transformer/config.json and the tokenizer, text encoder and VAE."
-        )
+        from pyrawan.models.single_file import components_from_file, default_config_from
+
+        own = components_from_file(path, device, dtype, vae_dtype)
+        if own is not None:
+            return own
+        config_from = default_config_from(path)
     folder, origin = resolve_folder(config_from)
     parts = load_folder(folder, device, dtype, vae_dtype, origin, skip=("transformer",))
     parts["transformer"] = load_single_file(path, folder, config_from, device, dtype)

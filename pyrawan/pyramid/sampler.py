@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pyrawan.errors import InputError
+from pyrawan.errors import InputError, NonFiniteError
 from pyrawan.pyramid.config import PyramidConfig
 from pyrawan.pyramid.process import clean_estimate, jump, per_frame, stage_forward
 from pyrawan.pyramid.schedule import interpolate_level, rho_grid
@@ -56,6 +56,20 @@ def jump_batch(x: torch.Tensor, sigma_nat: torch.Tensor, pyramid: PyramidConfig,
     return jump(x, sigma_nat, pyramid.resize, generator)[0]
 
 
+def check_finite(x: torch.Tensor, pyramid: PyramidConfig, stage: int, j: int) -> None:
+    """``NonFiniteError`` naming the stage (counted coarsest first, as schedules are written), the step and the
+    samples of the batch when ``x`` ``[B, ...]`` holds NaN or Inf (one reduction per step)."""
+    if bad := nonfinite_samples(x):
+        raise NonFiniteError(f"stage {pyramid.num_stages - stage} of {pyramid.num_stages} (coarsest first), "
+                             f"step {j + 1}", bad)
+
+
+def nonfinite_samples(x: torch.Tensor) -> list[int]:
+    """Positions ``b`` along dim 0 where ``x[b]`` holds NaN or Inf (empty when all is finite)."""
+    finite = torch.isfinite(x).flatten(1).all(1)
+    return [] if bool(finite.all()) else (~finite).nonzero().flatten().tolist()
+
+
 def multistep_levels(steps: Sequence[int], shift: float | Sequence[float] = 1.0) -> list[list[float]]:
     """The local levels ``rho`` of every Euler step, per stage (coarsest first), both ends included.
 
@@ -82,7 +96,8 @@ def sample_multistep(
     ``noise`` is pure noise at the resolution of the first stage that has steps; returns the clean
     latent at full resolution ``[B, C, T, H, W]``. Within a stage ``x <- x + (sigma(rho') - sigma(rho)) v``
     over the stage's levels: ``levels`` (per stage, coarsest first, from 1 to 0) or, when not given,
-    ``multistep_levels(steps, shift)``. With one stage this is Wan's flow-matching Euler sampler.
+    ``multistep_levels(steps, shift)``. With one stage this is Wan's flow-matching Euler sampler. A step whose
+    result holds NaN or Inf raises ``NonFiniteError`` (nothing non-finite is handed on).
     """
     if levels is None:
         levels = multistep_levels(steps, shift)
@@ -93,6 +108,7 @@ def sample_multistep(
         for j in range(len(grid) - 1):
             now, nxt = interpolate_level(grid[j], sigma_c, sigma_n), interpolate_level(grid[j + 1], sigma_c, sigma_n)
             x = x + per_frame(nxt - now, x) * velocity(x, now)
+            check_finite(x, pyramid, stage, j)
             if callback:
                 callback(stage, j, x)
         if stage > 0:
@@ -176,10 +192,12 @@ def sample_fewstep(
     ``levels``: per stage (coarsest first) the local levels ``rho`` at which the model runs; an empty
     list skips a coarse stage. Each step takes the clean estimate of the current stage and re-noises
     it to the next level; at a stage change the estimate is upsampled with ``U`` first. Returns the
-    last clean estimate at full resolution.
+    last clean estimate at full resolution; a non-finite estimate raises ``NonFiniteError``.
     """
     x0_hat = noise
     for step, _, x0_hat in _fewstep(velocity, noise, pyramid, levels, generator):
+        if x0_hat is not None:
+            check_finite(x0_hat, pyramid, step.stage, step.j)
         if x0_hat is not None and callback:
             callback(step.stage, step.j, x0_hat)
     return x0_hat

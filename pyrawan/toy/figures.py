@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pyrawan.escape import PLOT_TEXT
+
 
 def _figure():
     """A fresh matplotlib ``pyplot`` on the headless Agg backend."""
@@ -49,6 +51,6 @@ def frame_strip(videos: Sequence[torch.Tensor], labels: Sequence[str], path: Pat
             ax.set_yticks([])
             if row == len(videos) - 1:
                 ax.set_xlabel(f"frame {t}", fontsize=8)
-        axes[row][0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
-    fig.suptitle(prompt, fontsize=9)
+        axes[row][0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center", **PLOT_TEXT)
+    fig.suptitle(prompt, fontsize=9, **PLOT_TEXT)
     return _save(fig, path)

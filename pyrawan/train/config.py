@@ -6,7 +6,7 @@ Defaults are the paper's Wan2.1-1.3B setting (paper.md section 5.4): 5000 steps,
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -24,11 +24,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+Beta = Annotated[float, Field(ge=0, lt=1)]   # torch's AdamW refuses 1.0 (only after every model has loaded)
+
+
 class Optimizer(_Section):
     """AdamW and its learning-rate schedule (linear warm-up, then cosine or constant)."""
 
     lr: float = Field(1e-5, gt=0, le=1.0, description="Peak learning rate (1e-5 full finetune; LoRA usually 1e-4).")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="AdamW betas, each in [0, 1).")
     eps: float = Field(1e-8, gt=0, le=1.0, description="AdamW epsilon.")
     weight_decay: float = Field(0.01, ge=0, le=10.0, description="AdamW decoupled weight decay.")
     warmup_steps: int = Field(250, ge=0, le=MAX_STEPS, description="Linear warm-up from 0 to lr over this many steps.")
@@ -47,6 +50,19 @@ class Lora(_Section):
     target_modules: tuple[str, ...] = Field(LORA_TARGETS, min_length=1, max_length=64, description=(
         "Module name suffixes that get adapters (diffusers names: attn1/attn2 to_q,to_k,to_v,to_out.0 and "
         "ffn.net.0.proj, ffn.net.2)."))
+
+    @model_validator(mode="after")
+    def _targets_exist(self) -> "Lora":
+        """peft fails only after the model has loaded when a target names no layer."""
+        if not self.enabled:
+            return self
+        from pyrawan.models.model_files import unknown_lora_targets
+
+        unknown = unknown_lora_targets(self.target_modules)
+        if unknown:
+            raise _fail(f"train.lora.target_modules names no layer of a Wan2.1 transformer: {unknown}; use module "
+                        f"name suffixes such as {', '.join(LORA_TARGETS)}")
+        return self
 
 
 class Ema(_Section):

@@ -5,6 +5,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from pyrawan.escape import PLOT_TEXT
 from pyrawan.fsutil import atomic_path
 
 
@@ -48,10 +49,10 @@ def plot_curves(metrics: Path, png: Path, panels: Sequence[tuple[str, str, str]]
             ax.plot(steps, smooth, lw=1.6, color="C3", label=f"mean of last {window}")
             ax.legend(fontsize=7)
         ax.set_xlabel("step")
-        ax.set_ylabel(label)
-        ax.set_title(label, fontsize=10)
+        ax.set_ylabel(label, **PLOT_TEXT)
+        ax.set_title(label, fontsize=10, **PLOT_TEXT)
         ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(title, fontsize=11, **PLOT_TEXT)
     fig.tight_layout()
     with atomic_path(png) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -150,6 +150,18 @@ def student_levels(distill: Distill, num_stages: int) -> list[list[float]]:
     return [list(r) for r in distill.levels]
 
 
+def distill_train_problems(train) -> list[tuple[str, str]]:
+    """``(key, message)`` for ``train:`` settings a distill run cannot use."""
+    problems = []
+    if train.engine == "deepspeed" and train.zero_stage == 3:
+        problems.append(("train.zero_stage", "train.zero_stage = 3 is not supported by distill (the frozen and "
+                         "LoRA-disabled teacher calls need whole weights); use train.zero_stage: 2"))
+    if train.grad_accum != 1:
+        problems.append(("train.grad_accum", f"train.grad_accum = {train.grad_accum}: distill runs one micro-step per "
+                         "iteration; raise train.batch_size or the number of processes instead (set grad_accum: 1)"))
+    return problems
+
+
 def distill_problems(distill: Distill, num_stages: int) -> list[tuple[str, str]]:
     """``(key, message)`` for rules that involve the pyramid (schedule and levels per stage)."""
     from pyrawan.errors import InputError
