@@ -16,3 +16,8 @@ demo: setup
 
 bench: setup
 	.venv/bin/python benchmarks/pyramid_ops.py
+
+# Mutation testing of the core modules with mutmut (docs/testing.md): a tool, not a CI gate; hours on 2 cores.
+.PHONY: mutation
+mutation: setup
+	bash scripts/mutation.sh

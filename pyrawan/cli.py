@@ -24,6 +24,7 @@ from typer.core import TyperGroup
 
 from pyrawan import __version__
 from pyrawan import manifest as mf
+from pyrawan import outputs
 from pyrawan import recipe as rc
 from pyrawan.errors import InputError, PyrawanError, io_fault_message
 from pyrawan.fsutil import atomic_write_bytes
@@ -49,11 +50,10 @@ def stderr() -> Console:
 
 # What Ctrl-C leaves behind, per command (the default: nothing, since outputs appear only when complete).
 INTERRUPTED = {
-    "finetune": "the checkpoints already written under OUT.run/checkpoints/ are kept (one every "
-                "train.checkpoint.every steps); the model folder OUT was not written. Continue with the same "
-                "command plus --resume.",
-    "distill": "the checkpoints already written under OUT.run/checkpoints/ are kept; the model folder OUT was not "
-               "written. Continue with the same command plus --resume.",
+    "finetune": "the model folder OUT was not written; checkpoints already written under OUT.run/checkpoints/ "
+                "(if any) are kept, and the same command plus --resume continues from the last one.",
+    "distill": "the model folder OUT was not written; checkpoints already written under OUT.run/checkpoints/ "
+               "(if any) are kept, and the same command plus --resume continues from the last one.",
     "calibrate": "the latent-cache shards already encoded are kept; the same command continues the cache from the "
                  "first missing shard. The calibration folder was not written.",
     "sample": "the videos already finished are kept (in OUT.partial/); continue with the same command plus "
@@ -80,9 +80,11 @@ class PyrawanGroup(TyperGroup):
         except PyrawanError as err:
             _report(ctx, str(err))
             raise typer.Exit(err.exit_code) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
             command = ctx.invoked_subcommand or "pyrawan"
-            stderr().print(f"\ninterrupted: {command}: {INTERRUPTED.get(command, INTERRUPTED_DEFAULT)}",
+            # A command that knows what it kept re-raises KeyboardInterrupt(text) (train.run.interrupted).
+            kept = str(err) or INTERRUPTED.get(command, INTERRUPTED_DEFAULT)
+            stderr().print(f"\ninterrupted: {command}: {kept}",
                            style="yellow", markup=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except Exception as err:
@@ -94,7 +96,7 @@ class PyrawanGroup(TyperGroup):
                          f"rerun with --debug to see the traceback.")
             raise typer.Exit(1) from None
         finally:
-            mf.release_claims()
+            outputs.release_claims()
 
 
 def _report(ctx: typer.Context, message: str) -> None:
@@ -138,7 +140,7 @@ def _root(
 RecipeArg = Annotated[str, typer.Argument(
     help="Recipe file, or the name of a shipped recipe (see `pyrawan recipe ls`).", show_default=False)]
 OverridesArg = Annotated[Optional[list[str]], typer.Argument(
-    help="Overrides key.path=value (value read as YAML), e.g. sampling.schedule=2-2-1 pyramid.boundaries=[0.4].",
+    help="Overrides key.path=value (value read as YAML), e.g. sampling.schedule=2-2-1 pyramid.boundaries=[0.5,0.9].",
     show_default=False)]
 OutOpt = Annotated[Optional[Path], typer.Option("-o", "--out", help="Output artifact folder [default: runs/KIND-RECIPE].")]
 OverwriteOpt = Annotated[bool, typer.Option(
@@ -218,9 +220,14 @@ def recipe_ls() -> None:
         data = read_yaml(path)
         video, sampling = data.get("video") or {}, data.get("sampling") or {}
         size = "x".join(str(video.get(k, "?")) for k in ("frames", "height", "width"))
-        table.add_row(name, str(data.get("kind")), str(data.get("base")), size, str(sampling.get("schedule")),
-                      _about(path))
+        table.add_row(name, str(data.get("kind")), str(data.get("base")), size, str(_schedule(data)), _about(path))
     stdout().print(table)
+
+
+def _schedule(data: dict) -> object:
+    """The schedule the recipe's output samples with: a distill recipe's student schedule, else ``sampling``'s."""
+    section = (data.get("distill") if data.get("kind") == "distill" else data.get("sampling")) or {}
+    return section.get("schedule")
 
 
 def _about(path: Path) -> str:
@@ -347,7 +354,7 @@ def _ffmpeg_info() -> dict | None:
 # ---- run commands --------------------------------------------------------------------------------
 # Each follows `pyrawan CMD RECIPE [key.path=value ...] [-o OUT] [--overwrite]`: declare the
 # parameters with RecipeArg, OverridesArg, OutOpt, OverwriteOpt, call run_options(...), then run
-# the command module inside `with mf.artifact_dir(opts.out, opts.overwrite) as tmp:` and finish
+# the command module inside `with outputs.artifact_dir(opts.out, opts.overwrite) as tmp:` and finish
 # with mf.write_manifest(tmp, ...). Register with rich_help_panel=RUN_PANEL.
 
 @app.command("calibrate", rich_help_panel=RUN_PANEL)

@@ -20,7 +20,7 @@ EXAMPLES.update({
     "eval quality": "pyrawan eval quality --model runs/finetuned --reference toy --suite toy-8 --seeds 0,1 -o runs/eval-ft",
     "eval compare": "pyrawan eval compare runs/eval-teacher runs/eval-ft --baseline runs/eval-teacher -o runs/compare",
     "eval report": "pyrawan eval report runs/eval-teacher runs/eval-ft -o runs/report",
-    "eval schedules": "pyrawan eval schedules --model runs/finetuned --budget-flops 0.5T --suite toy-4 --boundaries-search",
+    "eval schedules": "pyrawan eval schedules --model runs/finetuned --budget-flops 8G --suite toy-4 --boundaries-search",
     "eval vbench export": "pyrawan eval vbench export --model runs/finetuned --vbench-info VBench_full_info.json -o runs/vbench",
     "eval vbench import": "pyrawan eval vbench import results/ft_eval_results.json --export runs/vbench -o runs/eval-vbench",
 })
@@ -56,7 +56,7 @@ def _seeds(text: str) -> list[int]:
 @eval_app.command("quality")
 def eval_quality(
     model: ModelOpt = None,
-    reference: Annotated[Optional[str], typer.Option("--reference", "-r", help="Reference: a model (sampled here with the same prompts, seeds and coupled noise) or a `pyrawan sample` artifact.")] = None,
+    reference: Annotated[Optional[str], typer.Option("--reference", "-r", help="Reference: a model (sampled here with the same prompts, seeds and coupled noise), or videos already sampled: a `pyrawan sample` artifact, an eval artifact or its samples/ folder.")] = None,
     samples: Annotated[Optional[Path], typer.Option("--samples", help="Score this `pyrawan sample` artifact instead of sampling (--model then only decodes).")] = None,
     prompts_file: PromptsOpt = None,
     suite: SuiteOpt = None,
@@ -87,28 +87,33 @@ def eval_quality(
 ArtifactsArg = Annotated[list[Path], typer.Argument(help="Eval artifacts (from eval quality or eval vbench import).")]
 BaselineOpt = Annotated[Optional[Path], typer.Option("--baseline", help="The artifact deltas are taken against [default: the first].")]
 MetricOpt = Annotated[Optional[str], typer.Option("--metric", help="Quality axis of the plot and the Pareto front [default: toybench_overall, pixel_psnr, ...].")]
-ColumnsOpt = Annotated[Optional[str], typer.Option("--columns", help="Comma-separated metrics shown in the table [default: all].")]
+ColumnsOpt = Annotated[Optional[str], typer.Option("--columns", help="Comma-separated metrics of the table and compare.md [default: printed, the quality metric and those that differ from the baseline; compare.md, all].")]
+AllOpt = Annotated[bool, typer.Option("--all", help="Print every metric (the table is folded to the terminal's width).")]
 
 
 @eval_app.command("compare")
 def eval_compare(artifacts: ArtifactsArg, baseline: BaselineOpt = None, metric: MetricOpt = None,
-                 columns: ColumnsOpt = None,
+                 columns: ColumnsOpt = None, all_metrics: AllOpt = False,
                  out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Write compare.md, compare.json and the PNG here.")] = None,
                  overwrite: OverwriteOpt = False) -> None:
     """One table of every metric (mean, 95% CI, Δ vs baseline), FLOPs and time per video, and a Pareto plot."""
     from pyrawan.commands.eval_compare import run_compare
 
-    run_compare(artifacts, out, baseline, metric, columns.split(",") if columns else None, False, overwrite)
+    run_compare(artifacts, out, baseline, metric, _columns(columns), False, overwrite, show_all=all_metrics)
 
 
 @eval_app.command("report")
 def eval_report(artifacts: ArtifactsArg, baseline: BaselineOpt = None, metric: MetricOpt = None,
-                columns: ColumnsOpt = None, out: OutReq = Path("runs/eval-report"),
+                columns: ColumnsOpt = None, all_metrics: AllOpt = False, out: OutReq = Path("runs/eval-report"),
                 overwrite: OverwriteOpt = False) -> None:
     """The comparison as a static HTML page with the videos side by side (same prompt and seed, a row per model)."""
     from pyrawan.commands.eval_compare import run_compare
 
-    run_compare(artifacts, out, baseline, metric, columns.split(",") if columns else None, True, overwrite)
+    run_compare(artifacts, out, baseline, metric, _columns(columns), True, overwrite, show_all=all_metrics)
+
+
+def _columns(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] or None if text else None
 
 
 @eval_app.command("schedules")

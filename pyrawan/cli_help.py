@@ -12,8 +12,8 @@ from typing import Any
 EXAMPLES = {
     "calibrate": "pyrawan calibrate data/toy -o runs/calibration",
     "convert": "pyrawan convert toy --calibration runs/calibration -o runs/pyramid",
-    "finetune": "pyrawan finetune toy-finetune base=runs/pyramid -o runs/finetuned",
-    "distill": "pyrawan distill toy-dmd-ptstar base=runs/finetuned data.cache=runs/cache -o runs/dmd",
+    "finetune": "pyrawan finetune toy-finetune base=runs/pyramid data.root=data/toy -o runs/finetuned",
+    "distill": "pyrawan distill toy-dmd-ptstar base=runs/finetuned data.root=data/toy -o runs/dmd",
     "sample": "pyrawan sample --model runs/finetuned --prompt 'a red square moving left' -o runs/samples",
     "demo": "pyrawan demo --quick -o runs/demo-quick",
     "verify": "pyrawan verify runs/pyramid",
@@ -54,11 +54,24 @@ def _polish_params(command: Any, path: str) -> None:
     for param in command.params:
         if getattr(param, "is_flag", False) and param.metavar is None:
             param.metavar = ""
+        if getattr(param, "param_type_name", "") == "argument":
+            _plain_usage_name(param)
         if not getattr(param, "help", None) or "\\[" in param.help:
             continue
         if param.name == "out" and path in OUT_DEFAULTS:
             param.help = param.help.replace("runs/KIND-RECIPE", OUT_DEFAULTS[path])
         param.help = param.help.replace("[", "\\[")
+
+
+def _plain_usage_name(argument: Any) -> None:
+    """Usage lines show ``RECIPE [OVERRIDES]...`` (click's convention), not typer's ``{recipe} [overrides]...``."""
+    if argument.metavar is None:
+        argument.metavar = argument.name.upper()
+
+    def usage_name() -> str:
+        name = argument.metavar if argument.required else f"[{argument.metavar}]"
+        return name + ("..." if argument.nargs != 1 else "")
+    argument._usage_display_name = usage_name
 
 
 def _quiet_help_flag(command: Any) -> None:

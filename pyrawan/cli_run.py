@@ -38,14 +38,9 @@ def convert(
 
 def _read_prompts(prompt: list[str] | None, prompts_file: Path | None) -> list[str]:
     """``--prompt`` values, then the non-empty lines of ``--prompts`` FILE."""
-    texts = list(prompt or [])
-    if prompts_file is not None:
-        try:
-            lines = prompts_file.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise InputError(f"--prompts {prompts_file}: cannot read it ({err}); give a UTF-8 text file with one prompt per line.") from None
-        texts += [line.strip() for line in lines if line.strip()]
-    return texts
+    from pyrawan.data.prompts import read_prompt_file
+
+    return list(prompt or []) + (read_prompt_file(prompts_file) if prompts_file is not None else [])
 
 
 @app.command("sample", rich_help_panel=RUN_PANEL)
@@ -117,10 +112,11 @@ def demo(
     prompts: Annotated[Optional[int], typer.Option("--prompts", help="Prompts per seed set [default: 16; --quick: 2].")] = None,
     boundaries: Annotated[Optional[str], typer.Option("--boundaries", help="Stage boundaries: calibrated, uniform or pyramid-flow [default: calibrated].")] = None,
     align_weight: Annotated[Optional[float], typer.Option("--align-weight", help="Finetuning's alignment loss weight [default: 0 = off].")] = None,
-    out: OutOpt = None,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Output folder [default: runs/demo; --quick: runs/demo-quick].")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the folder of an earlier demo.")] = False,
 ) -> None:
     """The main job on the toy world: dataset → calibrate → convert → finetune → sample → ToyBench + FLOPs table."""
-    from pyrawan.commands.demo import run as run_demo
+    from pyrawan.commands.demo import default_out, run as run_demo
 
     if resizer is not None and resizer not in ("haar", "dct", "db4"):
         raise InputError(f"demo: --resizer {resizer!r} is not a resizer; use haar, dct or db4.")
@@ -138,9 +134,9 @@ def demo(
         raise InputError(f"demo: --boundaries {boundaries!r} is not a choice; use calibrated, uniform or pyramid-flow.")
     if align_weight is not None and not 0 <= align_weight < float("inf"):
         raise InputError(f"demo: --align-weight {align_weight} must be a finite number >= 0 (0 turns it off).")
-    run_demo(out or Path("runs") / "demo", quick=quick, seed=seed, resizer=resizer, stage_data=stage_data,
-             videos=videos, finetune_steps=steps, seed_sets=seed_sets, prompts=prompts, boundaries=boundaries,
-             align_weight=align_weight)
+    run_demo(out or default_out(quick), quick=quick, seed=seed, overwrite=overwrite, resizer=resizer,
+             stage_data=stage_data, videos=videos, finetune_steps=steps, seed_sets=seed_sets, prompts=prompts,
+             boundaries=boundaries, align_weight=align_weight)
 
 
 SchedulesOpt = Annotated[Optional[str], typer.Option(
@@ -177,7 +173,7 @@ def eval_flops(
 
 @eval_app.command("latency")
 def eval_latency(
-    model: Annotated[str, typer.Option("--model", "-m", help="ARCH-random (wan1.3b-random: random weights built on the device) or a model.")] = "wan1.3b-random",
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="ARCH-random (random weights built on the device, e.g. tiny-random) or a model [default: wan1.3b-random; on a CPU it must be given].")] = None,
     schedules: SchedulesOpt = None,
     guidance: GuidanceOpt = None,
     stages: Annotated[Optional[int], typer.Option("--stages", help="Stages, for an architecture.")] = None,

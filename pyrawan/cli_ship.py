@@ -12,8 +12,8 @@ import typer
 from pyrawan.cli import EXAMPLES, RUN_PANEL, JsonOpt, OverwriteOpt, app
 
 EXAMPLES.update({
-    "export": "pyrawan export runs/dmd --format diffusers --eval runs/eval-dmd -o runs/dmd-diffusers",
-    "push": "pyrawan push runs/dmd-diffusers my-user/pyramidal-wan-dmd --private --dry-run",
+    "export": "pyrawan export runs/finetuned --format diffusers --eval runs/eval-ft -o runs/finetuned-diffusers",
+    "push": "pyrawan push runs/finetuned-diffusers my-user/pyramidal-toy --private --dry-run",
 })
 
 ArtifactIn = Annotated[Path, typer.Argument(help="A model artifact folder (what convert, finetune or distill wrote).",

@@ -358,11 +358,3 @@ def _visit(path: Path, entry: dict | None, parent: int | None, nodes: list[dict]
         child_path = Path(child["path"])
         child_path = child_path if child_path.is_absolute() else path / child_path
         _visit(child_path, child, index, nodes, ancestors | {key}, seen)
-
-
-# ---- writing an artifact folder safely: in pyrawan.outputs, re-exported here -----------------------
-
-from pyrawan.outputs import (  # noqa: E402,F401  (outputs reads manifests, so it is imported last)
-    FOLDER_MARKER, artifact_dir, check_output, claim_output, fresh_folder, place_problem, release_claims,
-    replace_problem, unlisted_files,
-)

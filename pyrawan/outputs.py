@@ -6,7 +6,6 @@ not an input, writable, replaceable only when it is an artifact of the same kind
 files its manifest lists), claimed for this process (``.NAME.lock`` beside it, so a second writer
 stops at once; a claim whose process is gone is taken over, and that run's temporary folders are
 removed), written under a temporary name, checked again, and only then renamed into place.
-``pyrawan.manifest`` re-exports these names.
 """
 from __future__ import annotations
 

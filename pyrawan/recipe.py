@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from pyrawan.data.config import Calibrate, Data
@@ -69,7 +69,7 @@ class Pyramid(Section):
         None, max_length=MAX_STAGES - 1, description="Inner boundaries b_1..b_{S-1} in global sigma, strictly increasing in (0, 1); "
         "null = Pyramid Flow's split (0.586, 0.941 for 3 stages), the measured default.")
     resizer: Literal["haar", "dct", "db4"] = Field("haar", description="Orthogonal down/up-sampling operator.")
-    keep_time: bool = Field(False, description="Spatial-only pyramid: keep every frame at every stage.")
+    keep_time: StrictBool = Field(False, description="Spatial-only pyramid: keep every frame at every stage.")
     stage_data: Literal[1, 2] = Field(
         2, description="Coarse-stage training data: 1 = downsample latents, 2 = resize pixels and VAE-encode.")
     kind: Literal["resolution", "ppf"] = Field(

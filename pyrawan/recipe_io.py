@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +50,47 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+# ---- YAML 1.2 core schema: PyYAML reads YAML 1.1, where `1:00` is 60, `yes`/`off` are booleans, `017` is
+# octal and `!!binary` text is decoded. Recipes read only the 1.2 core types.
+_CORE = "tag:yaml.org,2002:"
+_UniqueKeyLoader.yaml_implicit_resolvers = {}
+for _tag, _pattern, _first in (
+    ("bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
+    ("int", r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+", "-+0123456789"),
+    ("float", r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)", "-+0123456789."),
+    ("null", r"~|null|Null|NULL|", ["~", "n", "N", ""]),
+):
+    _UniqueKeyLoader.add_implicit_resolver(_CORE + _tag, re.compile(f"^(?:{_pattern})$"), list(_first))
+
+
+def _core_scalar(loader: _UniqueKeyLoader, node: yaml.ScalarNode) -> Any:
+    """A bool, int or float of the YAML 1.2 core schema (also for an explicit ``!!int`` etc.)."""
+    text, kind = loader.construct_scalar(node), node.tag.rsplit(":", 1)[-1]
+    try:
+        if kind == "bool":
+            return {"true": True, "false": False}[text.lower()]
+        if kind == "int":
+            base = {"0o": 8, "0x": 16}.get(text[:2].lower(), 10)
+            return int(text[2:] if base != 10 else text, base)
+        special = {".inf": math.inf, "+.inf": math.inf, "-.inf": -math.inf, ".nan": math.nan}
+        return special[text.lower()] if text.lower() in special else float(text)
+    except (KeyError, ValueError):
+        raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not a YAML 1.2 {kind}; write it as "
+                                                "plain text (quoted) or as a number", node.start_mark) from None
+
+
+def _refuse_tag(loader: _UniqueKeyLoader, node: yaml.Node) -> Any:
+    raise yaml.constructor.ConstructorError(None, None, f"the tag {node.tag.replace(_CORE, '!!')} is not allowed in "
+                                            "recipes (only YAML 1.2 core types: text, numbers, true/false, null, "
+                                            "lists and mappings); write the value as plain text", node.start_mark)
+
+
+for _tag in ("bool", "int", "float"):
+    _UniqueKeyLoader.add_constructor(_CORE + _tag, _core_scalar)
+for _tag in ("binary", "timestamp", "set", "omap", "pairs", "merge"):
+    _UniqueKeyLoader.add_constructor(_CORE + _tag, _refuse_tag)
+
+
 def read_yaml(path: Path, shown: str | None = None) -> dict:
     """The YAML mapping in ``path``; syntax errors name the file, line and column."""
     shown = shown or str(path)
@@ -67,7 +109,7 @@ def read_yaml(path: Path, shown: str | None = None) -> dict:
         mark = err.problem_mark or err.context_mark
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = err.problem or err.context
-        if "aliases" in str(problem):
+        if "not allowed in recipes" in str(problem) or "YAML 1.2" in str(problem):
             raise InputError(f"{shown}{where}: {problem}.") from None
         raise InputError(f"{shown}{where}: YAML syntax error: {problem}. Check the indentation "
                          f"there and quote values that contain ': ' or ' #'.") from None
@@ -87,7 +129,7 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> tuple[dict, dict[st
         key = key.strip()
         if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key):
             raise InputError(f"override '{token}' is not key.path=value; write e.g. sampling.schedule=2-2-1, "
-                             f"pyramid.stages=2 or pyramid.boundaries=[0.4].")
+                             f"pyramid.stages=2 or pyramid.boundaries=[0.5,0.9].")
         if len(token) > MAX_OVERRIDE_CHARS:
             raise InputError(f"override '{token[:40]}...' is {len(token)} characters long (at most "
                              f"{MAX_OVERRIDE_CHARS}); put long values in the recipe file.")
@@ -173,7 +215,7 @@ def _describe(e: dict, key: str, model: type[BaseModel] | None, kinds: dict[str,
         return f"{head}; use one of: {', '.join(kinds)}"
     if kind.endswith(("_type", "_parsing")):
         return f"{key} = {value} has the wrong type: {e['msg']}"
-    return f"{key} = {value}: {e['msg']}"
+    return e["msg"] if e["msg"].startswith(key) else f"{key} = {value}: {e['msg']}"
 
 
 def describe_errors(err: ValidationError, limit: int = 6) -> str:

@@ -166,3 +166,15 @@ def sample_recipe(tmp_path):
 def test_a_large_cache_is_sampled_evenly():
     assert cmd.analysed_videos(10, 3) == [0, 3, 6] and cmd.analysed_videos(4, None) == [0, 1, 2, 3]
     assert cmd.analysed_videos(4, 10) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("raw, shown", [((0.5, 0.9), False), ((0.95, 0.9), True)])
+def test_the_raw_boundary_column_appears_only_when_a_boundary_moved(raw, shown, capsys):
+    transitions = [{"from_stage": k, "to_stage": k + 1, "high_pass_fraction": 0.1, "high_band_power": 1.0,
+                    "boundary_raw": r} for k, r in enumerate(raw)]
+    moved = [r != b for r, b in zip(raw, (0.5, 0.9))]
+    result = {"resizers": {"haar": {"transitions": transitions, "boundaries": [0.5, 0.9]}}, "boundaries_raw": list(raw),
+              "boundaries": [0.5, 0.9], "adjusted": moved, "margin": 0.02, "videos": 2, "resizer": "haar",
+              "cache": {"folder": "cache"}}
+    cmd.report(result, "out")
+    assert ("(raw)" in capsys.readouterr().out) is shown

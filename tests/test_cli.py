@@ -76,6 +76,8 @@ def test_schema_ls_and_cp(tmp_path):
     assert "did you mean 'convert'" in run("recipe", "schema", "convrt", code=2).stderr
     listing = run("recipe", "ls").stdout
     assert "tiny" in listing and "wan1.3b" in listing and "20-20-10" in listing
+    dmd = next(line for line in listing.splitlines() if "toy-dmd-ot" in line)
+    assert "2-2-1" in dmd and "20-20-10" not in dmd                 # a distill recipe: the student's schedule
     run("recipe", "cp", "tiny", tmp_path)
     assert (tmp_path / "tiny.yaml").read_bytes() == (RECIPES_DIR / "tiny.yaml").read_bytes()
     assert "already exists" in run("recipe", "cp", "tiny", tmp_path / "tiny.yaml", code=2).stderr

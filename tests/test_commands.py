@@ -19,13 +19,32 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def pyrawan(*args, cwd: Path, check_rc: int | None = 0) -> subprocess.CompletedProcess:
-    """Run the installed CLI exactly as a user types it."""
-    proc = subprocess.run([sys.executable, "-m", "pyrawan", *map(str, args)], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=300)
+def pyrawan(*args, cwd: Path, check_rc: int | None = 0, process: bool = False) -> subprocess.CompletedProcess:
+    """Run the CLI in ``cwd``: in this process (typer's runner, the fast default), or with ``process=True``
+    as a new ``python -m pyrawan`` exactly as a user types it."""
+    if process:
+        proc = subprocess.run([sys.executable, "-m", "pyrawan", *map(str, args)], cwd=cwd, env=ENV,
+                              capture_output=True, text=True, timeout=300)
+    else:
+        proc = in_process(args, cwd)
     if check_rc is not None:
         assert proc.returncode == check_rc, proc.stdout + proc.stderr
     return proc
+
+
+def in_process(args, cwd: Path) -> subprocess.CompletedProcess:
+    """``pyrawan ARGS`` through typer's runner with ``cwd`` as the working folder."""
+    from typer.testing import CliRunner
+
+    from pyrawan.cli import app
+
+    before = Path.cwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(app, [str(a) for a in args])
+    finally:
+        os.chdir(before)
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +77,7 @@ def test_convert_writes_a_pyramidal_artifact_that_references_unchanged_component
     assert {o["path"] for o in manifest["outputs"]} >= {"pyramid.json", "components.json"}
 
 
-def test_sample_end_to_end_as_a_user_types_it(converted):
+def test_sample_end_to_end_then_verify_and_lineage(converted):
     proc = pyrawan("sample", "--model", "A", "--prompt", "a red square moving left", "--seed", "0", "-o", "B",
                    cwd=converted)
     out = converted / "B"
@@ -133,7 +152,8 @@ def test_convert_refuses_to_overwrite_and_reports_recipe_errors(converted):
 
 
 def test_convert_takes_boundaries_from_a_calibration_artifact(converted, tmp_path):
-    from pyrawan.manifest import artifact_dir, write_manifest
+    from pyrawan.manifest import write_manifest
+    from pyrawan.outputs import artifact_dir
 
     cal = tmp_path / "cal"
     with artifact_dir(cal) as tmp:

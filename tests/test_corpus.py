@@ -109,12 +109,26 @@ def _weights(folder: Path, name: str) -> Path:
     return folder / name / "diffusion_pytorch_model.safetensors"
 
 
+def _config(folder: Path, **values) -> None:
+    """Set ``values`` in the transformer's config.json."""
+    import json
+
+    path = folder / "transformer" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+
+
 DAMAGE = {
     "random_bytes_weights": lambda f: _weights(f, "vae").write_bytes(os.urandom(4096)),
     "pickle_instead_of_safetensors": lambda f: (_weights(f, "vae").unlink(), (f / "vae" / "diffusion_pytorch_model.bin")
                                                 .write_bytes(b"\x80\x04\x95cos\nsystem\n")),
     "truncated_weights": lambda f: _weights(f, "transformer").write_bytes(_weights(f, "transformer").read_bytes()[:999]),
     "garbage_config": lambda f: (f / "vae" / "config.json").write_text("{not json"),
+    "heads_zero": lambda f: _config(f, num_attention_heads=0),
+    "huge_num_layers": lambda f: _config(f, num_layers=100000),
+    "more_layers_than_blocks": lambda f: _config(f, num_layers=5),
+    "config_misfits_weights": lambda f: _config(f, num_attention_heads=4),
+    "nan_eps": lambda f: (f / "transformer" / "config.json").write_text(
+        (f / "transformer" / "config.json").read_text().replace('"eps": 1e-06', '"eps": NaN')),
 }
 
 
@@ -135,3 +149,21 @@ def test_crafted_artifact(case: dict, work: Path):
     art = CRAFTS[case["craft"]](work)
     args = [str(a).replace("{art}", str(art.relative_to(work))) for a in case["args"]]
     refuse(args, work, [case["expect"]], case.get("exit", 2))
+
+
+# ---- crafted model artifacts: model files checked like recipes, nothing non-finite published ----------
+
+@pytest.fixture(scope="module")
+def tiny_model_artifact(tmp_path_factory, tiny_components) -> Path:
+    from test_model_files import model_artifact
+
+    return model_artifact(tmp_path_factory.mktemp("model") / "art", tiny_components)
+
+
+@pytest.mark.parametrize("case", CASES["model_files"], ids=lambda c: f"{c['file']}:{','.join(c.get('set', {}))}")
+def test_crafted_model_artifact(case: dict, work: Path, tiny_model_artifact: Path):
+    from test_model_files import craft
+
+    craft(tiny_model_artifact, work / "model", case["file"], case.get("set", {}))
+    assert CliRunner().invoke(app, ["verify", "model"]).exit_code == 0
+    refuse(["sample", "--model", "model", "--prompt", "a cat", "-o", "out"], work, [case["expect"]], case.get("exit", 2))

@@ -124,16 +124,54 @@ def test_dmd_with_the_gradient_sign_flipped_does_not(kind):
     assert not close_to_data(mean, cov, tol=0.2), (kind, mean, cov)
 
 
+def test_dmd_gradient_and_loss_on_numbers_worked_by_hand():
+    """Per sample: g = (x0_fake - x0_real) / mean|x_hat - x0_real|, w_dmd = sigma^2 / that mean, loss 0.5 mean g^2.
+    Sample 1's student already matches the real estimate: the normaliser is eps, never 0 or negative."""
+    x_hat = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.5, 0.5]]).view(2, 1, 1, 1, 3).requires_grad_()
+    real = torch.tensor([[0.0, 2.0, 6.0], [0.5, 0.5, 0.5]], dtype=torch.float64).view(2, 1, 1, 1, 3)
+    fake = real + torch.tensor([[1.0, -1.0, -5.0], [1.0, 0.0, -1.0]], dtype=torch.float64).view(2, 1, 1, 1, 3)
+    grad = dmd_gradient(x_hat, real, fake, torch.tensor([0.5, 0.2]))
+    assert grad.g.shape == x_hat.shape and grad.g.dtype == torch.float64
+    assert torch.allclose(grad.g.flatten(1), torch.tensor([[0.75, -0.75, -3.75], [1e6, 0.0, -1e6]],
+                                                          dtype=torch.float64), rtol=1e-5)
+    assert torch.allclose(grad.w_dmd, torch.tensor([0.25 * 3 / 4, 0.04 / 1e-6], dtype=torch.float64), rtol=1e-5)
+    g = grad.g.clone()
+    g[1] = torch.tensor([2.0, 0.0, -1.0]).view(1, 1, 1, 3)
+    loss = dmd_loss(x_hat, g)
+    assert loss.dtype == x_hat.dtype and torch.allclose(loss, torch.tensor([0.5 * 15.1875 / 3, 0.5 * 5 / 3]))
+    loss.sum().backward()
+    assert torch.allclose(x_hat.grad, (g / 3).float())                    # gradient g / n in x_hat
+
+
+def test_losses_are_per_sample_and_levels_stay_in_their_range():
+    pred = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]).view(2, 1, 1, 1, 3)
+    assert torch.allclose(flow_matching_loss(pred, torch.zeros_like(pred)), torch.tensor([14 / 3, 0.0]))
+    levels = score_levels(2000, 0.3, 0.5, torch.Generator().manual_seed(0))
+    assert levels.dtype == torch.float64 and 0.3 <= levels.min() < 0.301 and 0.499 < levels.max() <= 0.5
+
+
+def test_the_ordinary_process_gives_every_frame_one_level_the_pyramidal_ones_their_own():
+    sigma_c, sigma_n = torch.tensor([0.1, 0.3], dtype=torch.float64), torch.tensor([0.5, 0.9], dtype=torch.float64)
+    rho = torch.tensor([0.5], dtype=torch.float64)
+    assert StageProcess("ordinary", sigma_c, sigma_n, None).level(rho)[0].tolist() == pytest.approx([0.45, 0.45])
+    for kind in ("pyramidal", "pyramidal-star"):
+        assert StageProcess(kind, sigma_c, sigma_n, None).level(rho)[0].tolist() == pytest.approx([0.3, 0.6])
+    x0 = torch.zeros(1, 1, 2, 1, 1)                                      # float32 latents, float64 levels
+    assert StageProcess("pyramidal", sigma_c, sigma_n, pair_project).noisy(x0, x0, rho).dtype == torch.float32
+
+
 # --- the clean estimates ---------------------------------------------------------------------------
 
+@pytest.mark.parametrize("stage", [0, 1])                      # stage 1: sigma_c > 0, where PT's high band differs
 @pytest.mark.parametrize("resizer", ["haar", "dct", "db4"])
 @pytest.mark.parametrize("kind", ["ordinary", "pyramidal"])
-def test_clean_estimate_is_exact_for_the_true_velocity(resizer, kind):
+def test_clean_estimate_is_exact_for_the_true_velocity(resizer, kind, stage):
     pyramid = PyramidConfig(num_stages=3, boundaries=(0.3, 0.6), resizer=resizer)
     gen = torch.Generator().manual_seed(1)
-    x0 = torch.randn(3, 4, 5, 8, 8, generator=gen, dtype=torch.float64)
+    frames, side = ((5, 8), (3, 4))[stage]
+    x0 = torch.randn(3, 4, frames, side, side, generator=gen, dtype=torch.float64)
     eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
-    sigma_c, sigma_n = (s.double() for s in pyramid.levels(0, 5))
+    sigma_c, sigma_n = (s.double() for s in pyramid.levels(stage, frames))
     proc = StageProcess(kind, sigma_c, sigma_n, pyramid.resize.project)
     rho = torch.tensor([0.1, 0.5, 0.95], dtype=torch.float64)
     x = proc.noisy(x0, eps, rho)
@@ -176,6 +214,7 @@ def test_ptstar_drops_the_high_band_correction_that_pt_applies():
 # --- backward simulation -----------------------------------------------------------------------------
 
 def test_exit_step_depends_on_seed_and_iteration_only(monkeypatch):
+    torch.manual_seed(7)                        # another global state than below (mutation testing forks)
     draws = [exit_step(0, i, 5) for i in range(200)]
     assert set(draws) == set(range(5))
     torch.manual_seed(123)                      # the global generator and the rank play no part

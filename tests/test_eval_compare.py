@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ from pyrawan.cli import app
 from pyrawan.data.video import write_video
 from pyrawan.eval.artifact import build_eval, read_eval, write_eval
 from pyrawan.eval.compare import MIN_VIDEOS, compare, markdown, pareto_front
-from pyrawan.manifest import artifact_dir, write_manifest
+from pyrawan.manifest import write_manifest
+from pyrawan.outputs import artifact_dir
 
 PROMPTS = ["a red square", "a blue circle"]
 
@@ -140,9 +142,68 @@ def test_compare_and_report_cli(three, tmp_path):
     r = runner.invoke(app, ["eval", "report", *map(str, three), "-o", str(tmp_path / "r")])
     assert r.exit_code == 0, r.output
     page = (tmp_path / "r" / "index.html").read_text()
-    assert page.count("<video ") == 6 and "quality_vs_cost.png" in page and "a blue circle" in page
-    for src in [part.split('"')[0] for part in page.split('<video src="')[1:]]:
-        assert not src.startswith("/") and (tmp_path / "r" / src).is_file()
+    # 2 (prompt, seed) pairs × 3 models side by side, then again in one section per model
+    assert page.count("<video ") == 12 and page.count("<details ") == 3 and "controls" not in page
+    assert "quality_vs_cost.png" in page and "a blue circle" in page
+    assert "seed 0 · pixel_psnr 12.000" in page     # the video's own score, not its row's mean (11.000)
+    files = re.findall(r"(?:src|poster)='([^']+)'", page)
+    assert sum(f.endswith(".png") and f.startswith("videos/") for f in files) == 12
+    for name in files:
+        assert not name.startswith("/") and (tmp_path / "r" / name).is_file()
+
+
+def test_report_table_groups_metrics_and_puts_the_delta_on_its_own_line(three):
+    from pyrawan.eval.compare import table_rows
+    from pyrawan.eval.html import COST_COLUMNS, RUN_COLUMNS, metric_groups, results_table
+
+    assert metric_groups(["toybench_overall", "pixel_psnr", "toybench_fd", "flicker", "pixel_ssim", "vbench_x"]) == [
+        ("toybench", ["toybench_overall", "toybench_fd"]), ("pixel", ["pixel_psnr", "pixel_ssim"]),
+        ("other", ["flicker", "vbench_x"])]
+    result = compare([read_eval(p) for p in three])
+    assert table_rows(result)[0][RUN_COLUMNS + COST_COLUMNS - 1] == "Pareto"   # the fixed columns end there
+    table = results_table(result)
+    assert "colspan='4'>cost</th>" in table and "<th class=sticky>cheap</th>" in table
+    assert "20.500 [20.000, 21.000]<br><span class='delta'>Δ -10.500 [-11.000, -10.000]</span>" in table
+
+
+def _overlapping(boxes) -> bool:
+    return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_plot_log_ticks_do_not_collide_and_labels_stay_off_the_pareto_line():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pyrawan.eval.compare import log_ticks, place_labels
+
+    for costs in ([2.4, 3.2, 12.2], [0.155, 0.49, 3.1, 12.0], [0.01, 1.0, 1000.0]):
+        fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+        ax.plot(costs, range(len(costs)), "o")
+        ax.set_xscale("log")
+        log_ticks(ax, costs)
+        ax.margins(x=0.25)
+        fig.canvas.draw()
+        ticks = [t.get_window_extent() for t in ax.get_xticklabels() if t.get_text() and t.get_visible()
+                 and ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
+        assert len(ticks) >= 2 and not _overlapping(ticks), costs
+        plt.close(fig)
+
+    # a front rising to the right: the old label spot (up and right of each point) sat on the line
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    xs, ys = [0.15, 3.1, 12.0], [0.59, 0.66, 0.72]
+    (line,) = ax.plot(xs, ys, "k--")
+    ax.plot([3.1], [0.45], "o")
+    ax.set_xscale("log")
+    ax.margins(x=0.25, y=0.15)
+    fig.tight_layout()
+    points = [(f"row {i}", x, y, y - 0.02, y + 0.02) for i, (x, y) in enumerate(zip(xs, ys))]
+    labels = place_labels(ax, [*points, ("below", 3.1, 0.45, 0.43, 0.47)], line)
+    path = line.get_path().transformed(line.get_transform())
+    boxes = [label.get_window_extent() for label in labels]
+    assert not any(path.intersects_bbox(box, filled=False) for box in boxes) and not _overlapping(boxes)
+    plt.close(fig)
 
 
 def test_compare_rejects_a_baseline_not_given_and_a_non_eval_artifact(three, tmp_path):

@@ -118,6 +118,9 @@ def test_edges_of_the_arguments_and_the_messages():
     sample = np.random.default_rng(2).normal(size=12)
     stat = lambda idx: float(sample[idx].mean())                          # noqa: E731
     assert statistic_ci(12, stat) == statistic_ci(12, stat, seed=0) != statistic_ci(12, stat, seed=1)
+    assert mean_ci(sample) == mean_ci(sample, seed=0) != mean_ci(sample, seed=1)     # the default seed is 0
+    with pytest.raises(InputError, match=r"^mean_ci: method='jackknife' is unknown\. Use 'bootstrap' or 't'\.$"):
+        mean_ci([1.0, 2.0], method="jackknife")
 
 
 def test_t_interval_of_two_values_and_a_flattened_input():

@@ -79,6 +79,7 @@ def reference(tmp_path_factory) -> Path:
     return work / "single"
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_weights(reference, tmp_path):
     args = [*BASE, "train.grad_accum=2", "-o", "B"]
     kill_after_checkpoint(args, tmp_path, tmp_path / "B", 10)

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from pyrawan import fsutil
 from pyrawan import manifest as mf
+from pyrawan import outputs
 from pyrawan.cli import app
 from pyrawan.errors import InputError, RunError, io_fault_message
 from test_manifest import make_artifact
@@ -40,18 +41,18 @@ def test_output_refuses_dot_cwd_parent_and_files(tmp_path, monkeypatch):
     (tmp_path / "afile").write_text("x")
     for out, words in ((".", "working folder"), (tmp_path.parent, "working folder"), ("afile", "is a file")):
         with pytest.raises(InputError, match=words):
-            mf.check_output(Path(out), overwrite=True)
+            outputs.check_output(Path(out), overwrite=True)
     assert not list(tmp_path.glob(".*lock"))
 
 
 def test_output_refuses_an_input_even_with_overwrite(tmp_path):
     art = make_artifact(tmp_path / "cal")
     with pytest.raises(InputError, match="is \\(or holds\\) an input"):
-        mf.check_output(art, overwrite=True, inputs=[art])
+        outputs.check_output(art, overwrite=True, inputs=[art])
     with pytest.raises(InputError, match="is \\(or holds\\) an input"):
-        mf.check_output(tmp_path, overwrite=True, inputs=["tiny", art])     # a folder holding the input
+        outputs.check_output(tmp_path, overwrite=True, inputs=["tiny", art])     # a folder holding the input
     with pytest.raises(InputError, match="inside the input artifact"):
-        mf.check_output(art / "sub", overwrite=True, inputs=[art])
+        outputs.check_output(art / "sub", overwrite=True, inputs=[art])
     assert mf.verify(art) == []
 
 
@@ -59,19 +60,19 @@ def test_overwrite_needs_an_artifact_of_the_same_kind_with_only_listed_files(tmp
     art = make_artifact(tmp_path / "a")
     kind = mf.read_manifest(art)["kind"]
     with pytest.raises(InputError, match="artifact and this command writes 'finetune'"):
-        mf.check_output(art, overwrite=True, kind="finetune" if kind != "finetune" else "convert")
+        outputs.check_output(art, overwrite=True, kind="finetune" if kind != "finetune" else "convert")
     (art / "notes.txt").write_text("my notes")
     (art / "more.txt").write_text("more")
     with pytest.raises(InputError, match=r"2 file\(s\) that its manifest.json does not list \(more.txt, notes.txt\)"):
-        mf.check_output(art, overwrite=True)
-    mf.check_output(art, overwrite=True, force=True, claim_it=False)
-    mf.check_output(art / "new", overwrite=False, claim_it=False)     # a new folder inside: fine, no input
+        outputs.check_output(art, overwrite=True)
+    outputs.check_output(art, overwrite=True, force=True, claim_it=False)
+    outputs.check_output(art / "new", overwrite=False, claim_it=False)     # a new folder inside: fine, no input
 
 
 def test_unwritable_output_is_refused_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(fsutil.os, "access", lambda path, mode: False)
     with pytest.raises(InputError, match="read-only or not writable"):
-        mf.check_output(tmp_path / "out", overwrite=False)
+        outputs.check_output(tmp_path / "out", overwrite=False)
 
 
 def test_demo_folder_never_replaces_a_folder_it_did_not_write(tmp_path):
@@ -80,22 +81,22 @@ def test_demo_folder_never_replaces_a_folder_it_did_not_write(tmp_path):
     (project / "data").mkdir(parents=True)
     (project / "README.md").write_text("mine")
     with pytest.raises(InputError, match="was not written by `pyrawan demo`"):
-        mf.fresh_folder(project, "demo")
+        outputs.fresh_folder(project, "demo")
     assert (project / "README.md").read_text() == "mine" and (project / "data").is_dir()
-    demo = mf.fresh_folder(tmp_path / "demo", "demo")
+    demo = outputs.fresh_folder(tmp_path / "demo", "demo")
     (demo / "results.json").write_text("{}")
-    mf.fresh_folder(demo, "demo")                                        # its own folder: replaced
-    assert not (demo / "results.json").exists() and (demo / mf.FOLDER_MARKER).is_file()
+    outputs.fresh_folder(demo, "demo")                                        # its own folder: replaced
+    assert not (demo / "results.json").exists() and (demo / outputs.FOLDER_MARKER).is_file()
     with pytest.raises(InputError, match="pass --overwrite"):
         (demo / "x").write_text("1")
-        mf.fresh_folder(demo, "demo", overwrite=False)
-    mf.release_claims()
+        outputs.fresh_folder(demo, "demo", overwrite=False)
+    outputs.release_claims()
     (demo / "notes.txt").write_text("mine")                   # a file the user added to a demo folder
     (demo / "samples-0-0").mkdir()
     with pytest.raises(InputError, match=r"also notes.txt, x, which `pyrawan demo` did not write"):
-        mf.fresh_folder(demo, "demo", own=("samples-*", "results.json"))
+        outputs.fresh_folder(demo, "demo", own=("samples-*", "results.json"))
     assert (demo / "notes.txt").read_text() == "mine"
-    mf.release_claims()
+    outputs.release_claims()
 
 
 # ---- claims and leftovers ------------------------------------------------------------------------
@@ -106,7 +107,7 @@ def test_a_live_claim_refuses_a_second_writer_and_a_dead_one_is_taken_over(tmp_p
     try:
         fsutil.lock_path(out).write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename}))
         with pytest.raises(InputError, match=f"another pyrawan run \\(pid {holder.pid}"):
-            with mf.artifact_dir(out):
+            with outputs.artifact_dir(out):
                 pass
         assert not out.exists()
     finally:
@@ -115,7 +116,7 @@ def test_a_live_claim_refuses_a_second_writer_and_a_dead_one_is_taken_over(tmp_p
     leftover = fsutil.temp_sibling(out, is_dir=True).with_name(f".out.tmp-{holder.pid}-0123abcd")
     leftover.mkdir()
     (leftover / "half.bin").write_bytes(b"\0" * 10)
-    with mf.artifact_dir(out) as tmp:                                    # the holder is gone: taken over
+    with outputs.artifact_dir(out) as tmp:                                    # the holder is gone: taken over
         mf.write_manifest(tmp, "test", None)
     assert not leftover.exists() and (out / mf.MANIFEST).is_file()
     assert not fsutil.lock_path(out).exists()
@@ -123,17 +124,17 @@ def test_a_live_claim_refuses_a_second_writer_and_a_dead_one_is_taken_over(tmp_p
 
 def test_claim_is_reentrant_in_one_process_and_released_with_created_parents(tmp_path):
     out = tmp_path / "new" / "deeper" / "out"
-    mf.check_output(out, overwrite=False, claim_it=True)
+    outputs.check_output(out, overwrite=False, claim_it=True)
     assert fsutil.lock_path(out).is_file()
-    mf.check_output(out, overwrite=False, claim_it=True)                 # same process: fine
-    mf.release_claims()
+    outputs.check_output(out, overwrite=False, claim_it=True)                 # same process: fine
+    outputs.release_claims()
     assert not (tmp_path / "new").exists()                                # nothing left behind
 
 
 def test_a_folder_that_appears_meanwhile_is_not_replaced_and_the_result_is_kept(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(RunError, match="changed while this run was working") as err:
-        with mf.artifact_dir(out) as tmp:
+        with outputs.artifact_dir(out) as tmp:
             mf.write_manifest(tmp, "test", None)
             out.mkdir()
             (out / "someone-elses.txt").write_text("keep me")

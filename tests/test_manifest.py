@@ -12,7 +12,6 @@ from pyrawan.errors import InputError, RunError
 from pyrawan.manifest import (
     MANIFEST,
     SCHEMA,
-    artifact_dir,
     check_artifact,
     git_info,
     lineage,
@@ -22,6 +21,7 @@ from pyrawan.manifest import (
     verify,
     write_manifest,
 )
+from pyrawan.outputs import artifact_dir
 from pyrawan.recipe import load_recipe, recipe_sha256, resolve_recipe
 
 

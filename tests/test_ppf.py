@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_commands import in_process
 from test_finetune_dist import close, kill_after_checkpoint, launch, metrics, weights
 
 from pyrawan.errors import InputError
@@ -27,7 +27,6 @@ from pyrawan.train.model import match_kind, output_pyramid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": ""}
 BOUNDS = (0.3, 0.7)
 
 
@@ -44,8 +43,8 @@ def call(model, x, t, text):
 
 
 def pyrawan(*args, cwd: Path, rc: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "pyrawan", *map(str, args)], cwd=cwd, env=ENV, capture_output=True,
-                          text=True, timeout=400)
+    """``pyrawan ARGS`` in this process (the CLI as a process is tested in test_cli.py)."""
+    proc = in_process(args, cwd)
     assert proc.returncode == rc, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -226,6 +225,7 @@ def ppf_reference(tmp_path_factory) -> Path:
     return work / "single"
 
 
+@pytest.mark.slow
 def test_ppf_finetune_learns_every_stage_and_a_killed_run_resumes_bit_identically(ppf_reference, tmp_path):
     val = metrics(ppf_reference, "validation", "val_loss_stage")
     assert len(val) == 3 and all(b < a for a, b in zip(val[0], val[-1])), val

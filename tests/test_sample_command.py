@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 import pyrawan.commands.sample as cmd
 from pyrawan.commands.sample import SampleSettings, check_flags, partial_folder
 from pyrawan.errors import InputError
-from pyrawan.manifest import release_claims, verify
+from pyrawan.manifest import verify
+from pyrawan.outputs import release_claims
 
 PROMPTS = ["a red square moving left", "a blue circle moving up", "a green triangle", "a white dot"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

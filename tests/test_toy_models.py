@@ -219,6 +219,7 @@ def test_vae_training_batches_centre_the_object():
     assert whole.shape == (4, 3, 17, 64, 64)
 
 
+@pytest.mark.slow
 def test_vae_training_resumes_and_refuses_changed_arguments(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
@@ -309,6 +310,7 @@ def test_explained_variance_of_a_two_group_shift():
         pytest.approx(explained_variance(z, values))
 
 
+@pytest.mark.slow
 def test_conditional_means_see_colour_in_the_shipped_teacher_and_nothing_in_a_blind_one():
     """At sigma = 1 the shipped teacher's red-vs-cyan contrast points along the data's; a model that
     predicts x0 = 0 whatever the caption has no contrast at all."""

@@ -22,7 +22,8 @@ from pyrawan.escape import markdown_text
 from pyrawan.eval import vbench as vb
 from pyrawan.eval.artifact import build_eval, write_eval
 from pyrawan.fsutil import atomic_write_bytes, capped_name
-from pyrawan.manifest import artifact_dir, check_artifact, write_manifest
+from pyrawan.manifest import check_artifact, write_manifest
+from pyrawan.outputs import artifact_dir
 from test_manifest import make_artifact
 
 SECRET = "secret.txt"  # a file outside every artifact, in the working folder

@@ -20,7 +20,8 @@ from pyrawan.data.cache import INDEX, LatentCache, ensure_cache
 from pyrawan.data.calibration import SpectralAnalysis
 from pyrawan.data.datasets import check_dataset
 from pyrawan.fsutil import atomic_write_text, sha256_file
-from pyrawan.manifest import artifact_dir, check_output, verify_if_artifact, write_manifest
+from pyrawan.manifest import verify_if_artifact, write_manifest
+from pyrawan.outputs import artifact_dir, check_output
 from pyrawan.recipe import CalibrateRecipe, find_recipe, resolve_recipe, validate_recipe
 from pyrawan.recipe_io import apply_overrides, read_yaml
 
@@ -53,7 +54,7 @@ def run(recipe: CalibrateRecipe, out: Path, overwrite: bool = False, components=
     sources = [root, recipe.data.cache, recipe.base]
     check_output(out, overwrite, inputs=sources, kind="calibrate")  # before any work
     v = recipe.video
-    check_dataset(root, recipe.data, v.frames, v.fps)  # fail early (every bad entry at once), before any model loads
+    check_dataset(root, recipe.data, v.frames, v.fps, size=(v.height, v.width))  # fail early (every bad entry at once), before any model loads
     inputs = [root]
     if components is None:
         components = _load_components(recipe, inputs)
@@ -117,11 +118,14 @@ def write_plots(result: dict, folder: Path, recipe: CalibrateRecipe) -> list[str
 
 def report(result: dict, out: Path) -> None:
     """Table of every resizer's transitions on stdout; the chosen boundaries and any moved one on stderr."""
-    table = Table("resizer", "stage", "removed energy", "removed band power", "boundary (raw)", "boundary")
+    moved = any(f"{t['boundary_raw']:.4f}" != f"{b:.4f}" for res in result["resizers"].values()
+                for t, b in zip(res["transitions"], res["boundaries"]))      # the raw column only when it differs
+    table = Table("resizer", "stage", "removed energy", "removed band power", *(["boundary (raw)"] if moved else []),
+                  "boundary")
     for name, res in result["resizers"].items():
         for t, b in zip(res["transitions"], res["boundaries"]):
             table.add_row(name, f"{t['from_stage']} -> {t['to_stage']}", f"{100 * t['high_pass_fraction']:.1f}%",
-                          f"{t['high_band_power']:.4g}", f"{t['boundary_raw']:.4f}", f"{b:.4f}")
+                          f"{t['high_band_power']:.4g}", *([f"{t['boundary_raw']:.4f}"] if moved else []), f"{b:.4f}")
     Console(highlight=False, soft_wrap=True).print(table)
     for k, (raw, b, moved) in enumerate(zip(result["boundaries_raw"], result["boundaries"], result["adjusted"]), 1):
         if moved:
@@ -131,6 +135,9 @@ def report(result: dict, out: Path) -> None:
     console.print(f"calibrate: wrote [bold]{out}[/] ({result['videos']} videos, resizer {result['resizer']}, "
                   f"boundaries {[round(b, 4) for b in result['boundaries']]}); use it with "
                   f"`pyrawan convert RECIPE --calibration {out}`")
+    cache = result["cache"]["folder"]
+    console.print(f"calibrate: the latent cache (latents and caption embeddings, kept outside {out}) is {cache}; "
+                  f"finetune and distill reuse it with data.cache={cache}", markup=False)
     if result.get("plots"):
         console.print(f"calibrate: spectra plots (each stage's spectrum, the band a transition removes and the noise "
                       f"floor at its boundary): {', '.join(str(out / name) for name in result['plots'])}", markup=False)

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from pyrawan.commands.common import console, resolve_device, resolve_dtype
-from pyrawan.manifest import artifact_dir, check_output, verify_if_artifact, write_manifest
+from pyrawan.manifest import verify_if_artifact, write_manifest
+from pyrawan.outputs import artifact_dir, check_output
 from pyrawan.models.artifact import load_model, save_model
 from pyrawan.models.ppf import from_base, stage_factors
 from pyrawan.models.pyramid_spec import calibrated_boundaries, define_pyramid

@@ -12,8 +12,7 @@ videos with its 95 % bootstrap interval and the delta to the teacher, starred on
 intervals are disjoint and both rows have at least ``pyrawan.eval.compare.MIN_VIDEOS`` videos.
 Everything lands under OUT (``runs/demo`` by default): ``data/``, ``cache/``, ``calibration/``,
 ``pyramid/``, ``finetuned/``, ``eval-<index>/`` (eval artifacts, in table order), ``compare/`` (``compare.md``,
-``compare.json``, the plot), ``results.json``, ``quality_vs_flops.png`` (compare's plot) and
-``frames.png`` (one prompt, every row). ``quick`` shrinks every size (dataset, steps, prompts) so
+``compare.json``, ``quality_vs_cost.png``), ``results.json`` and ``frames.png`` (one prompt, every row). ``quick`` shrinks every size (dataset, steps, prompts) so
 CI runs the whole path in about a minute.
 """
 from __future__ import annotations
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyrawan.commands.common import console
-from pyrawan.manifest import fresh_folder
+from pyrawan.outputs import fresh_folder
 
 # What the demo writes at the top of its folder (a marked folder holding anything else is not replaced).
 # samples-*/bench-* are what demos before the eval-quality rows wrote: such a folder is still replaced.
@@ -207,26 +206,22 @@ def result_rows(result: dict, models: dict[str, str], sizes: DemoSizes, folders:
 
 
 def write_figures(out: Path, rows: list[dict]) -> list[Path]:
-    """``quality_vs_flops.png`` (compare's quality-against-cost plot) and ``frames.png`` (the first video of
-    every row)."""
-    import shutil
-
+    """``frames.png`` (the first video of every row); returns it after compare's quality-against-cost plot
+    (``compare/quality_vs_cost.png``, not copied) when compare drew one."""
     from pyrawan.commands.eval_compare import PLOT
     from pyrawan.data.video import read_video
     from pyrawan.eval.artifact import read_eval
-    from pyrawan.toy.figures import frame_strip
+    from pyrawan.toy.figures import frame_strip, video_label
 
     videos, labels, prompt = [], [], ""
     for r in rows:
         first = read_eval(out / r["eval"])["videos"][0]
         videos.append(read_video(out / r["eval"] / first["video"])[0])
-        overall = r["metrics"]["toybench_overall"]
-        labels.append(f"{r['row']}\n{r['schedule']}, ToyBench {overall['mean']:.2f}")
+        labels.append(video_label(r["row"], r["schedule"], (first.get("values") or {}).get("toybench_overall"),
+                                  r["metrics"]["toybench_overall"]["mean"]))
         prompt = first["prompt"]
     figures = [frame_strip(videos, labels, out / "frames.png", prompt)]
-    if (out / "compare" / PLOT).is_file():
-        figures.insert(0, Path(shutil.copyfile(out / "compare" / PLOT, out / "quality_vs_flops.png")))
-    return figures
+    return [out / "compare" / PLOT, *figures] if (out / "compare" / PLOT).is_file() else figures
 
 
 def run(out: Path, quick: bool = False, seed: int = 0, overwrite: bool = True, **changes) -> list[dict]:

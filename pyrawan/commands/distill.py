@@ -26,7 +26,8 @@ from pyrawan.commands.distill_adv import adv_iteration_step, make_heads
 from pyrawan.commands.distill_dmd import build_gan_heads, dmd_iteration_step
 from pyrawan.commands.distill_loop import LOGGED, Loop, real_velocity
 from pyrawan.errors import InputError
-from pyrawan.manifest import artifact_dir, check_output, write_manifest
+from pyrawan.manifest import write_manifest
+from pyrawan.outputs import artifact_dir, check_output
 from pyrawan.models.pyramid_spec import Distilled, PyramidSpec
 from pyrawan.recipe import DistillRecipe
 from pyrawan.train.curves import plot_curves, read_records, short
@@ -35,8 +36,9 @@ from pyrawan.train.distill_config import Distill, gan_on, separate_teacher, stud
 from pyrawan.train.engine import Context, Ema, EngineSpec, make_engine
 from pyrawan.train.metrics import MetricsLog, progress
 from pyrawan.train.model import Base, Frozen, build_student, export_model, frozen_copy, load_frozen, trainable_copy
-from pyrawan.train.run import (Trainable, ema_state, restore_checkpoint, run_folder, save_checkpoint, teardown)
-from pyrawan.train.source import start_run
+from pyrawan.train.run import (Trainable, ema_state, interrupted, restore_checkpoint, run_folder, save_checkpoint,
+                               teardown)
+from pyrawan.train.source import PromptSource, data_size, start_run
 from pyrawan.train.teach import make_teach_pairs
 
 RESUMABLE_CHANGES = ("train.steps", "train.checkpoint.every", "train.checkpoint.keep")
@@ -47,17 +49,47 @@ def needs_teacher_pairs(d: Distill) -> bool:
 
 def check_recipe(recipe: DistillRecipe, out: Path, overwrite: bool, need_data: bool) -> None:
     """Rules that need several sections, the data and the output folder, before anything loads."""
-    d, problems = recipe.distill, []
-    if need_data and recipe.data.root is None and recipe.data.cache is None:
-        problems.append("no prompts: set data.cache (a latent cache from `pyrawan calibrate`, whose captions are "
-                        "the prompts) or data.root (a folder of videos and captions)")
+    d, data, problems = recipe.distill, recipe.data, []
+    if need_data and data.root is None and data.cache is None and data.prompts is None:
+        problems.append("no prompts: set data.prompts (a text file, one prompt per line), data.cache (a latent cache "
+                        "from `pyrawan calibrate`, whose captions are the prompts) or data.root (a folder of videos and "
+                        "captions)")
+    if data.prompts is not None and (data.root is not None or data.cache is not None):
+        problems.append(f"data.prompts = {data.prompts} and data.{'root' if data.root is not None else 'cache'} are "
+                        "both set; give one source of prompts (set the other to null)")
+    elif data.prompts is not None and needs_latents(d):
+        problems.append(f"data.prompts = {data.prompts} gives prompts only, but {needs_latents(d)} needs real video "
+                        "latents; set data.cache or data.root instead")
     lora = recipe.train.lora.enabled
     if d.variant in ("pt", "ptstar") and not lora:
         console.print(f"distill: note: distill.variant = {d.variant} with train.lora.enabled = false; the paper trains "
                       "LoRA adapters for PT and PT* to prevent divergence.", style="yellow", markup=False)
     if problems:
         raise InputError("distill recipe: " + "; ".join(problems) + ".")
-    check_output(out, overwrite, inputs=[recipe.base, d.teacher, recipe.data.root, recipe.data.cache], kind="distill")
+    if need_data and data_size(recipe) == 0:
+        raise InputError(f"distill: the data ({data.prompts or data.cache or data.root}) holds no item, so there are "
+                         "no prompts; add prompts or videos.")
+    check_output(out, overwrite, inputs=[recipe.base, d.teacher, data.root, data.cache, data.prompts], kind="distill")
+
+
+def needs_latents(d: Distill) -> str | None:
+    """What in the recipe reads the data's video latents (None: prompts are enough)."""
+    if gan_on(d):
+        return "the GAN term (distill.gan.weight > 0)"
+    if d.method == "adv" and d.adv.real != "teacher":
+        return "adversarial distillation with distill.adv.real = data"
+    return None
+
+
+def prompt_items(source: LatentSource, holdout: int) -> list[int]:
+    """The items distill draws prompts from: all but the last ``train.validation.holdout`` of a latent cache (kept
+    out for evaluation), or every item when the data is not larger than that, or comes from data.prompts."""
+    if isinstance(source, PromptSource) or len(source) <= holdout:
+        if not isinstance(source, PromptSource) and holdout:
+            console.print(f"distill: note: the data has {len(source)} item(s), not more than train.validation.holdout "
+                          f"= {holdout}; all are used as prompts (distill runs no validation).", markup=False)
+        return list(range(len(source)))
+    return split_holdout(source, holdout)[0]
 
 
 # ---- the run -------------------------------------------------------------------------------------
@@ -123,7 +155,7 @@ def run(recipe: DistillRecipe, out: Path, resume: bool = False, overwrite: bool 
     run_dir = run_folder(out)
     levels = student_levels(recipe.distill, pyramid.num_stages)
     generator_, critic, teacher = build_models(recipe, base, ctx)
-    train_idx, _ = split_holdout(source, recipe.train.validation.holdout)
+    train_idx = prompt_items(source, recipe.train.validation.holdout)
     loop = Loop(recipe, ctx, generator_, critic, teacher, pyramid, levels, StageDataset(source, train_idx, pyramid),
                 base, teach=None, out=out)
     if gan_on(recipe.distill):
@@ -134,7 +166,10 @@ def run(recipe: DistillRecipe, out: Path, resume: bool = False, overwrite: bool 
     if found is not None:
         loop.iteration = restore_checkpoint("distill", Path(found), loop.trainables, ctx)["iteration"]
     loop.log = MetricsLog(run_dir, ctx.rank == 0, resume_step=loop.iteration if found is not None else None)
-    train_loop(loop, resolved, show_progress and ctx.rank == 0)
+    try:
+        train_loop(loop, resolved, show_progress and ctx.rank == 0)
+    except KeyboardInterrupt:
+        raise interrupted(out, loop.iteration, recipe.train.checkpoint.every) from None
     export(loop, out, overwrite, resolved, cache_folder, started)
     if ctx.rank == 0:
         summarise(loop.log.path, out)

@@ -11,9 +11,10 @@ from rich.table import Table
 from rich.text import Text
 
 from pyrawan.eval.artifact import read_eval
-from pyrawan.eval.compare import compare, markdown, plot, table_rows
+from pyrawan.eval.compare import compare, default_metrics, markdown, plot, table_rows
 from pyrawan.fsutil import atomic_write_text
-from pyrawan.manifest import artifact_dir, require_verified, write_manifest
+from pyrawan.manifest import require_verified, write_manifest
+from pyrawan.outputs import artifact_dir
 from pyrawan.ui import console
 
 PLOT = "quality_vs_cost.png"
@@ -42,28 +43,76 @@ def _load(paths: list[Path], baseline: Path | None) -> tuple[list[dict], int]:
     return evals, index
 
 
-def _print(result: dict, metrics: list[str] | None) -> None:
-    header, rows = table_rows(result, metrics)
-    table = Table(title=Text(f"eval compare (baseline: {result['baseline']})"))
-    for name in header:
-        table.add_column(Text(name))
-    for row in rows:
-        table.add_row(*map(Text, row))                     # labels are text from the artifacts, not rich markup
-    table_console().print(table)
+def column_widths(header: list[str], rows: list[list[str]]) -> list[int]:
+    """Characters each column needs: its longest cell line or header word (a header wraps between words)."""
+    return [max(len(part) for part in [*name.split(), *(line for row in rows for line in row[i].split("\n"))])
+            for i, name in enumerate(header)]
+
+
+def fold(widths: list[int], width: int) -> list[list[int]]:
+    """Column indices after the first (the model, repeated in every part) in groups whose table fits
+    ``width`` characters (rich's box: 3 characters per column and 1 more); a column too wide alone gets
+    its own group (its cells then wrap)."""
+    groups, current, used = [], [], widths[0] + 4
+    for i, w in enumerate(widths[1:], start=1):
+        if current and used + w + 3 > width:
+            groups.append(current)
+            current, used = [], widths[0] + 4
+        current.append(i)
+        used += w + 3
+    return groups + [current] if current else groups
+
+
+def print_table(result: dict, metrics: list[str], out: Console) -> None:
+    """The table on ``out``, folded into parts that fit its width (each part repeats the model column);
+    a cell's Δ goes on its own line. Cells wrap, never end in an ellipsis."""
+    header, rows = table_rows(result, metrics, folded=True)
+    groups = fold(column_widths(header, rows), out.width)
+    for k, group in enumerate(groups):
+        part = f", part {k + 1} of {len(groups)}" if len(groups) > 1 else ""
+        table = Table(title=Text(f"eval compare (baseline: {result['baseline']}){part}"), show_lines=True)
+        for i in (0, *group):
+            table.add_column(Text(header[i]), overflow="fold")
+        for row in rows:
+            table.add_row(*(Text(row[i]) for i in (0, *group)))     # labels are artifact text, not rich markup
+        out.print(table)
+
+
+def shown_metrics(result: dict, metrics: list[str] | None, show_all: bool) -> list[str]:
+    """The printed table's metrics: ``metrics`` (--columns), all (--all) or the default set (``default_metrics``)."""
+    unknown = [m for m in metrics or [] if m not in result["metrics"]]
+    if unknown:
+        from pyrawan.errors import InputError
+
+        raise InputError(f"--columns {', '.join(unknown)}: no such metric; the artifacts have: "
+                         f"{', '.join(result['metrics'])}.")
+    return list(result["metrics"]) if show_all else metrics or default_metrics(result)
+
+
+def _print(result: dict, shown: list[str], out: Path | None) -> None:
+    print_table(result, shown, table_console())
     console.print(result["note"], markup=False)
+    hidden = len(result["metrics"]) - len(shown)
+    if hidden > 0:
+        where = f"; every metric is in {out / 'compare.json'}" if out is not None else ""
+        console.print(f"{len(shown)} of {len(result['metrics'])} metrics shown (the quality metric and those that "
+                      f"differ from the baseline); --all or --columns A,B shows others{where}", markup=False)
     for warning in result["warnings"]:
         console.print(f"warning: {warning}", style="yellow", markup=False)
 
 
 def run_compare(paths: list[Path], out: Path | None, baseline: Path | None = None, metric: str | None = None,
-                metrics: list[str] | None = None, html: bool = False, overwrite: bool = False) -> dict:
-    """One table (markdown + JSON) and the quality-against-cost PNG; ``html``: also the report page with videos."""
+                metrics: list[str] | None = None, html: bool = False, overwrite: bool = False,
+                show_all: bool = False) -> dict:
+    """One table (markdown + JSON) and the quality-against-cost PNG; ``html``: also the report page with videos.
+    ``metrics``: the columns of the printed table and of compare.md (None: compare.md has every metric, the
+    terminal the default set, or every metric with ``show_all``)."""
     from pyrawan.eval.html import copy_videos, render_page
 
     started = time.time()
     evals, index = _load(paths, baseline)
     result = compare(evals, index, metric)
-    _print(result, metrics)
+    _print(result, shown_metrics(result, metrics, show_all), out)
     if out is None:
         return result
     with artifact_dir(out, overwrite=overwrite) as tmp:

@@ -13,7 +13,8 @@ from pyrawan.errors import InputError
 from pyrawan.eval import vbench as vb
 from pyrawan.eval.artifact import build_eval, manifest_metrics, write_eval
 from pyrawan.fsutil import atomic_write_text, capped_name
-from pyrawan.manifest import artifact_dir, check_output, require_verified, write_manifest
+from pyrawan.manifest import require_verified, write_manifest
+from pyrawan.outputs import artifact_dir, check_output
 from pyrawan.ui import console, progress_bar
 
 

@@ -17,7 +17,8 @@ from pyrawan.errors import InputError
 from pyrawan.eval.flops import flops_report
 from pyrawan.eval.latency import environment_info, latency_report, measure_latency, measure_parts
 from pyrawan.eval.report import render_table, write_json
-from pyrawan.manifest import artifact_dir, write_manifest
+from pyrawan.manifest import write_manifest
+from pyrawan.outputs import artifact_dir
 from pyrawan.models.arch import arch_of, vae_factors
 from pyrawan.models.pyramid_spec import PyramidSpec
 from pyrawan.models.presets import build_transformer
@@ -101,10 +102,14 @@ def run_flops(ref: str, overrides: list[str], schedules: list[str] | None, metho
 TIMESTEP_MODES = ("sampler", "per-sample")
 
 
-def run_latency(model: str, schedules: list[str] | None, out: Path | None, frames=None, height=None, width=None,
-                stages=None, guidance=None, device=None, dtype=None, repeats=10, warmup=3, overwrite=False,
-                timesteps: str = "sampler") -> dict:
-    """Time one forward per stage. ``model``: ``ARCH-random`` (random weights, built on the device) or a model.
+DEFAULT_LATENCY_MODEL = "wan1.3b-random"
+
+
+def run_latency(model: str | None, schedules: list[str] | None, out: Path | None, frames=None, height=None,
+                width=None, stages=None, guidance=None, device=None, dtype=None, repeats=10, warmup=3,
+                overwrite=False, timesteps: str = "sampler") -> dict:
+    """Time one forward per stage. ``model``: ``ARCH-random`` (random weights, built on the device) or a model;
+    None: ``DEFAULT_LATENCY_MODEL``, refused on a CPU (minutes of building and timing a 1.3B model).
 
     ``timesteps``: ``sampler`` (per-token timesteps at the coarse stages, as sampling runs them) or
     ``per-sample`` (one timestep per sample at every stage).
@@ -115,6 +120,13 @@ def run_latency(model: str, schedules: list[str] | None, out: Path | None, frame
     started = time.time()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if model is None and dev.type == "cpu":
+        raise InputError(f"eval latency without --model times {DEFAULT_LATENCY_MODEL} (1.3B parameters, about 5 GB "
+                         "in float32), built here on the CPU, where each forward at full resolution takes minutes; "
+                         "give --model explicitly: --model tiny-random for a quick check, or --model "
+                         f"{DEFAULT_LATENCY_MODEL} to time it on the CPU anyway (or run it on a GPU).")
+    model = model or DEFAULT_LATENCY_MODEL
+    console.print(f"eval latency: building {model} on {dev} ...", markup=False)
     if model.endswith("-random"):
         target = resolve_target(model.removesuffix("-random"), [], stages)
         transformer = build_transformer(model.removesuffix("-random"), device=dev, dtype=dt)
@@ -166,7 +178,7 @@ def run_schedules(model: str, out: Path | None, budget_flops: str | None = None,
     from pyrawan.eval.sampling import grid, plan_for, sample_set
     from pyrawan.eval.schedules import boundary_grid, per_stage_cost, plan_pool, search
     from pyrawan.eval.cost import stage_forward_tflops
-    from pyrawan.manifest import check_output
+    from pyrawan.outputs import check_output
 
     started = time.time()
     if (budget_flops is None) == (budget_seconds is None):

@@ -20,7 +20,8 @@ from pyrawan.export.card import render_card
 from pyrawan.export.diffusers_folder import LORA_MODES, write_diffusers_folder
 from pyrawan.export.single_file import check_single_file, file_name, write_single_file
 from pyrawan.fsutil import atomic_write_text
-from pyrawan.manifest import artifact_dir, check_output, list_outputs, require_verified, write_manifest
+from pyrawan.manifest import list_outputs, require_verified, write_manifest
+from pyrawan.outputs import artifact_dir, check_output
 from pyrawan.models.artifact import COMPONENTS_FILE, PYRAMID_FILE, is_artifact, load_model
 from pyrawan.models.pyramid_spec import PyramidSpec
 

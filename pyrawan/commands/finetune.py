@@ -21,7 +21,8 @@ import torch
 from pyrawan import dist
 from pyrawan.commands.common import console, resolve_device
 from pyrawan.errors import InputError
-from pyrawan.manifest import artifact_dir, check_output, write_manifest
+from pyrawan.manifest import write_manifest
+from pyrawan.outputs import artifact_dir, check_output
 from pyrawan.models.pyramid_spec import PyramidSpec, define_pyramid
 from pyrawan.pyramid.config import PyramidConfig
 from pyrawan.recipe import FinetuneRecipe
@@ -32,9 +33,9 @@ from pyrawan.train.engine import Context, Ema, EngineSpec, TorchEngine, lr_at, m
 from pyrawan.train.loss import predict, stage_losses
 from pyrawan.train.metrics import MetricsLog, progress
 from pyrawan.train.model import Base, build_student, export_model
-from pyrawan.train.run import (Trainable, describe_nonfinite, ema_state, nonfinite, restore_checkpoint, run_folder,
-                               save_checkpoint, teardown)
-from pyrawan.train.source import start_run
+from pyrawan.train.run import (Trainable, describe_nonfinite, ema_state, interrupted, nonfinite, restore_checkpoint,
+                               run_folder, save_checkpoint, teardown)
+from pyrawan.train.source import data_size, start_run
 
 # Keys that may change between a run and its resume (everything else must match the checkpoint).
 RESUMABLE_CHANGES = ("train.steps", "train.checkpoint.every", "train.checkpoint.keep", "train.validation.every")
@@ -71,11 +72,20 @@ class Loop:
 def check_recipe(recipe: FinetuneRecipe, out: Path, overwrite: bool, need_data: bool) -> None:
     """Rules that need several sections, the data and the output folder, before anything loads."""
     problems = [m for _, m in train_problems(recipe.train, recipe.pyramid.stages)]
-    if need_data and recipe.data.root is None and recipe.data.cache is None:
+    data, holdout = recipe.data, recipe.train.validation.holdout
+    if data.prompts is not None:
+        problems.append(f"data.prompts = {data.prompts} is read by distill only; finetune trains on videos: set "
+                        "data.prompts=null and data.root or data.cache")
+    elif need_data and data.root is None and data.cache is None:
         problems.append("no training data: set data.root (a folder of videos and captions, cached on the fly) or "
                         "data.cache (a latent cache folder written by `pyrawan calibrate`)")
     if problems:
         raise InputError("finetune recipe: " + "; ".join(problems) + ".")
+    size = data_size(recipe) if need_data else None      # before any model loads or video is encoded
+    if size is not None and size - holdout < 1:
+        raise InputError(f"finetune: the data ({data.cache or data.root}) has {size} item(s) but "
+                         f"train.validation.holdout = {holdout} holds out {holdout}, leaving nothing to train on; set "
+                         f"train.validation.holdout={max(size // 8, 0)} (or lower) or add data.")
     check_output(out, overwrite, inputs=[recipe.base, recipe.data.root, recipe.data.cache], kind="finetune")
 
 
@@ -203,7 +213,8 @@ def export(loop: Loop, out: Path, overwrite: bool, resolved: dict, cache_folder:
 def plain_pyramid(recipe: FinetuneRecipe) -> PyramidSpec:
     """The ``pyramid.json`` of a multi-resolution finetune: a plain one-stage model (full-resolution defaults)."""
     one = recipe.pyramid.model_copy(update={"stages": 1, "boundaries": None})
-    sampling = recipe.sampling.model_copy(update={"schedule": "50", "fewstep_levels": None})
+    shift = recipe.stage_shifts()[-1]                   # the full-resolution stage's (the last, coarsest first)
+    sampling = recipe.sampling.model_copy(update={"schedule": "50", "fewstep_levels": None, "shift": shift})
     return define_pyramid(recipe.model_copy(update={"pyramid": one, "sampling": sampling}), None)
 
 
@@ -228,7 +239,10 @@ def run(recipe: FinetuneRecipe, out: Path, resume: bool = False, overwrite: bool
         state = restore_checkpoint("finetune", Path(found), [loop.trainable], ctx)
         loop.step, loop.consumed, loop.validated = state["step"], state["consumed"], {state["step"]}
     loop.log = MetricsLog(run_folder(out), ctx.rank == 0, resume_step=loop.step if found is not None else None)
-    train_loop(loop, resolved, show_progress and ctx.rank == 0)
+    try:
+        train_loop(loop, resolved, show_progress and ctx.rank == 0)
+    except KeyboardInterrupt:
+        raise interrupted(out, loop.step, recipe.train.checkpoint.every) from None
     export(loop, out, overwrite, resolved, cache_folder, started)
     if ctx.rank == 0:
         summarise(loop.log.path, out)

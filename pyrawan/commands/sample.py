@@ -25,7 +25,8 @@ from pyrawan.commands.common import console, progress_bar, resolve_device, resol
 from pyrawan.data.video import write_video
 from pyrawan.errors import InputError, NonFiniteError, RunError
 from pyrawan.fsutil import atomic_path, atomic_write_text, sha256_file
-from pyrawan.manifest import artifact_dir, check_output, manifest_sha256, verify_if_artifact, write_manifest
+from pyrawan.manifest import manifest_sha256, verify_if_artifact, write_manifest
+from pyrawan.outputs import artifact_dir, check_output
 from pyrawan.models.artifact import LoadedModel, load_model
 from pyrawan.models.generate import (  # noqa: F401  (SampleSettings, Plan, make_plan: the command's API)
     Plan, SampleSettings, check_batch_size, compiled, default_batch_size, generate_batches, make_plan, slug,

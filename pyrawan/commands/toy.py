@@ -13,7 +13,8 @@ from pyrawan.commands.common import console, progress_bar
 from pyrawan.errors import InputError
 from pyrawan.eval.report import write_json
 from pyrawan.fsutil import json_safe
-from pyrawan.manifest import artifact_dir, verify_if_artifact, write_manifest
+from pyrawan.manifest import verify_if_artifact, write_manifest
+from pyrawan.outputs import artifact_dir
 
 METRIC_NOTES = {  # score -> (raw key shown beside it, what the raw number is)
     "detection": ("detected", "frames with an object"),

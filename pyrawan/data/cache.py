@@ -313,6 +313,8 @@ def ensure_cache(recipe: RecipeBase, components: WanComponents, folder: Path | N
         if index["complete"]:
             console.print(f"cache: {folder} is complete ({_count(index)} videos); reusing it")
             return folder
+        console.print(f"cache: encoding the latent cache into {folder} (later runs reuse it: data.cache={folder})",
+                      markup=False)
         build_shards(folder, index, recipe, components, progress)
     return folder
 
@@ -320,7 +322,7 @@ def ensure_cache(recipe: RecipeBase, components: WanComponents, folder: Path | N
 def _probed(scanned: Dataset, recipe: RecipeBase, progress: bool) -> Dataset:
     v = recipe.video
     with progress_bar("data: checking videos", len(scanned.records), progress) as advance:
-        return probe_dataset(scanned, v.frames, v.fps, advance)
+        return probe_dataset(scanned, v.frames, v.fps, advance, size=(v.height, v.width))
 
 
 def _count(index: dict) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 
 class _Section(BaseModel):
@@ -24,6 +24,8 @@ class Data(_Section):
     on_bad_sample: Literal["skip", "fail"] = Field("fail", description="Unreadable/short video, missing caption or file, path outside the folder: skip and count, or stop listing every bad entry.")
     cache: Path | None = Field(None, description="Latent cache folder; null = runs/cache/<hash of data, model and sizes>.")
     shard_size: int = Field(32, ge=1, le=100_000, description="Videos per latent-cache shard (the unit of resuming).")
+    prompts: Path | None = Field(None, description="distill only: a UTF-8 text file of prompts, one per line, instead of "
+                                 "data.root/data.cache (DMD without the GAN term needs prompts only, no videos).")
 
 
 class Calibrate(_Section):
@@ -37,4 +39,4 @@ class Calibrate(_Section):
         ("haar", "dct", "db4"), min_length=1, max_length=3, description="Resizers to analyse; the boundaries use pyramid.resizer.")
     max_videos: int | None = Field(1000, ge=1, le=10**9, description="Analyse at most this many cached videos, evenly spaced "
                                    "(spectra settle long before 80K videos); null = all. The cache holds them all.")
-    plots: bool = Field(True, description="Write PNG plots of the spectra with the noise floor at each boundary.")
+    plots: StrictBool = Field(True, description="Write PNG plots of the spectra with the noise floor at each boundary.")

@@ -78,7 +78,9 @@ class BadEntry:
 
 
 BAD_REASONS = ("missing caption", "missing video path", "missing file", "outside the dataset folder",
-               "unreadable video", "too short")
+               "duplicate", "unreadable video", "too short", "too small")
+MIN_SIZE_FRACTION = 0.5     # a video under half the recipe's height or width would be blown up into a blur
+SHOWN_BAD = 10              # skipped entries named in the warning under ``on_bad_sample: skip``
 
 
 @dataclass
@@ -334,13 +336,17 @@ def scan_dataset(root: Path, data: Data) -> Dataset:
     root = root.resolve()
     layout = detect_layout(root, data.layout)
     entries, columns = read_entries(root, layout, data)
-    records, bad, seen = [], [], {}
+    records, bad, seen, listed = [], [], {}, {}
     for entry in entries:
         checked = check_entry(root, entry)
         if isinstance(checked, BadEntry):
             bad.append(checked)
             continue
         path, rel = checked
+        first = listed.setdefault((rel, entry.caption), entry.where)
+        if first != entry.where:
+            bad.append(BadEntry(entry.where, rel, "duplicate", f"same video and caption as {first}"))
+            continue
         stem = rel.rsplit(".", 1)[0]
         seen[stem] = seen.get(stem, 0) + 1
         stat = path.stat()
@@ -349,8 +355,9 @@ def scan_dataset(root: Path, data: Data) -> Dataset:
     return Dataset(root, layout, columns, len(entries), records, bad)
 
 
-def probe_problem(record: Record, frames: int, fps: float) -> BadEntry | None:
-    """Why ``record``'s video cannot give a clip of ``frames`` frames at ``fps`` (unreadable, too short), or None."""
+def probe_problem(record: Record, frames: int, fps: float, size: tuple[int, int] | None = None) -> BadEntry | None:
+    """Why ``record``'s video cannot give a clip of ``frames`` frames at ``fps`` and pixel ``size`` (height,
+    width) (unreadable, too short, under ``MIN_SIZE_FRACTION`` of the size), or None."""
     from pyrawan.data.video import probe_video
 
     try:
@@ -361,21 +368,28 @@ def probe_problem(record: Record, frames: int, fps: float) -> BadEntry | None:
     if info["frames"] < needed:
         return BadEntry(record.id, record.video, "too short",
                         f"{info['frames']} frames at {info['fps']:g} fps; {needed} needed for {frames} at {fps:g} fps")
+    if size is not None and (info["height"] < MIN_SIZE_FRACTION * size[0] or info["width"] < MIN_SIZE_FRACTION * size[1]):
+        return BadEntry(record.id, record.video, "too small", f"{info['width']}x{info['height']} pixels for a "
+                        f"{size[1]}x{size[0]} clip; at least half of each side is needed")
     return None
 
 
-def probe_dataset(dataset: Dataset, frames: int, fps: float, advance=lambda n=1: None) -> Dataset:
-    """Open every usable video's header; unreadable or too short ones move to the bad entries."""
+def probe_dataset(dataset: Dataset, frames: int, fps: float, advance=lambda n=1: None,
+                  size: tuple[int, int] | None = None) -> Dataset:
+    """Open every usable video's header; unreadable, too short or too small ones move to the bad entries."""
     records, bad = [], list(dataset.bad)
     for record in dataset.records:
-        problem = probe_problem(record, frames, fps)
+        problem = probe_problem(record, frames, fps, size)
         (bad if problem else records).append(problem or record)
         advance()
     return replace(dataset, records=records, bad=bad)
 
 
 def apply_policy(dataset: Dataset, policy: str) -> Dataset:
-    """``fail``: InputError listing every bad entry; ``skip``: the dataset as is. Always: no usable record is an error."""
+    """``fail``: InputError listing every bad entry; ``skip``: the dataset as is, with a warning naming the
+    skipped entries (once per dataset). Always: no usable record is an error."""
+    if dataset.bad and policy == "skip":
+        _warn_skipped(dataset)
     if dataset.bad and policy == "fail":
         listing = "; ".join(str(b) for b in dataset.bad)
         raise InputError(f"data.on_bad_sample = fail and {len(dataset.bad)} of {dataset.entries} entries of "
@@ -387,7 +401,23 @@ def apply_policy(dataset: Dataset, policy: str) -> Dataset:
     return dataset
 
 
-def check_dataset(root: Path, data: Data, frames: int, fps: float) -> Dataset:
+_WARNED: set[str] = set()
+
+
+def _warn_skipped(dataset: Dataset) -> None:
+    """Name the bad entries ``on_bad_sample: skip`` leaves out (the first ``SHOWN_BAD``), once per dataset."""
+    if dataset.fingerprint() in _WARNED:
+        return
+    _WARNED.add(dataset.fingerprint())
+    from pyrawan.ui import console
+
+    more = len(dataset.bad) - SHOWN_BAD
+    listing = "; ".join(str(b) for b in dataset.bad[:SHOWN_BAD]) + (f"; and {more} more" if more > 0 else "")
+    console.print(f"data: warning: data.on_bad_sample = skip leaves out {len(dataset.bad)} of {dataset.entries} "
+                  f"entries of {dataset.root}: {listing}.", style="yellow", markup=False)
+
+
+def check_dataset(root: Path, data: Data, frames: int, fps: float, size: tuple[int, int] | None = None) -> Dataset:
     """Scan ``root`` and apply ``data.on_bad_sample`` before any model loads; returns the scanned dataset.
 
     Under ``fail``, when the scan already found bad entries, the remaining videos are probed too, so
@@ -395,5 +425,5 @@ def check_dataset(root: Path, data: Data, frames: int, fps: float) -> Dataset:
     """
     scanned = scan_dataset(root, data)
     if scanned.bad and data.on_bad_sample == "fail":
-        apply_policy(probe_dataset(scanned, frames, fps), "fail")
+        apply_policy(probe_dataset(scanned, frames, fps, size=size), "fail")
     return apply_policy(scanned, data.on_bad_sample)

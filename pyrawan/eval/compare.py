@@ -174,8 +174,9 @@ def _num(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if abs(value) < 1e-2 and value != 0 else f"{value:.{digits}f}"
 
 
-def cell(entry: dict | None, is_baseline: bool) -> str:
-    """``mean [low, high]`` plus ``(Δ +x*)`` against the baseline."""
+def cell(entry: dict | None, is_baseline: bool, folded: bool = False) -> str:
+    """``mean [low, high]`` plus ``(Δ +x*)`` against the baseline; ``folded``: the Δ on a second line, no
+    parentheses (the terminal table)."""
     if entry is None:
         return "–"
     text = f"{_num(entry['mean'])} [{_num(entry['low'])}, {_num(entry['high'])}]"
@@ -183,7 +184,8 @@ def cell(entry: dict | None, is_baseline: bool) -> str:
         paired = entry.get("paired")
         interval = "" if not paired else \
             f" [{_signed(paired['low'])}, {_signed(paired['high'])}]{'†' if paired['differs'] else ''}"
-        text += f" (Δ {_signed(entry['delta'])}{'*' if entry['differs'] else ''}{interval})"
+        delta = f"Δ {_signed(entry['delta'])}{'*' if entry['differs'] else ''}{interval}"
+        text += f"\n{delta}" if folded else f" ({delta})"
     return text
 
 
@@ -191,16 +193,30 @@ def _signed(value: float) -> str:
     return ("+" if value >= 0 else "") + _num(value)
 
 
-def table_rows(result: dict, metrics: Sequence[str] | None = None) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the comparison table (strings)."""
+def table_rows(result: dict, metrics: Sequence[str] | None = None,
+               folded: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the comparison table (strings); ``folded``: cells for a terminal (see ``cell``)."""
     names = list(metrics or result["metrics"])
     header = ["model", "schedule", "videos", "TFLOPs/video", "s/video", "cost × baseline", "Pareto", *names]
     rows = []
     for i, r in enumerate(result["rows"]):
         rows.append([str(r["label"]), str(r["schedule"] or "–"), str(r["videos"]), _num(r["tflops_per_video"], 4),
                      _num(r["seconds_per_video"], 3), _num(r.get("cost_ratio"), 2), "yes" if r.get("pareto") else "",
-                     *(cell(r["metrics"].get(n), i == result["baseline_index"]) for n in names)])
+                     *(cell(r["metrics"].get(n), i == result["baseline_index"], folded) for n in names)])
     return header, rows
+
+
+def _differs(entry: dict | None) -> bool:
+    paired = (entry or {}).get("paired") or {}
+    return bool((entry or {}).get("differs") or paired.get("differs"))
+
+
+def default_metrics(result: dict) -> list[str]:
+    """The metrics a terminal shows by default: the quality metric, then every metric in which some row
+    differs from the baseline (disjoint intervals, or a paired interval that excludes 0)."""
+    quality = result["quality_metric"]
+    return [quality, *(n for n in result["metrics"] if n != quality and
+                       any(_differs(r["metrics"].get(n)) for r in result["rows"]))]
 
 
 def markdown(result: dict, metrics: Sequence[str] | None = None) -> str:
@@ -217,8 +233,59 @@ def markdown(result: dict, metrics: Sequence[str] | None = None) -> str:
     return f"Baseline: {markdown_text(result['baseline'])}. {result['note']}{warnings}\n\n" + "\n".join(lines) + "\n"
 
 
+# Where a point's label may go, in points from the point (dx, dy, ha, va): tried in order, the first clear of
+# the Pareto line, the other points and labels, and inside the axes wins.
+LABEL_SPOTS = ((8, -6, "left", "top"), (-8, 6, "right", "bottom"), (8, 6, "left", "bottom"),
+               (-8, -6, "right", "top"), (10, 0, "left", "center"), (-10, 0, "right", "center"))
+
+
+def log_ticks(ax, costs: Sequence[float]) -> None:
+    """Plain-number ticks on a log cost axis, spaced so their labels cannot collide: 1-1.5-2-3-5-7 within
+    a decade, 1-2-5 over up to three, powers of ten beyond; no labels on the minor ticks."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    decades = math.log10(max(costs) / min(costs))
+    subs = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if decades < 1 else (1.0, 2.0, 5.0) if decades < 3 else (1.0,)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def place_labels(ax, points: Sequence[tuple[str, float, float, float, float]], line) -> list:
+    """Label each point ``(text, x, y, low, high)`` at the first of LABEL_SPOTS whose box stays inside
+    the axes and clear of ``line`` (the Pareto front), every point's marker and interval bar, and the
+    labels already placed (the first spot when none is). Call after the layout is final."""
+    from matplotlib.transforms import Bbox
+
+    ax.figure.canvas.draw()                 # settles the limits and the layout the boxes are measured in
+    renderer = ax.figure.canvas.get_renderer()
+    path = line.get_path().transformed(line.get_transform()) if len(line.get_xdata()) > 1 else None
+    to_px = ax.transData.transform
+    taken = [Bbox([to_px((x, lo)) - 7, to_px((x, hi)) + 7]) for _, x, _, lo, hi in points]
+    labels = []
+    for text, x, y, _, _ in points:
+        for dx, dy, ha, va in LABEL_SPOTS:
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va, fontsize=8,
+                                **PLOT_TEXT)
+            box = label.get_window_extent(renderer).expanded(1.05, 1.2)
+            clear = ax.bbox.contains(box.x0, box.y0) and ax.bbox.contains(box.x1, box.y1) and \
+                (path is None or not path.intersects_bbox(box, filled=False)) and \
+                not any(box.overlaps(other) for other in taken)
+            if clear:
+                break
+            label.remove()
+        else:
+            dx, dy, ha, va = LABEL_SPOTS[0]
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va, fontsize=8,
+                                **PLOT_TEXT)
+        taken.append(label.get_window_extent(renderer))
+        labels.append(label)
+    return labels
+
+
 def plot(result: dict, path: Path) -> Path | None:
-    """PNG of quality against cost with CI bars; the Pareto front is a line through starred points.
+    """PNG of quality against cost with CI bars; the Pareto front is a line through starred points, each
+    label placed clear of it (``place_labels``), ticks that cannot collide on a log axis (``log_ticks``).
     Returns None (and writes nothing) when no artifact has both a cost and the quality metric."""
     import matplotlib
 
@@ -230,22 +297,27 @@ def plot(result: dict, path: Path) -> Path | None:
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    points = []
     for r in rows:
         m = r["metrics"][q]
         ax.errorbar([r["cost"]], [m["mean"]], yerr=[[m["mean"] - m["low"]], [m["high"] - m["mean"]]],
                     fmt="*" if r["pareto"] else "o", markersize=11 if r["pareto"] else 6, capsize=3)
-        ax.annotate(str(r["label"]), (r["cost"], m["mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8,
-                    **PLOT_TEXT)
+        points.append((str(r["label"]), r["cost"], m["mean"], m["low"], m["high"]))
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["cost"])
-    ax.plot([r["cost"] for r in front], [r["metrics"][q]["mean"] for r in front], "k--", lw=1, label="Pareto front")
+    (line,) = ax.plot([r["cost"] for r in front], [r["metrics"][q]["mean"] for r in front], "k--", lw=1,
+                      label="Pareto front")
     unit = result["cost_unit"]
     ax.set_xlabel("TFLOPs per video (transformer)" if unit == "tflops" else "seconds per video")
-    if len({r["cost"] for r in rows}) > 1 and min(r["cost"] for r in rows) > 0:
+    costs = [r["cost"] for r in rows]
+    if len(set(costs)) > 1 and min(costs) > 0:
         ax.set_xscale("log")
+        log_ticks(ax, costs)
+    ax.margins(x=0.25, y=0.15)      # room for the labels of the points at the edges
     ax.set_ylabel(f"{q} ({'higher' if result['quality_higher_is_better'] else 'lower'} is better), 95% CI", **PLOT_TEXT)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
+    place_labels(ax, points, line)
+    ax.legend(loc="best", fontsize=8)
     fig.savefig(path, format="png")
     plt.close(fig)
     return path

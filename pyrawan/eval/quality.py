@@ -89,51 +89,80 @@ def decode_in_batches(decode: Decode, latents: torch.Tensor, batch_size: int,
     return torch.cat(parts)
 
 
-def _records(files: ArtifactFiles) -> list[dict]:
-    """The artifact's ``samples.jsonl`` (through its door), each record checked for the keys read here."""
-    if "samples.jsonl" not in files.outputs:
-        raise InputError(f"--samples {files.folder} has no samples.jsonl; give a folder written by `pyrawan sample`.")
-    records = files.read_jsonl("samples.jsonl")
+SAMPLES_FOLDERS = "a `pyrawan sample` artifact, an eval artifact (`pyrawan eval quality`) or its samples/ folder"
+
+
+def samples_files(folder: str | Path, what: str = "--samples") -> tuple[ArtifactFiles, str] | None:
+    """``(door, prefix)`` when ``folder`` is a folder of videos with a samples manifest: a sample artifact
+    (prefix ``""``), an eval-quality artifact (its ``samples/``) or an eval artifact's ``samples/`` folder
+    (read through the eval artifact's door, prefix ``"samples/"``). None when it is not a folder with a
+    manifest (nor such a subfolder); InputError for an artifact of another kind."""
+    folder = Path(folder)
+    if (folder / "manifest.json").is_file():
+        files = ArtifactFiles(folder, what)
+        kind = files.manifest.get("kind")
+        if kind == "sample":
+            return files, ""
+        if kind == "eval-quality" and "samples/samples.jsonl" in files.outputs:
+            return files, "samples/"
+        raise InputError(f"{what} {folder} is a {kind!r} artifact without sampled videos; give {SAMPLES_FOLDERS}.")
+    parent = folder.parent
+    if folder.name == "samples" and (parent / "manifest.json").is_file():
+        files = ArtifactFiles(parent, what)
+        if files.manifest.get("kind") == "eval-quality" and "samples/samples.jsonl" in files.outputs:
+            return files, "samples/"
+    return None
+
+
+def _records(files: ArtifactFiles, prefix: str) -> list[dict]:
+    """The folder's ``samples.jsonl`` (through its door), each record checked for the keys read here."""
+    name = f"{prefix}samples.jsonl"
+    if name not in files.outputs:
+        raise InputError(f"{files.what} {files.folder} has no {name}; give {SAMPLES_FOLDERS}.")
+    records = files.read_jsonl(name)
     for r in records:
         if not (isinstance(r, dict) and type(r.get("index")) is int and isinstance(r.get("prompt"), str)
                 and type(r.get("seed")) is int and isinstance(r.get("latents"), str)
                 and isinstance(r.get("video"), (str, type(None)))):
-            raise InputError(f"{files.folder / 'samples.jsonl'}: a record is not {{index, prompt, seed, latents, "
+            raise InputError(f"{files.folder / name}: a record is not {{index, prompt, seed, latents, "
                              f"video}} as `pyrawan sample` writes it ({str(r)[:80]}); rerun `pyrawan sample`.")
     return records
 
 
-def read_sample_set(folder: str | Path, label: str | None = None) -> SampleSet:
-    """A ``pyrawan sample`` artifact as a SampleSet (latents loaded, frames not decoded yet), every file read
-    through the artifact's door (listed, inside, hash-checked)."""
+def read_sample_set(folder: str | Path, label: str | None = None, what: str = "--samples") -> SampleSet:
+    """Sampled videos as a SampleSet (latents loaded, frames not decoded yet): a sample artifact, an eval
+    artifact or its ``samples/`` (``samples_files``), every file read through the artifact's door (listed,
+    inside, hash-checked)."""
     folder = Path(folder)
-    files = ArtifactFiles(folder, "--samples")
+    found = samples_files(folder, what)
+    if found is None:
+        raise InputError(f"{what} {folder} is not a folder of videos with a samples manifest (no manifest.json); "
+                         f"give {SAMPLES_FOLDERS}.")
+    files, prefix = found
     manifest = files.manifest
-    if manifest.get("kind") != "sample":
-        raise InputError(f"--samples {folder} is a {manifest.get('kind')!r} artifact, not a sample artifact; give a "
-                         f"folder written by `pyrawan sample` (or `pyrawan eval quality --model`).")
     resolved = (manifest.get("recipe") or {}).get("resolved") or {}
-    records = sorted(_records(files), key=lambda r: r["index"])
-    missing = [r["latents"] for r in records if r["latents"] not in files.outputs]
+    records = sorted(_records(files, prefix), key=lambda r: r["index"])
+    missing = [r["latents"] for r in records if prefix + r["latents"] not in files.outputs]
     if missing:
-        raise InputError(f"--samples {folder}: latents file {missing[0]!r} is missing; pixel metrics are computed "
+        raise InputError(f"{what} {folder}: latents file {missing[0]!r} is missing; pixel metrics are computed "
                          f"from the saved latents (never from the lossy mp4). Rerun `pyrawan sample`.")
     for r in records:
         if r.get("video"):
-            files.locate(r["video"])  # inside and listed; hashed when a report copies it
-    latents = torch.cat([_latents(files, r["latents"]) for r in records])
+            files.locate(prefix + r["video"])  # inside and listed; hashed when a report copies it
+    latents = torch.cat([_latents(files, prefix + r["latents"]) for r in records])
     schedule = resolved.get("schedule")
     metrics = manifest.get("metrics") or {}
     seconds = metrics.get("seconds_per_video")
-    if seconds is None and metrics.get("seconds") is not None and records:
+    if seconds is None and metrics.get("seconds") is not None and records and not prefix:
         seconds = float(metrics["seconds"]) / len(records)
     coupled = bool(resolved.get("coupled_noise", False)) or first_stage_is_full(schedule)
-    return SampleSet(label=label or folder.name, model=str(resolved.get("model")),
+    root = files.folder / prefix
+    return SampleSet(label=label or (files.folder.name if prefix else folder.name), model=str(resolved.get("model")),
                      prompts=[r["prompt"] for r in records], seeds=[int(r["seed"]) for r in records],
-                     latents=latents, frames=None, videos=[folder / r["video"] if r.get("video") else None
+                     latents=latents, frames=None, videos=[root / r["video"] if r.get("video") else None
                                                            for r in records],
                      schedule=schedule, video=dict(resolved.get("video") or {}), coupled=coupled,
-                     seconds_per_video=seconds, source=folder)
+                     seconds_per_video=seconds, source=files.folder)
 
 
 def _latents(files: ArtifactFiles, name: str) -> torch.Tensor:
@@ -141,7 +170,7 @@ def _latents(files: ArtifactFiles, name: str) -> torch.Tensor:
     try:
         return load(files.read_bytes(name))["latents"].float()
     except (KeyError, SafetensorError) as err:
-        raise InputError(f"--samples {files.folder}: {name} is not a pyrawan latents file ({err}); rerun "
+        raise InputError(f"{files.what} {files.folder}: {name} is not a pyrawan latents file ({err}); rerun "
                          f"`pyrawan sample`.") from None
 
 

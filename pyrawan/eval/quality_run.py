@@ -21,7 +21,8 @@ import torch
 from pyrawan import dist
 from pyrawan.errors import InputError
 from pyrawan.eval.quality import SampleSet
-from pyrawan.manifest import artifact_dir, write_manifest
+from pyrawan.manifest import write_manifest
+from pyrawan.outputs import artifact_dir
 from pyrawan.ui import progress_bar
 
 Load = Callable[[str], Any]   # model spec -> its pyrawan.models.artifact.LoadedModel (cached)
@@ -81,7 +82,11 @@ def model_loader(device: torch.device, dtype: torch.dtype, inputs: list[Path] | 
 def job_inputs(job: QualityJob, models: list[str | None]) -> list[Path]:
     """The manifest's ``inputs``: the ``models`` and sample sets that are pyrawan artifacts (presets, hub ids
     and plain diffusers folders are left out), then the data folders read (cache, FD reference)."""
-    artifacts = [Path(s) for s in (*models, job.samples, job.reference)
+    from pyrawan.eval.quality import samples_files
+
+    sets = [found[0].folder for s in (job.samples, job.reference) if s is not None
+            and (found := samples_files(s)) is not None]
+    artifacts = [Path(s) for s in (*models, *sets, job.reference)
                  if s is not None and (Path(s) / "manifest.json").is_file()]
     data = [Path(p) for p in (job.validation_cache, job.fd_reference) if p is not None]
     return list(dict.fromkeys(artifacts + data))
@@ -106,8 +111,8 @@ def _decoded(load: Load, sample_set: SampleSet, model: str | None, batch_size: i
 
 def _set_from_artifact(load: Load, folder: Path, model: str | None, batch_size: int, label: str | None,
                        progress: bool = True, pair_with: SampleSet | None = None,
-                       share: list[int] | None = None) -> SampleSet:
-    """A sample artifact as a SampleSet, decoded (only the videos at ``share`` when given).
+                       share: list[int] | None = None, what: str = "--samples") -> SampleSet:
+    """Sampled videos (``read_sample_set``) as a SampleSet, decoded (only the videos at ``share`` when given).
 
     ``pair_with``: the whole set it must match, checked on every rank before anything is decoded.
     """
@@ -115,23 +120,34 @@ def _set_from_artifact(load: Load, folder: Path, model: str | None, batch_size: 
     from pyrawan.eval.sampling import plan_for, plan_tflops
     from pyrawan.manifest import read_manifest, require_verified
 
-    require_verified(folder, "--samples")
-    s = read_sample_set(folder, label)
+    s = read_sample_set(folder, label, what)
+    require_verified(s.source, what)
     if pair_with is not None:
         check_pairing(pair_with, s)
     s = s if share is None else s.subset(share)
     m = _decoded(load, s, model, batch_size, progress)
-    resolved = read_manifest(folder)["recipe"]["resolved"]
+    resolved = read_manifest(s.source)["recipe"]["resolved"]
     s.tflops_per_video = plan_tflops(m, plan_for(m, model or s.model, s.prompts or ["-"], s.schedule, s.video)) \
         if resolved.get("fewstep_levels") is None else None
     return s
 
 
-def _is_sample_artifact(reference: str | None) -> bool:
-    from pyrawan.manifest import read_manifest
+def reference_is_samples(reference: str | None) -> bool:
+    """True when ``--reference`` names sampled videos (``quality.samples_files``), False for a model; an
+    InputError, before anything is sampled, for a folder that is neither."""
+    from pyrawan.eval.quality import SAMPLES_FOLDERS, samples_files
+    from pyrawan.models.artifact import COMPONENTS_FILE, PYRAMID_FILE
 
-    return reference is not None and (Path(reference) / "manifest.json").is_file() and \
-        read_manifest(reference).get("kind") == "sample"
+    if reference is None:
+        return False
+    path = Path(reference)
+    if samples_files(path, "--reference") is not None:
+        return True
+    if path.is_dir() and not any((path / f).is_file() for f in ("model_index.json", PYRAMID_FILE, COMPONENTS_FILE)):
+        raise InputError(f"--reference {reference} is a folder, but neither sampled videos with a samples manifest "
+                         f"({SAMPLES_FOLDERS}) nor a model (a pyrawan model artifact or a diffusers folder with "
+                         f"model_index.json). Give one of those, or a preset or hub id to sample the reference here.")
+    return False
 
 
 def _check_job(job: QualityJob) -> None:
@@ -152,7 +168,7 @@ def evaluate_quality(out: Path, job: QualityJob, load: Load) -> dict:
     other than 0)."""
     from pyrawan.eval.quality import check_pairing, keys_only, read_sample_set, score_sets
     from pyrawan.eval.sampling import plan_for, sample_set
-    from pyrawan.manifest import check_output
+    from pyrawan.outputs import check_output
 
     started = time.time()
     _check_job(job)
@@ -160,7 +176,9 @@ def evaluate_quality(out: Path, job: QualityJob, load: Load) -> dict:
     if rank == 0:
         check_output(Path(out), job.overwrite)
     show = job.progress and rank == 0
-    ref_artifact = _is_sample_artifact(job.reference)
+    ref_artifact = reference_is_samples(job.reference)
+    if job.reference is not None and not ref_artifact:
+        load(job.reference)            # a reference model that cannot load fails before anything is sampled
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(artifact_dir(out, overwrite=job.overwrite)) if rank == 0 else None
         tmp = Path(dist.broadcast(str(tmp) if tmp else None))
@@ -176,12 +194,13 @@ def evaluate_quality(out: Path, job: QualityJob, load: Load) -> dict:
             whole = keys_only(name, job.prompts, job.seeds, plan.latent_shapes()[0])
             share = dist.shard(job.prompts, rank, size)
             if ref_artifact:
-                check_pairing(whole, read_sample_set(job.reference))
+                check_pairing(whole, read_sample_set(job.reference, what="--reference"))
             subject = sample_set(m, job.model, plan, job.prompts, job.seeds, tmp / "samples", whole.label,
                                  job.batch_size, show, share)
         ref = None
         if ref_artifact:
-            ref = _set_from_artifact(load, Path(job.reference), None, job.batch_size, None, show, whole, share)
+            ref = _set_from_artifact(load, Path(job.reference), None, job.batch_size, None, show, whole, share,
+                                     "--reference")
         elif job.reference is not None:
             rm = load(job.reference)
             rplan = plan_for(rm, job.reference, whole.prompts, job.reference_schedule, subject.video)

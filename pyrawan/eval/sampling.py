@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from pyrawan.data.video import write_video
+from pyrawan.data.prompts import read_prompt_file as prompt_lines
 from pyrawan.errors import InputError, NonFiniteError
 from pyrawan.eval.cost import stage_forward_tflops, video_tflops
 from pyrawan.eval.quality import SampleSet
@@ -42,12 +43,8 @@ def suite_prompts(name: str, seed: int = 0) -> list[str]:
 
 
 def read_prompt_file(path: Path) -> list[str]:
-    """Non-empty lines of a UTF-8 text file."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"--prompts {path}: cannot read it ({err}); give a UTF-8 text file, one prompt per line.") from None
-    prompts = [line.strip() for line in lines if line.strip()]
+    """Non-empty lines of a UTF-8 text file (``pyrawan.data.prompts``); at least one."""
+    prompts = prompt_lines(path)
     if not prompts:
         raise InputError(f"--prompts {path} holds no prompt; write one prompt per line.")
     return prompts

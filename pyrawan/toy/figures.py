@@ -34,6 +34,12 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def video_label(row: str, schedule: str, score: float | None, mean: float) -> str:
+    """A strip's row label: the row, its schedule, the ToyBench score of *this* video and the row's mean."""
+    own = "–" if score is None else f"{score:.2f}"
+    return f"{row}\n{schedule}\nthis video: ToyBench {own}\n(row mean {mean:.2f})"
+
+
 def frame_strip(videos: Sequence[torch.Tensor], labels: Sequence[str], path: Path, prompt: str,
                 frames: int = 5) -> Path:
     """One row of ``frames`` evenly spaced frames per video (videos [F, 3, H, W] in [0, 1] or uint8)."""

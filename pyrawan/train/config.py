@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 from pydantic_core import PydanticCustomError
 
 MAX_STEPS, MAX_BATCH = 10_000_000, 65_536  # caps: typos fail at validation, not after allocating
@@ -43,7 +43,7 @@ class Optimizer(_Section):
 class Lora(_Section):
     """LoRA adapters (peft) instead of full finetuning."""
 
-    enabled: bool = Field(False, description="Train LoRA adapters only; the base weights stay frozen.")
+    enabled: StrictBool = Field(False, description="Train LoRA adapters only; the base weights stay frozen.")
     rank: int = Field(32, ge=1, le=4096, description="Adapter rank r.")
     alpha: float = Field(32.0, gt=0, le=1e6, description="Adapter scale numerator (scale = alpha / rank).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
@@ -68,7 +68,7 @@ class Lora(_Section):
 class Ema(_Section):
     """Exponential moving average of the trained weights (exported instead of the raw weights)."""
 
-    enabled: bool = Field(False, description="Keep an fp32 EMA of the trainable weights; the output model holds it.")
+    enabled: StrictBool = Field(False, description="Keep an fp32 EMA of the trainable weights; the output model holds it.")
     decay: float = Field(0.999, gt=0, lt=1, description="EMA decay per optimiser step (0.999 ~ last 1000 steps).")
     start_step: int = Field(0, ge=0, le=MAX_STEPS, description="Copy the weights (no averaging) until this step.")
 
@@ -105,7 +105,7 @@ class Train(_Section):
     engine: Literal["auto", "single", "ddp", "deepspeed"] = Field("auto", description=(
         "auto = ddp under torchrun (WORLD_SIZE > 1), else single; deepspeed = ZeRO (any launcher)."))
     zero_stage: Literal[1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage (engine: deepspeed).")
-    gradient_checkpointing: bool = Field(True, description="Recompute block activations in backward "
+    gradient_checkpointing: StrictBool = Field(True, description="Recompute block activations in backward "
                                                            "(about 15x less activation memory at 1.3B).")
     max_grad_norm: float = Field(1.0, ge=0, le=1e6, description="Clip the global gradient norm (0 = no clipping).")
     cfg_dropout: float = Field(0.1, ge=0, le=1, description="Probability of replacing a caption by the "
@@ -120,7 +120,7 @@ class Train(_Section):
         "Where training levels fall inside each stage: rho drawn uniform, then warped like the sampler's shift, "
         "k rho / (1 + (k - 1) rho); 1 = uniform, k > 1 puts more samples at the noisy end (our option; SD3 and "
         "Wan train on shifted or logit-normal levels)."))
-    from_scratch: bool = Field(False, description="Re-initialise the transformer randomly (seeded) instead "
+    from_scratch: StrictBool = Field(False, description="Re-initialise the transformer randomly (seeded) instead "
                                                   "of starting from the base weights (teacher pretraining).")
     on_nonfinite: Literal["stop", "skip"] = Field("stop", description=(
         "A non-finite loss or gradient: stop (keep the last good checkpoint) or skip that optimiser step."))

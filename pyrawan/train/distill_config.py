@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from pyrawan.pyramid.schedule import schedule_text
@@ -49,7 +49,7 @@ class Adversarial(_Section):
     taps: tuple[float, ...] = Field((0.45, 0.70, 0.97), min_length=1, max_length=8, description=(
         "Tapped blocks as fractions of the depth (LADD/FastGen: about 45/70/97 %); one head per tap."))
     channels: int = Field(64, ge=1, le=4096, description="Channels of each head's convolutional branches.")
-    renoise: bool = Field(True, description="Re-noise real and generated latents to the same level before the backbone.")
+    renoise: StrictBool = Field(True, description="Re-noise real and generated latents to the same level before the backbone.")
     real: Literal["data", "teacher"] = Field("data", description=(
         "Real samples: data = the latent cache's clean latents of the same captions; teacher = the teacher pairs."))
     lambda_adv: float = Field(1.0, ge=0, le=100.0, description="Weight of the generator's adversarial loss (paper: 1).")

@@ -12,7 +12,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 
 from pyrawan.fsutil import json_safe
-from pyrawan.ui import console
+from pyrawan.ui import console, log_progress
 
 
 class MetricsLog:
@@ -67,9 +67,14 @@ class SpeedColumn(ProgressColumn):
 
 @contextlib.contextmanager
 def progress(total: int, done: int, enabled: bool, label: str = "finetune") -> Iterator:
-    """A progress bar with loss, it/s and ETA; yields ``update(loss)`` to call once per step."""
+    """A progress bar with loss, it/s and ETA (plain lines when stderr is not a terminal, ``pyrawan.ui``);
+    yields ``update(loss)`` to call once per step."""
     if not enabled:
         yield lambda loss: None
+        return
+    if not console.is_terminal:
+        with log_progress(label, total, done) as advance:
+            yield lambda loss: advance(loss=f"{loss:.4f}")
         return
     columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                SpeedColumn(), TimeElapsedColumn(), TimeRemainingColumn())

@@ -139,6 +139,22 @@ def nonfinite(command: str, run: Path, step: int, what: str, items: list[str], r
     raise RunError(f"{command} stopped at step {step}: {what}; {where}. {kept}. Fix: {fix}")
 
 
+def interrupted(out: Path, step: int, every: int) -> KeyboardInterrupt:
+    """Ctrl-C at ``step``: a KeyboardInterrupt whose text says what is kept (the CLI prints it), and promises
+    ``--resume`` only when a complete checkpoint exists."""
+    run = run_folder(out)
+    last = ckpt.latest(run / "checkpoints", report=lambda m: None)
+    if last is not None:
+        kept = (f"stopped at step {step}; the checkpoints under {run / 'checkpoints'} are kept (the last: {last.name}); "
+                f"continue from it with the same command plus --resume.")
+    else:
+        why = "train.checkpoint.every = 0" if not every else f"the first comes at step {every}"
+        kept = (f"stopped at step {step} before any checkpoint ({why}), so nothing can be resumed; the losses so far "
+                f"are kept in {run / 'metrics.jsonl'} until the next start. Run the same command again to start over "
+                f"(with train.checkpoint.every=N it can be resumed after a stop).")
+    return KeyboardInterrupt(f"{kept} The model folder {out} was not written.")
+
+
 def describe_nonfinite(loss: float, norm: float) -> str:
     return f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} (loss {loss}, gradient norm {norm})"
 

@@ -17,12 +17,75 @@ from pyrawan.recipe import DistillRecipe, FinetuneRecipe
 from pyrawan.train.data import LatentSource
 from pyrawan.train.engine import Context
 from pyrawan.train.model import Base
+from pyrawan.ui import console
 
 TrainRecipe = FinetuneRecipe | DistillRecipe
 
 
-def open_source(recipe: TrainRecipe, base: Base, ctx: Context) -> tuple[LatentSource, Path]:
-    """The latent cache (built from ``data.root`` on rank 0 when needed) and its folder."""
+class PromptSource:
+    """``data.prompts``: prompts and their caption embeddings, no latents (distill's DMD without the GAN term)."""
+
+    def __init__(self, path: Path, prompts: list[str], embeddings: list[torch.Tensor]):
+        self.path, self.prompts, self.embeddings = path, prompts, embeddings
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def latents(self, i: int) -> list[torch.Tensor]:
+        raise RunError(f"data.prompts = {self.path} gives prompts only, but this run needs video latents; set "
+                       "data.cache or data.root instead.")
+
+    def text(self, i: int) -> torch.Tensor:
+        return self.embeddings[i]
+
+    def record(self, i: int) -> dict:
+        return {"id": f"prompt-{i}", "caption": self.prompts[i]}
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Non-empty lines of ``data.prompts``; InputError naming the file and the fix."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"data.prompts = {path}: cannot read it ({err}); give a UTF-8 text file, one prompt per "
+                         "line.") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise InputError(f"data.prompts = {path} holds no prompt; write one prompt per line.")
+    return prompts
+
+
+def data_size(recipe: TrainRecipe) -> int | None:
+    """How many items the run's data has, found cheaply (no video opened, nothing encoded): the prompts file's
+    lines, a built cache's records or the dataset folder's listing; None when it cannot be known yet."""
+    from pyrawan.data.cache import read_index
+    from pyrawan.data.datasets import scan_dataset
+
+    data = recipe.data
+    if data.prompts is not None:
+        return len(read_prompts(data.prompts))
+    if data.cache is not None and (index := read_index(Path(data.cache))) is not None:
+        return int(index.get("num_records", 0)) or None
+    if data.root is not None:
+        return len(scan_dataset(Path(data.root), data).records)
+    return None
+
+
+def open_source(recipe: TrainRecipe, base: Base, ctx: Context) -> tuple[LatentSource, Path | None]:
+    """The latent cache (built from ``data.root`` on rank 0 when needed) and its folder; for ``data.prompts``
+    the prompts' embeddings (every rank encodes them) and no folder."""
+    if recipe.data.prompts is not None:
+        from pyrawan.data.encode import caption_embeddings
+
+        prompts = read_prompts(recipe.data.prompts)
+        comps = base.components
+        comps.text_encoder = comps.text_encoder.to(ctx.device)
+        embeddings = caption_embeddings(comps, prompts, recipe.text.max_sequence_length)
+        comps.text_encoder = comps.text_encoder.cpu()
+        if ctx.rank == 0:
+            console.print(f"data: {len(prompts)} prompts from {recipe.data.prompts} (no videos, no latent cache)",
+                          markup=False)
+        return PromptSource(Path(recipe.data.prompts), prompts, embeddings), None
     try:
         from pyrawan.data.cache import LatentCache, ensure_cache
     except ImportError:
@@ -40,6 +103,7 @@ def open_source(recipe: TrainRecipe, base: Base, ctx: Context) -> tuple[LatentSo
             if not folder.is_dir():
                 raise InputError(f"data.cache = '{folder}' is not a folder; build it with `pyrawan calibrate` or set "
                                  "data.root to cache videos on the fly.")
+            console.print(f"cache: reading the latent cache {folder}", markup=False)
     folder = Path(dist.broadcast(str(folder) if folder else None))
     return LatentCache(folder), folder
 

@@ -22,7 +22,7 @@ from pyrawan.pyramid.config import PyramidConfig
 from pyrawan.pyramid.sampler import active_stages, sample_multistep
 from pyrawan.pyramid.schedule import parse_schedule
 from pyrawan.train.data import generator, pad_texts
-from pyrawan.ui import console
+from pyrawan.ui import console, progress_bar
 
 FILE = "teach_pairs.safetensors"
 RealVelocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -85,14 +85,17 @@ def compute(loop, real_velocity: RealVelocity) -> TeachPairs:
     t_pyramid, steps, shift = teacher_sampler(loop)
     t_first = active_stages(steps)[0][0]
     mine, targets = list(range(ctx.rank, n, ctx.world)), []
-    for start in range(0, len(mine), recipe.train.batch_size):
-        batch = mine[start:start + recipe.train.batch_size]
-        text = pad_texts([texts[j] for j in batch]).to(device)
-        noise = couple_down(z[batch], t_pyramid, t_first).to(device)
-        velocity = lambda x, s, text=text: real_velocity(x, s, text)  # noqa: E731
-        gens = [generator(recipe.seed, "teach-sampler", j) for j in batch]
-        with torch.no_grad():
-            targets.append(sample_multistep(velocity, noise, t_pyramid, steps, shift, gens).float().cpu())
+    label = f"distill: teacher videos for L_teach ({'-'.join(map(str, steps))} steps each)"
+    with progress_bar(label, len(mine), enabled=ctx.rank == 0) as advance:
+        for start in range(0, len(mine), recipe.train.batch_size):
+            batch = mine[start:start + recipe.train.batch_size]
+            text = pad_texts([texts[j] for j in batch]).to(device)
+            noise = couple_down(z[batch], t_pyramid, t_first).to(device)
+            velocity = lambda x, s, text=text: real_velocity(x, s, text)  # noqa: E731
+            gens = [generator(recipe.seed, "teach-sampler", j) for j in batch]
+            with torch.no_grad():
+                targets.append(sample_multistep(velocity, noise, t_pyramid, steps, shift, gens).float().cpu())
+            advance(len(batch))
     student = couple_down(z, loop.pyramid, first_stage(loop.levels))
     return TeachPairs(student, texts, torch.cat(targets) if targets else torch.zeros(0, 16, *full))
 
@@ -116,7 +119,8 @@ def make_teach_pairs(loop, run_dir: Path, real_velocity: RealVelocity, reuse: bo
         return TeachPairs(saved["student_noise"], [saved[f"text.{j}"] for j in range(len(saved["target"]))],
                           saved["target"])
     if loop.ctx.rank == 0:
-        console.print(f"distill: sampling {loop.recipe.distill.teach_pairs} teacher videos for L_teach", markup=False)
+        console.print(f"distill: sampling {loop.recipe.distill.teach_pairs} teacher videos for L_teach (once per run, "
+                      f"kept in {path})", markup=False)
     pairs = gather_targets(compute(loop, real_velocity), loop.ctx.world)
     if loop.ctx.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
