@@ -1,15 +1,25 @@
 # One command each; both set up .venv (scripts/setup.sh) on first use.
-.PHONY: setup test test-fast demo bench
+.PHONY: setup test test-fast test-random demo bench
+
+PYTEST = HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python -m pytest
+# The options every run shares (pyproject.toml's addopts) less the fixed order, for test-random.
+RANDOM_OPTS = -ra --disable-socket --allow-unix-socket --timeout=600
 
 setup:
 	bash scripts/setup.sh
 
+# Everything, two workers (one per core): what CI runs.
 test: setup
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python -m pytest $(PYTEST_ARGS)
+	$(PYTEST) -n 2 $(PYTEST_ARGS)
 
-# Everything but the multi-process and demo tests (marked slow): the quick loop while editing.
+# Everything but the tests marked slow (multi-process runs, kills, the demo, long trainings): the quick
+# loop while editing. Two workers, and no test may take more than 60 s.
 test-fast: setup
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" -n 2 --timeout=60 $(PYTEST_ARGS)
+
+# The fast tier in a random order (pytest-randomly prints its seed; repeat an order with PYTEST_ARGS=--randomly-seed=N).
+test-random: setup
+	$(PYTEST) -o addopts="$(RANDOM_OPTS)" -m "not slow" -n 2 $(PYTEST_ARGS)
 
 demo: setup
 	bash scripts/demo.sh

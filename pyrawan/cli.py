@@ -307,8 +307,9 @@ def lineage(art_dir: ArtifactArg, as_json: JsonOpt = False) -> None:
     for node in nodes:
         sha = (node["manifest_sha256"] or "")[:12]
         style = "green" if node["status"] in ("ok", "repeated") else "yellow"
-        label = Text.assemble((f"{node['kind'] or '-'}", "bold"), f"  {node['path']}  ", (node["status"], style),
-                              f"  {sha}" if sha else "")
+        label = Text.assemble((f"{node['kind'] or '-'}", "bold"), "  ", (node["status"], style),
+                              f"  {sha}" if sha else "", f"  {node['path']}")      # the path last: long ones fold
+        label.overflow = "fold"
         trees.append(Tree(label) if node["parent"] is None else trees[node["parent"]].add(label))
     stdout().print(trees[0])
 

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True)
+console.soft_wrap = not console.is_terminal     # a log gets one line per message, not lines cut at 80 columns
 
 LOG_EVERY_S = 30.0     # seconds between progress lines in a log
 FIRST_LINE_S = 5.0     # the first line comes sooner: the remaining time measured from the first steps

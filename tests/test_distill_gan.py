@@ -59,7 +59,6 @@ def test_the_gan_term_trains_heads_and_fake_score_logs_its_losses_and_exports_on
     # beta_1 = 0 move a weight by lr |g_t| / sqrt(v_t) <= lr sqrt(t) each (t = 4, 5, 6), plus the weight decay
     moved = max(float((heads6[k] - heads3[k]).abs().max()) for k in heads3)
     largest = max(float(heads6[k].abs().max()) for k in heads3)
-    print("MOVED", moved, largest)
     assert 1e-4 < moved < 1e-4 * (2 + 5 ** 0.5 + 6 ** 0.5) + 3 * 1e-4 * 0.01 * largest, moved
     assert {"gan_heads-optimizer.safetensors", "gan_heads-optimizer.json"} <= {
         p.name for p in (tmp_path / "on.run" / "checkpoints" / "step-00000006").iterdir()}

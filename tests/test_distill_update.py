@@ -63,8 +63,9 @@ class Affine(Wanlike):
         return (x - x @ self.w.T - self.b) / s
 
 
-def gaussian_loop(critic_lr: float = 4e-2, lr: float = 4e-2) -> Loop:
-    recipe = load_recipe("tiny-dmd", ["distill.guidance=1.0", "distill.teach_weight=0", "train.lora.enabled=false",
+def gaussian_loop(critic_lr: float = 4e-2, lr: float = 4e-2, teach_weight: float = 0.0) -> Loop:
+    recipe = load_recipe("tiny-dmd", ["distill.guidance=1.0", f"distill.teach_weight={teach_weight}",
+                                      "train.lora.enabled=false",
                                       f"train.optimizer.lr={lr}", f"distill.fake_score.optimizer.lr={critic_lr}",
                                       "train.optimizer.weight_decay=0", "distill.fake_score.optimizer.weight_decay=0"],
                          kind="distill")
@@ -87,30 +88,34 @@ def distance(loop: Loop) -> tuple[float, float]:
         return float((student.b - MU).norm()), float((student.w @ student.w.T - SIGMA).norm())
 
 
-def train(loop: Loop, iterations: int, batch: int = 16) -> None:
-    """The command's DMD iteration with the backward simulation of a one-step student: its input is noise."""
+def train(loop: Loop, iterations: int, batch: int = 16) -> list[dict]:
+    """The command's DMD iteration with the backward simulation of a one-step student: its input is noise.
+    Returns the generator steps' records."""
     one = torch.tensor([1.0])
     step = FewStep(0, 0, 0, 1.0, torch.zeros(1), one, None)
     proc = StageProcess("ordinary", torch.zeros(1), one, None)
-    text = torch.zeros(batch, 1, 1)
+    text, records = torch.zeros(batch, 1, 1), []
     for i in range(iterations):
         loop.iteration = i
         gens = [torch.Generator().manual_seed(1000 * i + j) for j in range(batch)]
         x = torch.randn(batch, 2, 1, 1, 1, generator=gens[0])
         if i % 2 == 1:
             x_hat, record = generator_update(loop, x, step, text, proc, gens, 0)
-            assert record["gen_applied"]
+            records.append(record)
+            assert record["gen_applied"] and set(record) == {"gen_loss", "w_dmd", "gen_grad_norm", "teach_loss",
+                                                             "gen_applied"}
         else:
             with torch.no_grad():
                 x_hat = x.flatten(1) @ loop.generator.engine.module.w.T + loop.generator.engine.module.b
             x_hat = x_hat.view(batch, 2, 1, 1, 1)
         assert fake_update(loop, x_hat, text, proc, gens)["fake_applied"]
+    return records
 
 
 def test_the_commands_dmd_update_moves_the_student_onto_the_data():
     loop = gaussian_loop()
     mean0, cov0 = distance(loop)
-    train(loop, 100)
+    assert all(r["teach_loss"] is None for r in train(loop, 100))
     mean, cov = distance(loop)
     assert mean < 0.25 * mean0 and cov < 0.25 * cov0, (mean0, mean, cov0, cov)
 
@@ -125,3 +130,48 @@ def test_with_real_and_fake_swapped_the_same_update_drives_the_student_away(monk
     mean0, _ = distance(loop)
     train(loop, 40)
     assert distance(loop)[0] > 2 * mean0
+
+
+def test_the_update_draws_only_from_the_per_sample_generators_and_passes_each_samples_level(monkeypatch):
+    """Resume and multi-process runs rely on it: the global generator plays no part."""
+    from pyrawan.commands import distill_dmd as cmd
+
+    levels, real = [], cmd.dmd_gradient
+
+    def spy(x_hat, x0_real, x0_fake, sigma_mean):
+        levels.append(sigma_mean)
+        return real(x_hat, x0_real, x0_fake, sigma_mean)
+    monkeypatch.setattr(cmd, "dmd_gradient", spy)
+    weights = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        loop = gaussian_loop()
+        train(loop, 4)
+        weights.append([p.detach().clone() for p in loop.generator.engine.module.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+    low, high = loop.recipe.distill.score_levels
+    assert levels[0].shape == (16,) and len(set(levels[0].tolist())) == 16
+    assert low <= float(levels[0].min()) and float(levels[0].max()) <= high
+
+
+def test_the_teacher_term_pulls_the_student_to_the_teachers_samples(monkeypatch):
+    """L_teach alone (the DMD loss zeroed): its value is the untouched student's known error on the pairs it
+    picks, and teach_weight x L_teach moves the student onto the teacher's samples (all at c)."""
+    from pyrawan.commands import distill_dmd as cmd
+    from pyrawan.train.teach import TeachPairs
+
+    real = cmd.dmd_loss
+    monkeypatch.setattr(cmd, "dmd_loss", lambda x_hat, g: 0 * real(x_hat, g))
+    c = torch.tensor([-2.0, 2.0])
+    noise = torch.randn(8, 2, 1, 1, 1, generator=torch.Generator().manual_seed(5))
+    pairs = TeachPairs(noise, [torch.zeros(1, 1)] * 8, c.view(1, 2, 1, 1, 1).expand(8, -1, -1, -1, -1).clone())
+    off = gaussian_loop(teach_weight=0.0)
+    off.teach = pairs
+    assert [r["teach_loss"] for r in train(off, 2)] == [None]                    # weight 0: not computed
+    loop = gaussian_loop(teach_weight=0.5)
+    loop.teach = pairs
+    records = train(loop, 60)
+    picked = noise[2:4].flatten(1)                                       # iteration 1, batch 2: pairs 2 and 3
+    assert records[0]["teach_loss"] == pytest.approx(float(((0.3 * picked - c) ** 2).mean()), rel=1e-5)
+    student = loop.generator.engine.module
+    assert float((student.b.detach() - c).norm()) < 0.75 * float(c.norm())         # a flipped sign: away

@@ -131,8 +131,10 @@ def test_dataset_metadata_scans_or_fails_with_an_input_error(layout, rows, junk)
         (root / "link.mp4").symlink_to(Path(folder) / "out.mp4")
         (root / layout).write_text(_metadata(layout, rows, junk), encoding="utf-8")
         result = outcome(lambda: scan_dataset(root, Data()))
-        if _all_valid(layout, rows, junk):
-            assert not isinstance(result, InputError) and len(result.records) == len(rows), result
+        if _all_valid(layout, rows, junk):                # each distinct row listed once, a repeat is bad
+            distinct = {(r["video"], r["caption"].strip()) for r in rows}
+            assert not isinstance(result, InputError) and len(result.records) == len(distinct), result
+            assert [b.reason for b in result.bad] == ["duplicate"] * (len(rows) - len(distinct)), result
         if isinstance(result, InputError):
             return
         resolved = root.resolve()

@@ -19,7 +19,6 @@ from pyrawan.models.loading import load_component
 from pyrawan.models.ppf import (PPFWanTransformer, from_base, is_ppf, shuffle, stage_factors, stage_of,
                                 transformer_from_config, unshuffle)
 from pyrawan.models.presets import TRANSFORMER_ARCHS, build_transformer
-from pyrawan.models.pyramid_spec import PyramidSpec
 from pyrawan.pyramid.config import PyramidConfig
 from pyrawan.pyramid.sampler import sample_fewstep, sample_multistep
 from pyrawan.recipe import load_recipe
@@ -208,7 +207,7 @@ def test_convert_ppf_then_sample_and_eval_flops(tmp_path):
     match_kind(plain.components, loaded.spec, "tiny")                       # finetune of a plain base converts it
     assert isinstance(plain.components.transformer, PPFWanTransformer)
     with pytest.raises(InputError, match="is a PPF model but the recipe's pyramid.kind is 'resolution'"):
-        match_kind(loaded.components, PyramidSpec.parse({**loaded.spec.to_dict(), "kind": "resolution"}, "x"), "P")
+        match_kind(loaded.components, loaded.spec.model_copy(update={"kind": "resolution"}), "P")
 
 
 # ---- training: finetune (resume, two processes) and DMD ------------------------------------------------------
@@ -249,6 +248,7 @@ def test_two_ddp_processes_train_a_ppf_model_like_one(ppf_reference, tmp_path):
     assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5) for k in a)
 
 
+@pytest.mark.slow
 def test_ppf_dmd_distills_against_the_original_model_and_samples_in_five_forwards(tmp_path, transformer_batches):
     from pyrawan.commands.distill import run
     from pyrawan.train.synthetic import for_recipe

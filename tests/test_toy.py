@@ -128,6 +128,7 @@ def validation() -> dict[str, dict]:
     return validate(n=8, seed=0, frames=17, height=64, width=64, mp4=True)
 
 
+@pytest.mark.slow
 def test_real_videos_score_near_perfect_after_mp4(validation):
     real = validation["real"]
     assert min(v["overall"] for v in real["per_video"]) > REAL_OVERALL

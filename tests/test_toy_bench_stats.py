@@ -48,6 +48,7 @@ def test_short_prompt_scores_only_named_attributes_and_wrong_ones_fail():
     assert too_slow["scores"]["speed"] < 0.2 and too_slow["scores"]["direction"] is None
 
 
+@pytest.mark.slow
 def test_short_captions_keep_the_judge_valid(short_validation):
     """Real clips score ~1; each corruption still drops its targeted score on the videos whose prompt names it."""
     real = short_validation["real"]

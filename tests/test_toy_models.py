@@ -80,7 +80,7 @@ def test_quick_demo_runs(tmp_path, monkeypatch):
     assert md.startswith("Baseline: teacher.") and "| pyramid, finetuned (cheap) | 1-1-1 | 2 |" in md
     assert "Warning" not in md                        # every row scored the same (prompt, seed) pairs
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert len(saved["rows"]) == 4 and saved["figures"] == ["quality_vs_flops.png", "frames.png"]
+    assert len(saved["rows"]) == 4 and saved["figures"] == ["compare/quality_vs_cost.png", "frames.png"]
     for name in saved["figures"]:
         assert (tmp_path / "demo" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -156,6 +156,7 @@ def test_demo_cli_passes_every_option_on(tmp_path, monkeypatch):
     assert seen["resizer"] == "dct" and seen["quick"] is True and seen["out"] == tmp_path / "d"
 
 
+@pytest.mark.slow
 def test_shipped_vae_keeps_colour_and_shape():
     """The shipped VAE's reconstructions of unseen toy clips pass ToyBench (the teacher's ceiling)."""
     from pyrawan.toy.bench import score_set
@@ -172,6 +173,7 @@ def test_shipped_vae_keeps_colour_and_shape():
     assert scores["direction"] >= VAE_FLOOR["direction"], scores
 
 
+@pytest.mark.slow
 def test_default_model_is_the_toy_teacher_and_follows_prompts(tmp_path):
     """`pyrawan sample` with no --model samples the shipped teacher; ToyBench finds what was asked."""
     from typer.testing import CliRunner

@@ -21,6 +21,7 @@ class Answers(torch.nn.Module):
     def __init__(self, answer: torch.Tensor):
         super().__init__()
         self.answer, self.seen = answer, {}
+        self.marker = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))    # float64 weights, float32 asked
         self.weight = torch.nn.Parameter(torch.ones(()))
 
     def forward(self, hidden_states, timestep, encoder_hidden_states, attention_kwargs=None, return_dict=False):
@@ -37,12 +38,19 @@ def test_stage_losses_are_per_sample_squared_errors_of_flow_matching(process):
     d, e = torch.tensor([0.5, -2.0]), torch.tensor([1.5, 1.0])
     target = eps - x0
     model = Answers(target + d.view(-1, 1, 1, 1, 1))
-    teacher = lambda x, sigma, txt: target + e.view(-1, 1, 1, 1, 1)            # noqa: E731
+    asked = {}
+
+    def teacher(x, sigma, txt):
+        asked.update(x=x, sigma=sigma, text=txt)
+        return target + e.view(-1, 1, 1, 1, 1)
     mse, align = stage_losses(model, batch, PyramidConfig(num_stages=1), (1, 1, 1), torch.device("cpu"),
                               torch.float32, teacher, process)
     assert torch.allclose(mse, d ** 2) and torch.allclose(align, (d - e) ** 2)
     assert torch.allclose(model.seen["x"], (1 - rho.view(-1, 1, 1, 1, 1)) * x0 + rho.view(-1, 1, 1, 1, 1) * eps)
     assert torch.allclose(model.seen["t"], 1000 * rho) and torch.equal(model.seen["text"], text)
+    assert model.seen["x"].dtype == torch.float32
+    assert torch.equal(asked["x"], model.seen["x"]) and torch.equal(asked["text"], text)   # the teacher sees the same
+    assert torch.allclose(asked["sigma"].double(), rho.view(-1, 1).expand(-1, 2).double())
     mse.sum().backward()                                          # the loss carries the model's graph:
     answer_mean = (target + d.view(-1, 1, 1, 1, 1)).flatten(1).mean(1)
     assert model.weight.grad == pytest.approx(float((2 * d * answer_mean).sum()), rel=1e-5)   # 2 d_i mean(answer_i)

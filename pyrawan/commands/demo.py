@@ -24,8 +24,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.markup import escape
+
 from pyrawan.commands.common import console
 from pyrawan.outputs import fresh_folder
+from pyrawan.ui import duration
 
 # What the demo writes at the top of its folder (a marked folder holding anything else is not replaced).
 # samples-*/bench-* are what demos before the eval-quality rows wrote: such a folder is still replaced.
@@ -80,12 +83,13 @@ class DemoSizes:
         return [("teacher", "teacher", str(self.teacher_steps)), ("pyramid, not finetuned", "pyramid", self.schedule),
                 ("pyramid, finetuned", "finetuned", self.schedule), ("pyramid, finetuned (cheap)", "finetuned", self.cheap)]
 
-    def phases(self) -> int:
-        """Number of phases the progress display counts: 4 to build, one per row, one to compare."""
-        return 4 + len(self.rows()) + 1
-
 
 BOUNDARY_CHOICES = ("calibrated", "uniform", "pyramid-flow")
+
+
+def default_out(quick: bool) -> Path:
+    """``runs/demo``, or ``runs/demo-quick`` for ``--quick`` (a quick run never replaces a full one)."""
+    return Path("runs") / ("demo-quick" if quick else "demo")
 
 
 def boundary_overrides(choice: str) -> list[str]:
@@ -107,20 +111,59 @@ def demo_prompts(n: int, seed_set: int) -> list[str]:
     return fixed + [caption(sample_scene(rng)) for _ in range(n - len(fixed))]
 
 
-class Phases:
-    """The demo's progress display: a numbered header before each phase, a timing line after it."""
+# Seconds per unit of work on 2 idle CPU cores: a toy video made, a video VAE-encoded by calibrate, convert, a
+# finetune step of 24 samples (2.56 it/s alone), a transformer forward of one 17x64x64 video at full
+# resolution, a video decoded and scored, a row's model loading, a dataset video read as the row's FD
+# reference, compare. Their sum for the default sizes is the measured 593 s (docs/cli.md "demo"); each
+# phase's estimate then follows the pace of the phases before it.
+UNIT_SECONDS = {"video": 0.05, "encode": 1.4, "convert": 10.0, "step": 0.39, "forward": 0.003, "score": 0.15,
+                "load": 5.0, "reference": 0.55, "compare": 5.0}
 
-    def __init__(self, total: int):
-        self.total, self.done, self.t0 = total, 0, time.time()
+
+def full_steps(schedule: str) -> float:
+    """Steps at full resolution a schedule (coarsest first) costs: a stage k levels coarser has 1/8^k the
+    tokens (half the frames, height and width)."""
+    counts = [int(n) for n in schedule.split("-")]
+    return sum(n / 8 ** (len(counts) - 1 - i) for i, n in enumerate(counts))
+
+
+def phase_seconds(sizes: DemoSizes, unit: dict[str, float] = UNIT_SECONDS) -> list[float]:
+    """Estimated seconds of every phase on 2 idle CPU cores: dataset, calibrate, convert, finetune, one per
+    row (two forwards per step: guidance), compare."""
+    videos, fixed = sizes.seed_sets * sizes.prompts, unit["load"] + sizes.videos * unit["reference"]
+    per_video = [2 * full_steps(schedule) * unit["forward"] + unit["score"] for _, _, schedule in sizes.rows()]
+    rows = [fixed + videos * seconds for seconds in per_video]
+    return [sizes.videos * unit["video"], sizes.videos * unit["encode"], unit["convert"],
+            sizes.finetune_steps * sizes.batch_size / 24 * unit["step"], *rows, unit["compare"]]
+
+
+class Phases:
+    """The demo's progress display: a numbered header with the phase's estimated duration before each
+    phase, a timing line after it. Estimates are ``estimates`` (seconds on 2 idle cores) times the pace so
+    far: the time the finished phases took over their estimates."""
+
+    def __init__(self, estimates: list[float], clock=time.time):
+        self.estimates, self.clock, self.done, self.expected, self.spent = estimates, clock, 0, 0.0, 0.0
+        self.total, self.t0 = len(estimates), clock()
+
+    def pace(self) -> float:
+        """Measured over estimated time of the finished phases (1 before any)."""
+        return self.spent / self.expected if self.expected > 0 else 1.0
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """``demo [k/N] name`` before the phase (its own progress bar follows), its duration after."""
+        """``demo [k/N] name (about T)`` before the phase (its own progress follows), its duration after."""
+        estimate = self.estimates[self.done] * self.pace()
         self.done += 1
-        started = time.time()
-        console.rule(f"[bold]demo [{self.done}/{self.total}][/] {name}", align="left")
+        started = self.clock()
+        console.rule(f"[bold]demo [{self.done}/{self.total}][/] {escape(name)} (about {duration(estimate)})",
+                     align="left")
         yield
-        console.print(f"[dim]  done in {time.time() - started:.0f} s ({time.time() - self.t0:.0f} s so far)[/]")
+        self.expected += self.estimates[self.done - 1]
+        self.spent += self.clock() - started
+        left = sum(self.estimates[self.done:]) * self.pace()
+        console.print(f"[dim]  done in {duration(self.clock() - started)} ({duration(self.clock() - self.t0)} so "
+                      f"far" + (f", about {duration(left)} left)" if left else ")") + "[/]")
 
 
 def build_models(out: Path, sizes: DemoSizes, seed: int, phases: Phases) -> dict[str, str]:
@@ -224,19 +267,22 @@ def write_figures(out: Path, rows: list[dict]) -> list[Path]:
     return [out / "compare" / PLOT, *figures] if (out / "compare" / PLOT).is_file() else figures
 
 
-def run(out: Path, quick: bool = False, seed: int = 0, overwrite: bool = True, **changes) -> list[dict]:
+def run(out: Path, quick: bool = False, seed: int = 0, overwrite: bool = False, **changes) -> list[dict]:
     """Run the whole demo into ``out`` and print the results table; returns its rows (``results.json``).
 
     ``changes`` override ``DemoSizes`` fields (e.g. ``resizer="dct"``, ``stage_data=1``,
     ``finetune_steps=800``, ``seed_sets=3``, ``prompts=32``, ``boundaries="pyramid-flow"``,
-    ``align_weight=1.0``); ``None`` values are ignored.
+    ``align_weight=1.0``); ``None`` values are ignored. An earlier demo in ``out`` is replaced only with
+    ``overwrite``.
     """
     fresh_folder(out, "demo", overwrite, own=DEMO_OUTPUTS)  # only a folder an earlier demo marked, holding only its files
     sizes = DemoSizes.quick() if quick else DemoSizes()
     for key, value in changes.items():
         if value is not None:
             setattr(sizes, key, value)
-    phases = Phases(sizes.phases())
+    phases = Phases(phase_seconds(sizes))
+    console.print(f"demo: {len(phases.estimates)} phases, about {duration(sum(phases.estimates))} on 2 idle CPU "
+                  f"cores; longer on a busy machine (each phase's estimate follows the pace so far)", markup=False)
     models = build_models(out, sizes, seed, phases)
     folders = evaluate_rows(out, models, sizes, seed, phases)
     result = compare_rows(out, folders, phases)
@@ -244,11 +290,11 @@ def run(out: Path, quick: bool = False, seed: int = 0, overwrite: bool = True, *
     elapsed = time.time() - phases.t0
     title = (f"pyrawan demo: toy world, 17×64×64, {sizes.resizer}, Definition {sizes.stage_data}, "
              f"{sizes.boundaries} boundaries" + (f", alignment {sizes.align_weight:g}" if sizes.align_weight else ""))
-    figures = write_figures(out, rows)
+    figures = [str(f.relative_to(out)) for f in write_figures(out, rows)]
     (out / "results.json").write_text(json.dumps({"title": title, "sizes": sizes.__dict__, "seconds": elapsed,
                                                   "note": result["note"], "rows": rows,
-                                                  "figures": [f.name for f in figures]}, indent=1) + "\n")
-    console.print(f"{title}. Baseline: the teacher; {result['note']}", markup=False)
-    console.print(f"demo: done in {elapsed:.0f} s; everything is in [bold]{out}[/] (results.json, compare/compare.md, "
-                  f"{', '.join(f.name for f in figures)})")
+                                                  "figures": figures}, indent=1) + "\n")
+    console.print(f"{title} (the table above; baseline: the teacher)", markup=False)
+    console.print(f"demo: done in {duration(elapsed)}; everything is in [bold]{escape(str(out))}[/] (results.json, "
+                  f"compare/compare.md, {', '.join(figures)})")
     return rows

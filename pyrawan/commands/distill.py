@@ -66,10 +66,10 @@ def check_recipe(recipe: DistillRecipe, out: Path, overwrite: bool, need_data: b
                       "LoRA adapters for PT and PT* to prevent divergence.", style="yellow", markup=False)
     if problems:
         raise InputError("distill recipe: " + "; ".join(problems) + ".")
+    check_output(out, overwrite, inputs=[recipe.base, d.teacher, data.root, data.cache, data.prompts], kind="distill")
     if need_data and data_size(recipe) == 0:
         raise InputError(f"distill: the data ({data.prompts or data.cache or data.root}) holds no item, so there are "
                          "no prompts; add prompts or videos.")
-    check_output(out, overwrite, inputs=[recipe.base, d.teacher, data.root, data.cache, data.prompts], kind="distill")
 
 
 def needs_latents(d: Distill) -> str | None:

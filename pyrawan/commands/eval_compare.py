@@ -95,8 +95,9 @@ def _print(result: dict, shown: list[str], out: Path | None) -> None:
     hidden = len(result["metrics"]) - len(shown)
     if hidden > 0:
         where = f"; every metric is in {out / 'compare.json'}" if out is not None else ""
-        console.print(f"{len(shown)} of {len(result['metrics'])} metrics shown (the quality metric and those that "
-                      f"differ from the baseline); --all or --columns A,B shows others{where}", markup=False)
+        why = " (the quality metric and those that differ from the baseline)" if shown == default_metrics(result) else ""
+        console.print(f"{len(shown)} of {len(result['metrics'])} metrics shown{why}; --all or --columns A,B shows "
+                      f"others{where}", markup=False)
     for warning in result["warnings"]:
         console.print(f"warning: {warning}", style="yellow", markup=False)
 

@@ -81,12 +81,12 @@ def check_recipe(recipe: FinetuneRecipe, out: Path, overwrite: bool, need_data: 
                         "data.cache (a latent cache folder written by `pyrawan calibrate`)")
     if problems:
         raise InputError("finetune recipe: " + "; ".join(problems) + ".")
+    check_output(out, overwrite, inputs=[recipe.base, recipe.data.root, recipe.data.cache], kind="finetune")
     size = data_size(recipe) if need_data else None      # before any model loads or video is encoded
     if size is not None and size - holdout < 1:
         raise InputError(f"finetune: the data ({data.cache or data.root}) has {size} item(s) but "
                          f"train.validation.holdout = {holdout} holds out {holdout}, leaving nothing to train on; set "
                          f"train.validation.holdout={max(size // 8, 0)} (or lower) or add data.")
-    check_output(out, overwrite, inputs=[recipe.base, recipe.data.root, recipe.data.cache], kind="finetune")
 
 
 def make_teacher(loop: Loop):

@@ -48,6 +48,7 @@ class SamplingDefaults(Sampling):
 
     schedule: str = Field(max_length=200)
     guidance: float = Field(1.0, ge=1.0, le=100.0)
+    fewstep_levels: list[list[float]] | None = Field(None, max_length=MAX_STAGES)   # JSON lists, as written
     max_sequence_length: int = Text.model_fields["max_sequence_length"]
 
 

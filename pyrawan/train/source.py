@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from pyrawan import dist
+from pyrawan.data.prompts import read_prompt_file
 from pyrawan.errors import InputError, RunError
 from pyrawan.pyramid.config import PyramidConfig
 from pyrawan.recipe import DistillRecipe, FinetuneRecipe
@@ -43,13 +44,9 @@ class PromptSource:
 
 
 def read_prompts(path: Path) -> list[str]:
-    """Non-empty lines of ``data.prompts``; InputError naming the file and the fix."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"data.prompts = {path}: cannot read it ({err}); give a UTF-8 text file, one prompt per "
-                         "line.") from None
-    prompts = [line.strip() for line in lines if line.strip()]
+    """The prompts of ``data.prompts`` (split as every prompts file is: ``pyrawan.data.prompts``); InputError
+    naming the file and the fix."""
+    prompts = read_prompt_file(Path(path), flag="data.prompts =")
     if not prompts:
         raise InputError(f"data.prompts = {path} holds no prompt; write one prompt per line.")
     return prompts
