@@ -6,10 +6,11 @@ Each run is ``pyrawan.commands.finetune.run`` of the ``toy-finetune`` recipe (th
 teacher, 17x64x64, 3 stages, batch 24) on a synthetic latent cache, in its own process with
 ``OMP_NUM_THREADS`` = the thread count and ``OMP_WAIT_POLICY`` = the policy (``default``: unset, the
 OpenMP runtime's own). The competing load is N processes each running a busy Python loop, started before
-the run and stopped after it. steps/s is the median over the steps after the first two. ``fair`` is the
-rate a fair share of the cores would give: the best rate with no load times cores / (cores + N), since N
-busy loops take N of the cores + N runnable threads' share. A benchmark, not a test: figures depend on the
-machine and on what else runs on it (the load average is printed with each row).
+the run and stopped after it. steps/s is the median over the steps after the first two. ``x fair`` divides
+by the rate a fair share of the cores would give beside N loops: the best rate with no loops times
+cores / (cores + N). A benchmark, not a test: figures depend on the machine and on what else runs on it
+(the 1-minute load average is printed with each row). The figures and the choice they led to:
+docs/results.md, "CPU threads on a shared machine".
 """
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def main() -> None:
                     rate = measure(threads, policy, load, args.steps, Path(tmp))
                     best_alone = max(best_alone or 0.0, rate) if load == 0 else best_alone
                     fair = best_alone * cores / (cores + load) if best_alone else None
-                    ratio = f"{rate / fair:7.2f}" if fair else f"{'-':>7}"
+                    ratio = f"{rate / fair:7.2f}" if fair and load else f"{'-':>7}"
                     print(f"{load:>10} {threads:>7} {policy:>15} {rate:>8.2f} {ratio} {os.getloadavg()[0]:>8.1f}",
                           flush=True)
 

@@ -14,7 +14,7 @@ EXAMPLES = {
     "convert": "pyrawan convert toy --calibration runs/calibration -o runs/pyramid",
     "finetune": "pyrawan finetune toy-finetune base=runs/pyramid data.root=data/toy -o runs/finetuned",
     "distill": "pyrawan distill toy-dmd-ptstar base=runs/finetuned data.root=data/toy -o runs/dmd",
-    "sample": "pyrawan sample --model runs/finetuned --prompt 'a red square moving left' -o runs/samples",
+    "sample": "pyrawan sample --model runs/finetuned -p 'a red square moving left' -p 'a blue circle moving up' -o runs/samples",
     "demo": "pyrawan demo --quick -o runs/demo-quick",
     "verify": "pyrawan verify runs/pyramid",
     "lineage": "pyrawan lineage runs/finetuned",

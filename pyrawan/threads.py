@@ -1,8 +1,9 @@
-"""torch's CPU threads on a shared machine (``benchmarks/cpu_threads.py`` measures them; docs/cli.md).
+"""torch's CPU threads on a shared machine (``benchmarks/cpu_threads.py`` measures them; docs/results.md,
+"CPU threads on a shared machine").
 
 OpenMP threads that spin while they wait for each other lose most of their time when other processes
-hold the cores: beside busy processes the toy finetune with 2 spinning threads ran at a tenth of its
-rate with 1 thread, and at its best with 2 threads that sleep instead. So, unless the user chose
+hold the cores: beside busy processes the toy finetune with 2 spinning threads ran 16x slower than with
+2 threads that sleep instead (the fastest setting, 0.93 of a fair share of the cores beside 2 busy loops). So, unless the user chose
 (``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` set), importing pyrawan sets ``OMP_WAIT_POLICY=PASSIVE``
 before torch loads (``passive_wait``), and a CPU run (``configure_cpu_threads``) uses every core with
 it; if torch was loaded before pyrawan (so the policy came too late), only the cores the rest of the
@@ -60,10 +61,12 @@ def configure_cpu_threads(log=None) -> int | None:
     if user_chose():
         return None
     if _chosen is None:
-        load = others_load(os.getloadavg()[0], sum(os.times()[:2]), time.time() - _IMPORTED)
+        load_1min = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        load = others_load(load_1min, sum(os.times()[:2]), time.time() - _IMPORTED)
         _chosen = cores() if _passive else choose_threads(cores(), load)
         torch.set_num_threads(_chosen)
         if log is not None:
-            log(f"cpu: {_chosen} torch thread{'s' if _chosen > 1 else ''} ({cores()} cores, load from other "
-                f"processes {load:.1f}; OMP_NUM_THREADS=N chooses)")
+            why = ("one per core, waiting passively" if _passive else
+                   f"the cores of {cores()} left idle by a load of {load:.1f} from other processes")
+            log(f"cpu: {_chosen} torch thread{'s' if _chosen > 1 else ''} ({why}; OMP_NUM_THREADS=N chooses)")
     return _chosen

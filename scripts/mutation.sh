@@ -10,7 +10,8 @@ patterns=("$@")
 if [ ${#patterns[@]} -eq 0 ]; then
   patterns=('pyrawan.pyramid.*' 'pyrawan.train.dmd.*' 'pyrawan.train.loss.*'
             'pyrawan.commands.distill_dmd.x_generator_update__mutmut_*' 'pyrawan.commands.distill_dmd.x_fake_update__mutmut_*'
-            'pyrawan.eval.stats.*' 'pyrawan.eval.compare.*' 'pyrawan.manifest.*' 'pyrawan.outputs.*')
+            'pyrawan.eval.stats.*' 'pyrawan.eval.compare.x_[!p]*' 'pyrawan.eval.compare.x_p[!l]*'   # not plot()
+            'pyrawan.manifest.*' 'pyrawan.outputs.*')
 fi
 start=$(date +%s)
 .venv/bin/mutmut run --max-children "${MUTATION_CHILDREN:-1}" "${patterns[@]}"

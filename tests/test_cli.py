@@ -164,7 +164,7 @@ def test_unexpected_errors_exit_1_with_a_hint_and_debug_shows_the_traceback(monk
 @pytest.mark.slow
 def test_main_runs_as_a_process():
     proc = subprocess.run([sys.executable, "-m", "pyrawan", "recipe", "validate", "tiny", "pyramid.stages=0"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.startswith("error: shipped recipe 'tiny': pyramid.stages = 0")
 
 

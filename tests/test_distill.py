@@ -39,6 +39,7 @@ def transformer(out: Path) -> dict[str, torch.Tensor]:
     return load_file(out / "transformer" / "diffusion_pytorch_model.safetensors")
 
 
+@pytest.mark.slow
 def test_toy_ptstar_makes_a_few_step_model_that_sample_runs_with_five_forwards(tmp_path, transformer_batches):
     r = load_recipe("toy-dmd-ptstar", [*QUICK, "train.steps=10", "train.batch_size=2", "distill.teach_pairs=2",
                                         "train.validation.holdout=2"],
@@ -91,6 +92,7 @@ def test_the_generator_takes_one_adamw_step_and_a_fresh_start_samples_new_teache
     assert load_file(pairs)["target"].shape[0] == 2                      # a fresh start samples new pairs
 
 
+@pytest.mark.slow
 def test_ot_with_a_multires_teacher_and_the_one_stage_baseline(tmp_path):
     from pyrawan.commands.finetune import run as finetune
 
@@ -157,7 +159,8 @@ def test_a_non_finite_loss_stops_the_run_naming_the_iteration(tmp_path, monkeypa
     assert not (tmp_path / "nan").exists()
 
 
-@pytest.mark.parametrize("backbone,real,checkpointing", [("pyramidal", "data", "true"), ("original", "teacher", "false")])
+@pytest.mark.parametrize("backbone,real,checkpointing", [pytest.param("pyramidal", "data", "true", marks=pytest.mark.slow),
+                                                          ("original", "teacher", "false")])
 def test_adversarial_distillation_trains_heads_and_generator_and_exports_only_the_generator(tmp_path, backbone, real,
                                                                                            checkpointing):
     extra = ["distill.teacher=tiny"] if backbone == "original" else []

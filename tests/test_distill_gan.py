@@ -45,6 +45,7 @@ def transformer(out: Path) -> dict[str, torch.Tensor]:
     return load_file(out / "transformer" / "diffusion_pytorch_model.safetensors")
 
 
+@pytest.mark.slow
 def test_the_gan_term_trains_heads_and_fake_score_logs_its_losses_and_exports_only_the_generator(tmp_path):
     on = distill(recipe(*GAN, "train.checkpoint.every=3"), tmp_path / "on")
     off = distill(recipe("train.checkpoint.every=3"), tmp_path / "off")
@@ -71,6 +72,7 @@ def test_the_gan_term_trains_heads_and_fake_score_logs_its_losses_and_exports_on
     assert load_model(on).spec.distilled.method == "dmd"
 
 
+@pytest.mark.slow
 def test_gan_off_leaves_the_dmd_iteration_unchanged(tmp_path, monkeypatch):
     """With ``weight: 0`` no GAN code runs and the other gan keys change nothing; with it on, the first
     iteration's DMD quantities (before any update) are those of the plain run: no extra random draws."""

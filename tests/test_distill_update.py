@@ -108,7 +108,8 @@ def train(loop: Loop, iterations: int, batch: int = 16) -> list[dict]:
             with torch.no_grad():
                 x_hat = x.flatten(1) @ loop.generator.engine.module.w.T + loop.generator.engine.module.b
             x_hat = x_hat.view(batch, 2, 1, 1, 1)
-        assert fake_update(loop, x_hat, text, proc, gens)["fake_applied"]
+        fake = fake_update(loop, x_hat, text, proc, gens)
+        assert fake["fake_applied"] and set(fake) == {"fake_loss", "fake_grad_norm", "fake_applied"}
     return records
 
 

@@ -172,8 +172,10 @@ def test_the_checker_catches_what_rots():
     assert not problems_of("pyrawan convert toy pyramid.boundaries=[0.5,0.9] -o runs/x", True)
 
 
-def test_every_documented_command_parses():
-    """The command exists, its options exist, its recipe resolves and its overrides validate."""
+def test_every_documented_command_parses(tmp_path, monkeypatch):
+    """The command exists, its options exist, its recipe resolves and its overrides validate (in an empty
+    working folder: whether ``runs/pyr`` reads as a local path depends on what the folder holds)."""
+    monkeypatch.chdir(tmp_path)
     bad = [f"{where}: {command}: {'; '.join(p)}" for where, command, full in documented()
            if (p := problems_of(command, full))]
     assert not bad, "\n".join(bad)

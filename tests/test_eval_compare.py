@@ -122,6 +122,64 @@ def test_compare_pairs_videos_by_prompt_and_seed_not_by_position():
     assert mean_ci(by_position)[1] < 0 < mean_ci(by_position)[2]                   # what a positional pairing gives
 
 
+def test_numbers_in_the_table():
+    from pyrawan.eval.compare import _num, cell
+
+    assert [_num(v) for v in (None, float("inf"), float("nan"))] == ["–"] * 3 and cell(None, False) == "–"
+    assert [_num(v) for v in (0.0, 0.01, 0.001234, -0.004, 12.3456)] == ["0.000", "0.010", "0.00123", "-0.004", "12.346"]
+    assert _num(0.5, 2) == "0.50"
+
+
+def test_markdown_of_a_result_written_by_hand():
+    from pyrawan.eval.compare import _cost, _signed, cell
+
+    q_base = {"mean": 1.0, "low": 0.5, "high": 1.5, "delta": 0.0, "differs": None}
+    q_row = {"mean": 0.0, "low": -1.0, "high": 1.0, "delta": -1.0, "differs": True,
+             "paired": {"low": -1.5, "high": -0.5, "differs": True}}
+    result = {"baseline": "teacher", "baseline_index": 0, "note": "NOTE", "warnings": ["w|1"],
+              "metrics": {"q": {}, "r": {}},
+              "rows": [{"label": "teacher", "schedule": None, "videos": 2, "tflops_per_video": 10.0,
+                        "seconds_per_video": 5.0, "cost_ratio": 1.0, "pareto": True, "metrics": {"q": q_base, "r": None}},
+                       {"label": "a|b", "schedule": "2-2-1", "videos": 2, "tflops_per_video": None,
+                        "seconds_per_video": 0.5, "cost_ratio": None, "pareto": False,
+                        "metrics": {"q": q_row, "r": {"mean": 2.0, "low": 2.0, "high": 2.0, "n": 2}}}]}
+    assert markdown(result) == (
+        "Baseline: teacher. NOTE\n\nWarning: w\\|1\n\n"
+        "| model | schedule | videos | TFLOPs/video | s/video | cost × baseline | Pareto | q | r |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+        "| teacher | – | 2 | 10.0000 | 5.000 | 1.00 | yes | 1.000 [0.500, 1.500] | – |\n"
+        "| a\\|b | 2-2-1 | 2 | – | 0.500 | – |  | 0.000 [-1.000, 1.000] (Δ -1.000* [-1.500, -0.500]†) "
+        "| 2.000 [2.000, 2.000] |\n")
+    assert markdown(result, ["r"]).splitlines()[-1].endswith("| 0.500 | – |  | 2.000 [2.000, 2.000] |")
+    assert cell(q_row, False, folded=True) == "0.000 [-1.000, 1.000]\nΔ -1.000* [-1.500, -0.500]†"
+    assert _signed(0.0) == "+0.000" and _signed(-0.5) == "-0.500"
+    assert _cost({"cost": {"tflops_per_video": None, "seconds_per_video": 2.0}}) == ("seconds", 2.0)
+    assert _cost({"cost": {"tflops_per_video": 3.0, "seconds_per_video": 2.0}}) == ("tflops", 3.0)
+
+
+def test_compare_and_the_quality_metric_refuse_what_they_cannot_compare():
+    from pyrawan.errors import InputError
+    from pyrawan.eval.compare import pick_quality_metric
+
+    def evaluation(values):
+        return build_eval("quality", "x", [{"index": 0, "prompt": "p", "seed": 0, "video": None, "values": values}])
+    both, flicker, psnr = (evaluation(v) for v in ({"pixel_psnr": 20.0, "temporal_flickering": 0.9},
+                                                   {"temporal_flickering": 0.8}, {"pixel_psnr": 21.0}))
+    assert compare([both])["rows"][0]["metrics"]["pixel_psnr"]["mean"] == 20.0           # one artifact is enough
+    with pytest.raises(InputError, match=r"^eval compare needs at least one eval artifact\.$"):
+        compare([])
+    with pytest.raises(InputError, match=r"^--baseline index 1 is outside the 1 artifacts given\.$"):
+        compare([both], baseline=1)
+    assert compare([both, both], quality="temporal_flickering")["quality_metric"] == "temporal_flickering"
+    with pytest.raises(InputError, match=r"^--metric 'nope' is in none of the artifacts; they have: pixel_psnr, "
+                                         r"temporal_flickering\.$"):
+        pick_quality_metric([both], "nope")
+    assert pick_quality_metric([both, flicker]) == "temporal_flickering"                  # the only shared one
+    with pytest.raises(InputError, match=r"^the artifacts share no metric with a value; compare artifacts of the "
+                                         r"same kind \(e\.g\. all from `eval quality` on the same prompts\)\.$"):
+        pick_quality_metric([flicker, psnr])
+
+
 def test_compare_warns_when_the_videos_are_not_the_same_prompts_and_seeds(three):
     evals = [read_eval(p) for p in three]
     evals[2]["videos"][1]["seed"] = 7

@@ -193,6 +193,7 @@ def test_a_convert_artifact_keeps_its_pyramid_is_recorded_as_parent_and_the_resu
     assert [n["kind"] for n in lineage(tmp_path / "videos")] == ["sample", "finetune", "convert"]
 
 
+@pytest.mark.slow
 def test_one_stage_from_scratch_is_plain_flow_matching(tmp_path):
     r = recipe("pyramid.stages=1", "sampling.schedule=4", "train.from_scratch=true", "train.steps=20",
                "train.optimizer.lr=1e-2", "train.validation.every=20", "train.checkpoint.every=0")
@@ -241,6 +242,7 @@ def resume_to_step_3(out, r) -> None:
     assert [s["step"] for s in records(out, "train")] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_an_older_pyrawan_resumes_when_the_new_recipe_keys_are_at_their_defaults(tmp_path):
     """A checkpoint saved before ``train.level_shift`` and ``pyramid.kind`` existed resumes; a changed value does not."""
     r = recipe("train.steps=2", "train.checkpoint.every=1", "train.validation.every=0")

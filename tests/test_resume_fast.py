@@ -1,4 +1,4 @@
-"""Exact resume in one process, for the fast tier: a finetune and a distill run stopped right after a
+"""Exact resume in one process: a finetune (fast tier) and a distill run (slow tier) stopped right after a
 checkpoint (as Ctrl-C would stop them) and resumed end bit-identical to the same run uninterrupted.
 
 The SIGKILLed multi-process versions of these are in test_finetune_dist.py and test_distill_dist.py (slow).
@@ -80,6 +80,7 @@ def test_a_stopped_finetune_resumes_bit_identical(tmp_path, monkeypatch):
     assert_same(a, b, "loss")
 
 
+@pytest.mark.slow
 def test_a_stopped_distill_resumes_bit_identical(tmp_path, monkeypatch):
     from pyrawan.commands.distill import run
 

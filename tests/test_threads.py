@@ -52,3 +52,17 @@ def test_importing_pyrawan_sets_a_passive_wait_policy_before_torch_unless_the_us
     out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_NUM_THREADS": "2"}, capture_output=True,
                          text=True, check=True).stdout
     assert out.split() == ["None", "False"]
+
+
+def test_if_torch_loaded_before_the_wait_policy_a_busy_machine_gets_one_thread(monkeypatch):
+    for name in threads.USER_VARS:
+        monkeypatch.delenv(name, raising=False)
+    before, lines = torch.get_num_threads(), []
+    monkeypatch.setattr(threads, "_chosen", None)
+    monkeypatch.setattr(threads, "_passive", False)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (threads.cores() + 5.0, 0.0, 0.0))
+    try:
+        assert threads.configure_cpu_threads(lines.append) == 1 == torch.get_num_threads()
+        assert "left idle by a load of" in lines[0]
+    finally:
+        torch.set_num_threads(before)

@@ -286,6 +286,7 @@ def test_a_4x_spatial_vae_trains_and_its_factors_are_read_back(tmp_path):
     assert vae.encode(torch.zeros(1, 3, 17, 64, 64)).latent_dist.mode().shape == (1, 16, 5, 16, 16)
 
 
+@pytest.mark.slow
 def test_probe_sees_the_shipped_teacher_read_colour_from_its_caption():
     """Changing the caption's colour raises the teacher's loss on held-out clips; the probe's captions parse."""
     from pyrawan.toy import world
@@ -423,6 +424,7 @@ def test_vae_learning_rate_follows_time_or_steps():
     assert learning_rate(1.0, 500, 0.0, 0.0, 100) == pytest.approx(0.1)             # floor at 10 %
 
 
+@pytest.mark.slow
 def test_the_caption_probe_reads_a_model_artifact(tmp_path, capsys):
     """`python -m pyrawan.toy.probe --model ARTIFACT` (what a finetune writes) as well as a preset."""
     from pyrawan.models.artifact import load_model, save_model

@@ -101,6 +101,7 @@ def test_a_model_folders_pyramid_json_gives_its_factors(tmp_path):
         vae_factors(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_calibrate_caches_latents_of_the_models_vae(folder_4x, tmp_path, monkeypatch, one_thread):
     """The latent cache and calibration of a 4x-VAE base hold 16x16 latents per 64x64 frame."""
     import torch

@@ -156,8 +156,7 @@ class Phases:
         estimate = self.estimates[self.done] * self.pace()
         self.done += 1
         started = self.clock()
-        console.rule(f"[bold]demo [{self.done}/{self.total}][/] {escape(name)} (about {duration(estimate)})",
-                     align="left")
+        console.print(f"[bold]demo [{self.done}/{self.total}][/] {escape(name)} (about {duration(estimate)})")
         yield
         self.expected += self.estimates[self.done - 1]
         self.spent += self.clock() - started
