@@ -136,7 +136,7 @@ def test_markdown_of_a_result_written_by_hand():
     q_base = {"mean": 1.0, "low": 0.5, "high": 1.5, "delta": 0.0, "differs": None}
     q_row = {"mean": 0.0, "low": -1.0, "high": 1.0, "delta": -1.0, "differs": True,
              "paired": {"low": -1.5, "high": -0.5, "differs": True}}
-    result = {"baseline": "teacher", "baseline_index": 0, "note": "NOTE", "warnings": ["w|1"],
+    result = {"baseline": "teacher", "baseline_index": 0, "note": "NOTE", "warnings": ["w|1", "w2"],
               "metrics": {"q": {}, "r": {}},
               "rows": [{"label": "teacher", "schedule": None, "videos": 2, "tflops_per_video": 10.0,
                         "seconds_per_video": 5.0, "cost_ratio": 1.0, "pareto": True, "metrics": {"q": q_base, "r": None}},
@@ -144,7 +144,7 @@ def test_markdown_of_a_result_written_by_hand():
                         "seconds_per_video": 0.5, "cost_ratio": None, "pareto": False,
                         "metrics": {"q": q_row, "r": {"mean": 2.0, "low": 2.0, "high": 2.0, "n": 2}}}]}
     assert markdown(result) == (
-        "Baseline: teacher. NOTE\n\nWarning: w\\|1\n\n"
+        "Baseline: teacher. NOTE\n\nWarning: w\\|1\n\nWarning: w2\n\n"
         "| model | schedule | videos | TFLOPs/video | s/video | cost × baseline | Pareto | q | r |\n"
         "|---|---|---|---|---|---|---|---|---|\n"
         "| teacher | – | 2 | 10.0000 | 5.000 | 1.00 | yes | 1.000 [0.500, 1.500] | – |\n"
@@ -171,6 +171,12 @@ def test_compare_and_the_quality_metric_refuse_what_they_cannot_compare():
     with pytest.raises(InputError, match=r"^--baseline index 1 is outside the 1 artifacts given\.$"):
         compare([both], baseline=1)
     assert compare([both, both], quality="temporal_flickering")["quality_metric"] == "temporal_flickering"
+    row = compare([both, flicker])["rows"][1]["metrics"]                                 # a metric it lacks
+    assert row["pixel_psnr"] is None and row["temporal_flickering"]["delta"] == pytest.approx(-0.1)
+    row = compare([flicker, both])["rows"][1]["metrics"]                                 # the baseline lacks
+    assert "delta" not in row["pixel_psnr"] and row["temporal_flickering"]["paired"]["mean"] == pytest.approx(0.1)
+    bare = {k: v for k, v in both.items() if k != "videos"}                              # no per-video list
+    assert compare([both, bare])["rows"][1]["metrics"]["pixel_psnr"]["paired"] is None
     with pytest.raises(InputError, match=r"^--metric 'nope' is in none of the artifacts; they have: pixel_psnr, "
                                          r"temporal_flickering\.$"):
         pick_quality_metric([both], "nope")

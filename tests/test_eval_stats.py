@@ -101,6 +101,8 @@ def test_edges_of_the_arguments_and_the_messages():
     for level in (0.0, 1.0):
         with pytest.raises(InputError, match=rf"^mean_ci: level={level} is outside \(0, 1\)\. Use e\.g\. 0\.95"):
             mean_ci([1.0, 2.0], level=level)
+    with pytest.raises(InputError, match=r"^mean_ci: value nan is not finite\. Remove or fix the item that produced it"):
+        mean_ci([1.0, float("nan")])
     with pytest.raises(InputError, match=r"^mean_ci: no values to average\. Pass at least one per-item value\.$"):
         mean_ci([])
     with pytest.raises(InputError, match=r"^mean_ci: resamples=0 must be >= 1 \(2000 is the default\)\.$"):

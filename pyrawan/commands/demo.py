@@ -114,10 +114,11 @@ def demo_prompts(n: int, seed_set: int) -> list[str]:
 # Seconds per unit of work on 2 idle CPU cores: a toy video made, a video VAE-encoded by calibrate, convert, a
 # finetune step of 24 samples (2.56 it/s alone), a transformer forward of one 17x64x64 video at full
 # resolution, a video decoded and scored, a row's model loading, a dataset video read as the row's FD
-# reference, compare. Their sum for the default sizes is the measured 593 s (docs/cli.md "demo"); each
-# phase's estimate then follows the pace of the phases before it.
-UNIT_SECONDS = {"video": 0.05, "encode": 1.4, "convert": 10.0, "step": 0.39, "forward": 0.003, "score": 0.15,
-                "load": 5.0, "reference": 0.55, "compare": 5.0}
+# reference, compare. Fitted to the phases of `time make demo` on 2026-12-07 (docs/cli.md "demo"); their
+# sum for the default sizes, about 8.5 minutes, is near the 593 s measured on a mostly quiet machine, and
+# each phase's estimate then follows the pace of the phases before it.
+UNIT_SECONDS = {"video": 0.05, "encode": 1.4, "convert": 5.0, "step": 0.39, "forward": 0.018, "score": 0.15,
+                "load": 5.0, "reference": 0.05, "compare": 5.0}
 
 
 def full_steps(schedule: str) -> float:
