@@ -13,6 +13,7 @@ if [ ${#patterns[@]} -eq 0 ]; then
             'pyrawan.eval.stats.*' 'pyrawan.eval.compare.x_[!p]*' 'pyrawan.eval.compare.x_p[!l]*'   # not plot()
             'pyrawan.manifest.*' 'pyrawan.outputs.*')
 fi
+.venv/bin/python -c "import mutmut" 2>/dev/null || .venv/bin/python -m pip install -q "mutmut>=3.3,<4"
 start=$(date +%s)
 .venv/bin/mutmut run --max-children "${MUTATION_CHILDREN:-1}" "${patterns[@]}"
 echo "mutmut run: $(( $(date +%s) - start )) s wall"

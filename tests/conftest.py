@@ -16,6 +16,23 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import typer.main  # noqa: E402
+import typer.testing  # noqa: E402
+
+_COMMANDS: dict[int, object] = {}
+
+
+def _built_once(app):
+    """typer builds the click command tree of ``app`` anew on every ``CliRunner.invoke`` (about 0.2 s for
+    pyrawan's, most of an in-process CLI test); the tree depends only on the registered functions, so build it
+    once per app. Monkeypatching a module function a command calls still works: the tree calls through."""
+    key = id(app)
+    if key not in _COMMANDS:
+        _COMMANDS[key] = (app, typer.main.get_command(app))
+    return _COMMANDS[key][1]
+
+
+typer.testing._get_command = _built_once
 
 
 @pytest.fixture(scope="session")

@@ -186,6 +186,29 @@ def test_compare_and_the_quality_metric_refuse_what_they_cannot_compare():
         pick_quality_metric([flicker, psnr])
 
 
+def test_compare_rows_written_by_hand():
+    def evaluation(label, psnr, tflops, seconds):
+        body = build_eval("quality", label, [{"index": 0, "prompt": "p", "seed": 0, "video": None,
+                                              "values": {"pixel_psnr": psnr}}], model=f"m-{label}", schedule="2-2-1",
+                          tflops_per_video=tflops, seconds_per_video=seconds)
+        return {**body, "path": f"/runs/{label}"}
+    result = compare([evaluation("t", 30.0, 10.0, 5.0), evaluation("s", 21.0, 1.0, None)])
+    common = {"kind": "quality", "schedule": "2-2-1", "videos": 1, "cost_unit": "tflops", "pareto": True}
+    assert result["rows"] == [
+        {**common, "label": "t", "path": "/runs/t", "model": "m-t", "tflops_per_video": 10.0, "seconds_per_video": 5.0,
+         "cost": 10.0, "cost_ratio": 1.0,
+         "metrics": {"pixel_psnr": {"mean": 30.0, "low": 30.0, "high": 30.0, "n": 1, "delta": 0.0, "differs": None}}},
+        {**common, "label": "s", "path": "/runs/s", "model": "m-s", "tflops_per_video": 1.0, "seconds_per_video": None,
+         "cost": 1.0, "cost_ratio": 0.1,
+         "metrics": {"pixel_psnr": {"mean": 21.0, "low": 21.0, "high": 21.0, "n": 1, "delta": -9.0, "differs": None,
+                                    "paired": {"mean": -9.0, "low": -9.0, "high": -9.0, "n": 1, "differs": None}}}}]
+    assert {k: result[k] for k in ("baseline", "baseline_index", "quality_metric", "quality_higher_is_better",
+                                   "cost_unit", "warnings")} == {
+        "baseline": "t", "baseline_index": 0, "quality_metric": "pixel_psnr", "quality_higher_is_better": True,
+        "cost_unit": "tflops", "warnings": []}
+    assert result["metrics"]["pixel_psnr"]["higher_is_better"] is True and result["metrics"]["pixel_psnr"]["unit"] == "dB"
+
+
 def test_compare_warns_when_the_videos_are_not_the_same_prompts_and_seeds(three):
     evals = [read_eval(p) for p in three]
     evals[2]["videos"][1]["seed"] = 7

@@ -154,6 +154,7 @@ def test_validation_loss_per_stage_drops_and_the_result_is_a_model_artifact(tmp_
     assert any(not torch.equal(tuned[k], base[k]) for k in base)
 
 
+@pytest.mark.slow
 def test_lora_run_exports_weights_that_wanpipeline_loads(tmp_path, tiny_components):
     from pyrawan.models.denoiser import pipeline_for
     from pyrawan.models.presets import build_preset

@@ -118,6 +118,7 @@ def test_meta_count_tiny_equals_analytic_plus_timestep_path():
     assert meta == pytest.approx(analytic, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_meta_count_wan13b_480p():
     """Real 1.3B config at 21x60x104 (81 x 480 x 832): 283.0 TF counted = analytic (rel. diff 1.2e-7)."""
     arch = WanArch.from_config(WAN13B)

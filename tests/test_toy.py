@@ -136,7 +136,8 @@ def test_real_videos_score_near_perfect_after_mp4(validation):
     assert real["raw"]["temporal_flickering"] > 0.98
 
 
-@pytest.mark.parametrize("corruption", [pytest.param(c, marks=pytest.mark.slow) if c == "noise" else c for c in CORRUPTIONS])
+@pytest.mark.slow
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
 def test_each_corruption_hurts_its_metric_and_overall(validation, corruption):
     real, bad = validation["real"], validation[corruption]
     target = TARGETS[corruption]

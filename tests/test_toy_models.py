@@ -273,6 +273,7 @@ def test_vae_training_resumes_and_refuses_changed_arguments(tmp_path, monkeypatc
     assert bench["intervals"]["shape"]["n"] == 3 and sum(g["videos"] for g in bench["by_shape_size"]) == 3
 
 
+@pytest.mark.slow
 def test_a_4x_spatial_vae_trains_and_its_factors_are_read_back(tmp_path):
     """``--spatial 4``: a new VAE with 16x16 latents per 64x64 frame, whose saved config says (4, 4)."""
     from pyrawan.models.arch import factors_of_vae_config
@@ -350,6 +351,7 @@ def test_probe_refuses_a_folder_that_is_not_a_cache_before_loading_a_model(tmp_p
         main(["--model", str(tmp_path / "no-model"), "--cache", str(tmp_path)])
 
 
+@pytest.mark.slow
 def test_write_base_gives_a_loadable_toy_stack_with_another_patch(tmp_path):
     """A base for pretraining a teacher of another patch: shipped VAE and text encoder, the asked transformer weights."""
     from diffusers import WanTransformer3DModel
@@ -375,6 +377,7 @@ def test_write_base_gives_a_loadable_toy_stack_with_another_patch(tmp_path):
     assert stack.tokenizer(text).input_ids == shipped.tokenizer(text).input_ids
 
 
+@pytest.mark.slow
 def test_write_base_warm_starts_another_patch_from_the_shipped_teacher(tmp_path):
     """Blocks, time and text embedders come from the 1x1 teacher; only the patch-shaped layers stay seeded."""
     from safetensors.torch import load_file
