@@ -15,11 +15,11 @@ test: setup
 # Everything but the tests marked slow (multi-process runs, kills, the demo, long trainings): the quick
 # loop while editing. Two workers, and no test may take more than 60 s.
 test-fast: setup
-	$(PYTEST) -m "not slow" -n 2 --timeout=60 $(PYTEST_ARGS)
+	PYRAWAN_FUZZ_EXAMPLES=30 $(PYTEST) -m "not slow" -n 2 --timeout=60 $(PYTEST_ARGS)
 
 # The fast tier in a random order (pytest-randomly prints its seed; repeat an order with PYTEST_ARGS=--randomly-seed=N).
 test-random: setup
-	$(PYTEST) -o addopts="$(RANDOM_OPTS)" -m "not slow" -n 2 $(PYTEST_ARGS)
+	PYRAWAN_FUZZ_EXAMPLES=30 $(PYTEST) -o addopts="$(RANDOM_OPTS)" -m "not slow" -n 2 $(PYTEST_ARGS)
 
 demo: setup
 	bash scripts/demo.sh

@@ -20,7 +20,8 @@ fi
 vpy="$venv/bin/python"
 stamp="$venv/.pyrawan-installed"
 
-if ! "$vpy" -c "import torch" >/dev/null 2>&1; then
+# find_spec looks torch up without importing it (an import takes seconds).
+if ! "$vpy" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)" >/dev/null 2>&1; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
     echo "setup: a GPU is present but $venv has no torch; install your CUDA build of torch into $venv first" >&2
     exit 2

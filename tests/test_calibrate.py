@@ -44,7 +44,8 @@ def test_boundary_rule_and_its_inverse():
     assert increasing_boundaries([0.0], 0.02)[0] == [0.02]
 
 
-@pytest.mark.parametrize("variance", [1.0, pytest.param(4.0, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("variance", [1.0, 4.0])
 def test_white_noise_gives_the_same_boundary_at_every_transition(variance):
     """White latents of variance v: E_H = v at every stage in the orthonormal frame, b = sqrt(v) / (sqrt(v) + 1)."""
     g = torch.Generator().manual_seed(0)

@@ -159,8 +159,8 @@ def test_a_non_finite_loss_stops_the_run_naming_the_iteration(tmp_path, monkeypa
     assert not (tmp_path / "nan").exists()
 
 
-@pytest.mark.parametrize("backbone,real,checkpointing", [pytest.param("pyramidal", "data", "true", marks=pytest.mark.slow),
-                                                          ("original", "teacher", "false")])
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone,real,checkpointing", [("pyramidal", "data", "true"), ("original", "teacher", "false")])
 def test_adversarial_distillation_trains_heads_and_generator_and_exports_only_the_generator(tmp_path, backbone, real,
                                                                                            checkpointing):
     extra = ["distill.teacher=tiny"] if backbone == "original" else []

@@ -176,6 +176,7 @@ def test_lora_run_exports_weights_that_wanpipeline_loads(tmp_path, tiny_componen
     assert (a - b).abs().max() < 1e-5 and (a - c).abs().max() > 1e-4      # loaded LoRA = fused; LoRA matters
 
 
+@pytest.mark.slow
 def test_a_convert_artifact_keeps_its_pyramid_is_recorded_as_parent_and_the_result_samples(tmp_path, monkeypatch):
     from pyrawan.commands import convert
     from pyrawan.manifest import lineage
@@ -204,6 +205,7 @@ def test_one_stage_from_scratch_is_plain_flow_matching(tmp_path):
     assert json.loads((out / "pyramid.json").read_text())["num_stages"] == 1
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_keeping_the_last_checkpoint_or_is_skipped(tmp_path):
     r = recipe("train.steps=12", "train.checkpoint.every=2", "train.validation.every=0")
     bad = for_recipe(r, nan_items=(3,))

@@ -4,6 +4,7 @@ dataset folder is ever listed."""
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from pyrawan.data.datasets import scan_dataset
 from pyrawan.errors import InputError
 from pyrawan.recipe import RECIPE_KINDS, RecipeBase, load_recipe
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 150 examples a property; the fast tier (make test-fast) sets PYRAWAN_FUZZ_EXAMPLES=30.
+FUZZ = settings(max_examples=int(os.environ.get("PYRAWAN_FUZZ_EXAMPLES", "150")), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
 
 
 def key_paths(model: type[BaseModel], prefix: str = "") -> list[str]:

@@ -146,6 +146,7 @@ def test_each_corruption_hurts_its_metric_and_overall(validation, corruption):
     assert max(v["overall"] for v in bad["per_video"]) < REAL_OVERALL
 
 
+@pytest.mark.slow
 def test_vbench_flicker_drops_for_flicker_and_noise(validation):
     real = validation["real"]["raw"]["temporal_flickering"]
     assert validation["flicker"]["raw"]["temporal_flickering"] < real - 0.05
