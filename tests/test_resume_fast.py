@@ -5,6 +5,7 @@ The SIGKILLed multi-process versions of these are in test_finetune_dist.py and t
 """
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -70,22 +71,17 @@ def assert_same(a: Path, b: Path, key: str) -> None:
     assert losses(a, key) == losses(b, key) and len(losses(a, key)) >= 4
 
 
-def test_a_stopped_finetune_resumes_bit_identical(tmp_path, monkeypatch):
-    from pyrawan.commands.finetune import run
+RUNS = {  # command: (its shipped tiny recipe, overrides, a loss its metrics log on every step)
+    "finetune": ("tiny-finetune", ["train.steps=4", "train.checkpoint.every=2", "train.validation.every=0"], "loss"),
+    "distill": ("tiny-dmd", ["train.steps=4", "train.checkpoint.every=2", "distill.generator_every=2"], "fake_loss"),
+}
 
-    r = load_recipe("tiny-finetune", ["train.steps=4", "train.checkpoint.every=2", "train.validation.every=0"],
-                    kind="finetune")
+
+@pytest.mark.parametrize("command", ["finetune", pytest.param("distill", marks=pytest.mark.slow)])
+def test_a_stopped_run_resumes_bit_identical(command, tmp_path, monkeypatch):
+    run = importlib.import_module(f"pyrawan.commands.{command}").run
+    name, overrides, loss = RUNS[command]
+    r = load_recipe(name, overrides, kind=command)
     a = run(r, tmp_path / "A", source=for_recipe(r, items=12), show_progress=False)
     b = stopped_and_resumed(run, r, tmp_path, monkeypatch, step=2)
-    assert_same(a, b, "loss")
-
-
-@pytest.mark.slow
-def test_a_stopped_distill_resumes_bit_identical(tmp_path, monkeypatch):
-    from pyrawan.commands.distill import run
-
-    r = load_recipe("tiny-dmd", ["train.steps=4", "train.checkpoint.every=2", "distill.generator_every=2"],
-                    kind="distill")
-    a = run(r, tmp_path / "A", source=for_recipe(r, items=12), show_progress=False)
-    b = stopped_and_resumed(run, r, tmp_path, monkeypatch, step=2)
-    assert_same(a, b, "fake_loss")
+    assert_same(a, b, loss)
