@@ -36,11 +36,12 @@ OutReq = Annotated[Path, typer.Option("-o", "--out", help="Output artifact folde
 
 
 def _prompts(prompts_file: Path | None, suite: str | None) -> list[str]:
-    from pyrawan.eval.sampling import read_prompt_file, suite_prompts
+    from pyrawan.data.prompts import read_prompt_file
+    from pyrawan.eval.sampling import suite_prompts
 
     if prompts_file is not None and suite is not None:
         raise InputError("give --prompts FILE or --suite NAME, not both.")
-    return read_prompt_file(prompts_file) if prompts_file is not None else suite_prompts(suite or "toy-8")
+    return read_prompt_file(prompts_file, required=True) if prompts_file is not None else suite_prompts(suite or "toy-8")
 
 
 def _seeds(text: str) -> list[int]:

@@ -34,11 +34,14 @@ def split_prompts(text: str, source: str) -> list[str]:
     return prompts
 
 
-def read_prompt_file(path: Path, flag: str = "--prompts") -> list[str]:
-    """The prompts of a UTF-8 prompts file (``flag`` names the option in errors)."""
+def read_prompt_file(path: Path, flag: str = "--prompts", required: bool = False) -> list[str]:
+    """The prompts of a UTF-8 prompts file (``flag`` names the option in errors); ``required``: at least one."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{flag} {path}: cannot read it ({err}); give a UTF-8 text file with one prompt per "
                          f"line.") from None
-    return split_prompts(text, f"{flag} {path}")
+    prompts = split_prompts(text, f"{flag} {path}")
+    if required and not prompts:
+        raise InputError(f"{flag} {path} holds no prompt; write one prompt per line.")
+    return prompts

@@ -18,7 +18,6 @@ import torch
 from safetensors.torch import save_file
 
 from pyrawan.data.video import write_video
-from pyrawan.data.prompts import read_prompt_file as prompt_lines
 from pyrawan.errors import InputError, NonFiniteError
 from pyrawan.eval.cost import stage_forward_tflops, video_tflops
 from pyrawan.eval.quality import SampleSet
@@ -40,14 +39,6 @@ def suite_prompts(name: str, seed: int = 0) -> list[str]:
 
     rng = np.random.default_rng(seed)
     return [caption(sample_scene(rng)) for _ in range(int(match.group(1)))]
-
-
-def read_prompt_file(path: Path) -> list[str]:
-    """Non-empty lines of a UTF-8 text file (``pyrawan.data.prompts``); at least one."""
-    prompts = prompt_lines(path)
-    if not prompts:
-        raise InputError(f"--prompts {path} holds no prompt; write one prompt per line.")
-    return prompts
 
 
 def grid(prompts: Sequence[str], seeds: Sequence[int]) -> tuple[list[str], list[int]]:

@@ -43,15 +43,6 @@ class PromptSource:
         return {"id": f"prompt-{i}", "caption": self.prompts[i]}
 
 
-def read_prompts(path: Path) -> list[str]:
-    """The prompts of ``data.prompts`` (split as every prompts file is: ``pyrawan.data.prompts``); InputError
-    naming the file and the fix."""
-    prompts = read_prompt_file(Path(path), flag="data.prompts =")
-    if not prompts:
-        raise InputError(f"data.prompts = {path} holds no prompt; write one prompt per line.")
-    return prompts
-
-
 def data_size(recipe: TrainRecipe) -> int | None:
     """How many items the run's data has, found cheaply (no video opened, nothing encoded): the prompts file's
     lines, a built cache's records or the dataset folder's listing; None when it cannot be known yet."""
@@ -60,7 +51,7 @@ def data_size(recipe: TrainRecipe) -> int | None:
 
     data = recipe.data
     if data.prompts is not None:
-        return len(read_prompts(data.prompts))
+        return len(read_prompt_file(data.prompts, "data.prompts =", required=True))
     if data.cache is not None and (index := read_index(Path(data.cache))) is not None:
         return int(index.get("num_records", 0)) or None
     if data.root is not None:
@@ -74,7 +65,7 @@ def open_source(recipe: TrainRecipe, base: Base, ctx: Context) -> tuple[LatentSo
     if recipe.data.prompts is not None:
         from pyrawan.data.encode import caption_embeddings
 
-        prompts = read_prompts(recipe.data.prompts)
+        prompts = read_prompt_file(recipe.data.prompts, "data.prompts =", required=True)
         comps = base.components
         comps.text_encoder = comps.text_encoder.to(ctx.device)
         embeddings = caption_embeddings(comps, prompts, recipe.text.max_sequence_length)
