@@ -1,5 +1,5 @@
 # One command each; both set up .venv (scripts/setup.sh) on first use.
-.PHONY: setup test test-fast test-random demo bench
+.PHONY: setup test test-fast test-random demo bench results
 
 PYTEST = HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python -m pytest
 # The options every run shares (pyproject.toml's addopts) less the fixed order, for test-random.
@@ -26,6 +26,11 @@ demo: setup
 
 bench: setup
 	.venv/bin/python benchmarks/pyramid_ops.py
+
+# Re-render the tables of docs/results.md and docs/toy-world.md from docs/data/*.json (scripts/render_results.py;
+# `python scripts/render_results.py --check` only compares). Plain Python, no setup needed.
+results:
+	python3 scripts/render_results.py
 
 # Mutation testing of the core modules with mutmut (docs/testing.md): a tool, not a CI gate; hours on 2 cores.
 .PHONY: mutation

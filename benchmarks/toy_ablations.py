@@ -1,6 +1,7 @@
 """The finetune ablations of docs/results.md, in the toy world: one `pyrawan demo` per configuration.
 
     python benchmarks/toy_ablations.py [--out runs/ablations] [--seed-sets 3] [--prompts 32] [--steps 400] [--only NAME ...]
+        [--summary docs/data/toy-ablations-1600.json]
 
 Each configuration is the demo (dataset → calibrate → convert → finetune (400 steps, or --steps) → eval quality of
 the teacher at 50 steps, the unfinetuned and the finetuned pyramid at 20-20-10 and 4-4-2 → eval
@@ -12,6 +13,10 @@ paired across configurations.
 Writes OUT/ablations.json and OUT/ablations.md: per configuration and row, ToyBench overall and its
 parts (mean [95 % bootstrap interval over the videos]), FD, FLOPs ratio, and the verdict against the
 default configuration's same row: better / worse only where the two intervals are disjoint.
+``--summary`` also writes the table of docs/results.md ("Ablations at 1,600 steps") for
+``scripts/render_results.py``: per row, the paired per-video difference of ToyBench overall to the
+default's same row (the same (prompt, seed) videos; ``benchmarks/paired_delta.py`` on the two rows'
+``eval-<index>/metrics.json``), bold with better / worse where its 95 % interval excludes 0.
 """
 from __future__ import annotations
 
@@ -22,6 +27,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paired_delta import differences  # noqa: E402
+from results_summary import ci, column, table as summary_table, write_summary  # noqa: E402
 
 CONFIGS = {  # name -> (what changes, demo flags)
     "default": ("haar, Definition 2, calibrated boundaries, no alignment loss", []),
@@ -85,6 +94,41 @@ def table(results: dict[str, dict]) -> tuple[list[dict], str]:
     return out, head + "\n" + "\n".join(lines) + "\n"
 
 
+SUMMARY_SCORES = ("toybench_colour", "toybench_direction", "toybench_speed", "toybench_smoothness")
+
+
+def paired_cell(delta: tuple[float, float, float]) -> dict:
+    """The "Δ vs default, paired" cell: bold with a verdict where the interval excludes 0."""
+    verdict = " better" if delta[1] > 0 else " worse" if delta[2] < 0 else ""
+    return {"value": list(delta), **({"bold": True, "suffix": verdict} if verdict else {})}
+
+
+def summary(results: dict[str, dict], folders: dict[str, Path], source: str, mean_ci=None) -> dict:
+    """The ``table`` summary of the ablations (docs/results.md's layout): configuration, row, schedule,
+    ToyBench, the paired difference to the default's same row, four scores and FD."""
+    if mean_ci is None:
+        from pyrawan.eval.stats import mean_ci
+    base = {r["row"]: r for r in results["default"]["rows"]}
+    rows = []
+    for name, result in results.items():
+        for row in result["rows"]:
+            if row["row"] == "teacher":
+                continue
+            m = row["metrics"]
+            delta = None
+            if name != "default":
+                mine = folders[name] / row["eval"] / "metrics.json"
+                theirs = folders["default"] / base[row["row"]]["eval"] / "metrics.json"
+                delta = paired_cell(mean_ci(differences([mine], [theirs], "overall")))
+            fd = m.get("toybench_fd")
+            rows.append([name, row["row"], row["schedule"], ci(m["toybench_overall"]), delta,
+                         *[ci(m[k]) if k in m else None for k in SUMMARY_SCORES], ci(fd) if fd else None])
+    columns = [column("configuration"), column("row"), column("schedule"), column("ToyBench", ".3f"),
+               column("Δ vs default, paired", "+.3f"), column("colour", ".2f"), column("direction", ".2f"),
+               column("speed", ".2f"), column("smoothness", ".2f"), column("FD", ".0f")]
+    return summary_table(source, columns, rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/ablations"))
@@ -92,18 +136,22 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--steps", type=int, default=400, help="Finetuning steps of every configuration.")
     ap.add_argument("--only", nargs="*", choices=list(CONFIGS), help="Run only these configurations (default first).")
+    ap.add_argument("--summary", type=Path, help="Also write the table's summary for docs/data (docs/results.md, "
+                    "\"Ablations at 1,600 steps\"; scripts/render_results.py renders it).")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.out.mkdir(parents=True, exist_ok=True)
     names = ["default", *[n for n in (args.only or CONFIGS) if n != "default"]]
-    results = {}
+    results, folders = {}, {}
     for name in names:
-        folder = run_config(name, args.out, args.seed_sets, args.prompts, args.steps)
-        results[name] = json.loads((folder / "results.json").read_text())
+        folders[name] = run_config(name, args.out, args.seed_sets, args.prompts, args.steps)
+        results[name] = json.loads((folders[name] / "results.json").read_text())
     rows, md = table(results)
     (args.out / "ablations.json").write_text(json.dumps(rows, indent=1) + "\n")
     (args.out / "ablations.md").write_text(md)
     print(md)
+    if args.summary:
+        write_summary(args.summary, summary(results, folders, "python benchmarks/toy_ablations.py " + " ".join(sys.argv[1:])))
 
 
 if __name__ == "__main__":

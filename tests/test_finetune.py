@@ -321,3 +321,13 @@ def test_activation_estimate_matches_the_tensors_autograd_saves():
             stored, _ = activation_elements(cfg, (5, 16, 16), 16, per_token, checkpointing)
             measured = sum(saved.values()) / 4
             assert math.isclose(stored, measured, rel_tol=0.15), (per_token, checkpointing, stored, measured)
+
+
+def test_the_full_resolution_alignment_runs_and_is_not_zero_where_the_same_input_form_is(tmp_path):
+    """A LoRA student starts as the base, so the same-input alignment is 0 at step 1; the full-resolution form
+    compares with the base's estimate at full resolution, which a stage's base prediction does not equal."""
+    r = recipe("train.steps=2", "train.lora.enabled=true", "train.align_weight=0.5",
+               "train.align_form=full-resolution", *QUICK)
+    out = run(r, tmp_path / "full", source=for_recipe(r), show_progress=False)
+    align = [rec["align"] for rec in records(out, "train")]
+    assert len(align) == 2 and all(0 < a < float("inf") for a in align), align

@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 
 from pyrawan.commands.distill_loop import (Loop, cache_latents, draw_levels, finish_record, real_velocity,
-                                           start_iteration, step_generator, student_estimate, teach_step_loss)
+                                           score_site, start_iteration, step_generator, student_estimate,
+                                           teach_step_loss)
 from pyrawan.errors import InputError
 from pyrawan.models.denoiser import denoise, unwrap
 from pyrawan.pyramid.config import PyramidConfig
@@ -27,33 +28,38 @@ from pyrawan.pyramid.sampler import FewStep, randn
 from pyrawan.recipe import DistillRecipe
 from pyrawan.train.adversarial import Heads, heads_for, no_param_grads, token_grid
 from pyrawan.train.data import derive_seed
-from pyrawan.train.dmd import VARIANT_PROCESS, StageProcess, dmd_gradient, dmd_loss, flow_matching_loss
+from pyrawan.train.dmd import VARIANT_PROCESS, ScoreSite, dmd_loss, flow_matching_loss, form_gradient
 from pyrawan.train.engine import Context, EngineSpec, lr_at, make_engine
 from pyrawan.train.gan import critic_loss, generator_loss
 from pyrawan.train.run import Trainable
 
 
-def generator_update(loop: Loop, x: torch.Tensor, step: FewStep, text: torch.Tensor, proc: StageProcess,
+def generator_update(loop: Loop, x: torch.Tensor, step: FewStep, text: torch.Tensor, site: ScoreSite,
                      gens: list[torch.Generator], stop_at: int) -> tuple[torch.Tensor, dict]:
-    """One DMD step of the generator; returns the detached ``x_hat`` and the record's fields."""
-    d = loop.recipe.distill
+    """One DMD step of the generator; returns the detached ``x_hat`` (on the exit step's grid) and the record's fields.
+
+    The gradient is taken on ``x_hat`` moved to the scored stage (``site``) and flows back through the move; the
+    loss is a mean over the exit step's elements, so every site's normalised gradient weighs the same per element
+    of the site.
+    """
+    d, proc = loop.recipe.distill, site.proc
     x_hat = student_estimate(loop, x, step, text)
-    rho, eps = draw_levels(loop, gens), randn(x_hat.shape, gens, x_hat)
+    x_site = site.move(x_hat)
+    rho, eps = draw_levels(loop, gens, site.rho_range), randn(x_site.shape, gens, x_site)
     with torch.no_grad():
-        x_t = proc.noisy(x_hat.detach(), eps, rho)
+        x_t = proc.noisy(x_site.detach(), eps, rho)
         sigma = proc.level(rho)
-        x0_real = proc.clean(x_t, real_velocity(loop, x_t, sigma, text), rho)
+        v_real = real_velocity(loop, x_t, sigma, text)
         with loop.critic.engine.autocast():                  # the fake score as it is trained
-            f_fake = denoise(loop.critic.engine.model, x_t, sigma, text, dtype=loop.critic.engine.input_dtype)
-        x0_fake = proc.clean(x_t, f_fake, rho)
-    grad = dmd_gradient(x_hat, x0_real, x0_fake, sigma.mean(1))
-    gen_loss = dmd_loss(x_hat, grad.g.to(x_hat.device))
+            v_fake = denoise(loop.critic.engine.model, x_t, sigma, text, dtype=loop.critic.engine.input_dtype)
+        grad = form_gradient(d.dmd_form, proc, x_site, x_t, rho, v_real, v_fake.float())
+    gen_loss = dmd_loss(x_site, grad.g.to(x_site.device)) * (x_site[0].numel() / x_hat[0].numel())
     objective, teach_loss, gan_loss = gen_loss.mean(), None, None
     if loop.teach is not None and d.teach_weight > 0:
         teach_loss = teach_step_loss(loop, stop_at)
         objective = objective + d.teach_weight * teach_loss.mean()
     if loop.gan is not None:
-        gan_loss = gan_generator_loss(loop, proc.noisy(x_hat, eps, rho), sigma, text)
+        gan_loss = gan_generator_loss(loop, proc.noisy(x_site, eps, rho), sigma, text)
         objective = objective + d.gan.weight * gan_loss.mean()
     norm, applied = step_generator(loop, objective)
     record = {"gen_loss": float(gen_loss.detach().mean()), "w_dmd": float(grad.w_dmd.mean()), "gen_grad_norm": norm,
@@ -63,15 +69,17 @@ def generator_update(loop: Loop, x: torch.Tensor, step: FewStep, text: torch.Ten
     return x_hat.detach(), record
 
 
-def fake_update(loop: Loop, x_hat: torch.Tensor, text: torch.Tensor, proc: StageProcess,
+def fake_update(loop: Loop, x_hat: torch.Tensor, text: torch.Tensor, site: ScoreSite,
                 gens: list[torch.Generator], real: torch.Tensor | None = None) -> dict:
-    """One flow-matching step of the fake score on the student's detached samples ``x_hat`` ``[B, C, T, H, W]``.
+    """One flow-matching step of the fake score on the student's detached samples ``x_hat`` ``[B, C, T, H, W]``,
+    moved to the scored stage (``site``) and re-noised with its process.
 
-    With the GAN term, ``real`` (clean latents of the same shape) adds the heads' classification loss and
+    With the GAN term, ``real`` (clean latents at the site's stage) adds the heads' classification loss and
     steps the heads (``gan_critic_step``).
     """
-    engine = loop.critic.engine
-    rho, eps = draw_levels(loop, gens), randn(x_hat.shape, gens, x_hat)
+    engine, proc = loop.critic.engine, site.proc
+    x_hat = site.move(x_hat)
+    rho, eps = draw_levels(loop, gens, site.rho_range), randn(x_hat.shape, gens, x_hat)
     x_t, target = proc.noisy(x_hat, eps, rho), proc.target(x_hat, eps)
     cls, gan_record = None, {}
     with engine.autocast():
@@ -94,15 +102,18 @@ def dmd_iteration_step(loop: Loop) -> dict:
     """One DMD iteration (fake-score step, and a generator step every ``generator_every``); its record."""
     d = loop.recipe.distill
     r = start_iteration(loop, VARIANT_PROCESS[d.variant])
+    site = score_site(loop, r)
     record = {"kind": "train", "step": loop.iteration + 1, "exit_step": r.k, "stage": r.step.stage}
+    if site.stage != r.step.stage:
+        record["score_stage"] = site.stage
     if (loop.iteration + 1) % d.generator_every == 0:
-        x_hat, fields = generator_update(loop, r.x, r.step, r.text, r.proc, r.gens, r.k)
+        x_hat, fields = generator_update(loop, r.x, r.step, r.text, site, r.gens, r.k)
         record.update(fields)
     else:
         with torch.no_grad():
             x_hat = student_estimate(loop, r.x, r.step, r.text)
-    real = cache_latents(loop, r.items, r.step.stage) if loop.gan is not None else None
-    record.update(fake_update(loop, x_hat, r.text, r.proc, r.gens, real))
+    real = cache_latents(loop, r.items, site.stage) if loop.gan is not None else None
+    record.update(fake_update(loop, x_hat, r.text, site, r.gens, real))
     return finish_record(loop, record, r.items)
 
 

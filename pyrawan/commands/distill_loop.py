@@ -25,7 +25,8 @@ from pyrawan.pyramid.process import clean_estimate
 from pyrawan.pyramid.sampler import FewStep, fewstep_rollout
 from pyrawan.recipe import DistillRecipe
 from pyrawan.train.data import StageDataset, generator, pad_texts, position_item
-from pyrawan.train.dmd import StageProcess, exit_step, flow_matching_loss, score_levels
+from pyrawan.train.dmd import (ScoreSite, StageProcess, draw_stage, exit_step, flow_matching_loss, local_level,
+                               natural_levels, score_levels, span_shares, stage_spans)
 from pyrawan.train.engine import Context, lr_at
 from pyrawan.train.metrics import MetricsLog
 from pyrawan.train.model import Base, Frozen
@@ -144,9 +145,40 @@ def first_noise(loop: Loop, gens: list[torch.Generator]) -> torch.Tensor:
     return torch.cat([torch.randn((1, 16, *shape), generator=g) for g in gens])
 
 
-def draw_levels(loop: Loop, gens: list[torch.Generator]) -> torch.Tensor:
-    """Re-noising levels ``rho`` ``[B]`` inside the exit step's stage, one per sample."""
-    return torch.cat([score_levels(1, *loop.recipe.distill.score_levels, g) for g in gens])
+def draw_levels(loop: Loop, gens: list[torch.Generator], rho_range: tuple[float, float] | None = None) -> torch.Tensor:
+    """Re-noising levels ``rho`` ``[B]``, one per sample, in ``rho_range`` (None: ``distill.score_levels``)."""
+    low, high = rho_range or loop.recipe.distill.score_levels
+    return torch.cat([score_levels(1, low, high, g) for g in gens])
+
+
+def score_site(loop: Loop, r: "Rollout") -> ScoreSite:
+    """Where this iteration scores the student's estimate (``distill.score_span``, ``train/dmd.py``).
+
+    ``stage``: the exit step's stage with ``rho`` in ``score_levels``. ``global``: a stage drawn from
+    ``(seed, "score-stage", iteration)`` (the same on every rank) with its share of the global range
+    ``score_levels``, ``rho`` inside that share, and ``x_hat`` moved there with ``R_down``/``R_up``.
+    """
+    d, exit_stage = loop.recipe.distill, r.step.stage
+    if d.score_span == "stage":
+        return ScoreSite(exit_stage, r.proc, lambda x: x, tuple(d.score_levels))
+    top = max(i for i, levels in enumerate(reversed(loop.levels)) if levels)
+    spans = stage_spans(loop.pyramid.boundaries, top)
+    stage = draw_stage(span_shares(spans, *d.score_levels), generator(loop.recipe.seed, "score-stage", loop.iteration))
+    frames = loop.stage_latents[stage][0]
+    natural = natural_levels(stage, frames, loop.pyramid.keep_time, loop.pyramid.ppf)
+    ends = (min(max(v, spans[stage][0]), spans[stage][1]) for v in d.score_levels)
+    rho_range = tuple(local_level(v, spans[stage], natural) for v in ends)
+    sigma_c, sigma_n = (s.to(loop.ctx.device) for s in loop.pyramid.levels(stage, frames, top=(stage == top)))
+    resize = loop.pyramid.resize
+    proc = StageProcess(r.proc.kind, sigma_c, sigma_n, None if stage == top else resize.project)
+    return ScoreSite(stage, proc, functools.partial(move_stage, resize=resize, by=stage - exit_stage), rho_range)
+
+
+def move_stage(x: torch.Tensor, resize, by: int) -> torch.Tensor:
+    """``x`` moved ``by`` stages: ``R_down`` ``by`` times (coarser, ``by > 0``) or ``R_up`` ``-by`` times (finer)."""
+    for _ in range(abs(by)):
+        x = resize.down(x) if by > 0 else resize.up(x)
+    return x
 
 
 def teach_step_loss(loop: Loop, stop_at: int) -> torch.Tensor:

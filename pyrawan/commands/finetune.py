@@ -30,7 +30,8 @@ from pyrawan.train.config import train_problems
 from pyrawan.train.curves import plot_curves, read_records, short
 from pyrawan.train.data import LatentSource, StageDataset, split_holdout, train_batch, validation_batches
 from pyrawan.train.engine import Context, Ema, EngineSpec, TorchEngine, lr_at, make_engine
-from pyrawan.train.loss import predict, stage_losses
+from pyrawan.train.loss import (Alignment, full_resolution_alignment, predict, same_input_alignment,
+                                stage_losses)
 from pyrawan.train.metrics import MetricsLog, progress
 from pyrawan.train.model import Base, build_student, export_model
 from pyrawan.train.run import (Trainable, describe_nonfinite, ema_state, interrupted, nonfinite, restore_checkpoint,
@@ -54,7 +55,7 @@ class Loop:
     base: Base
     log: MetricsLog
     ema: Ema | None = None
-    teacher: object = None
+    align: Alignment | None = None                   # the alignment loss to the frozen base (train.align_form)
     out: Path = Path("runs/finetune")
     step: int = 0
     consumed: int = 0              # global micro-batches drawn so far (the data position)
@@ -89,11 +90,19 @@ def check_recipe(recipe: FinetuneRecipe, out: Path, overwrite: bool, need_data: 
                          f"train.validation.holdout={max(size // 8, 0)} (or lower) or add data.")
 
 
-def make_teacher(loop: Loop):
-    """``teacher(x, sigma_nat, text)`` -> the frozen base velocity, or None when the alignment loss is off."""
-    train, engine = loop.recipe.train, loop.engine
+def make_alignment(loop: Loop) -> Alignment | None:
+    """The alignment loss to the frozen base in ``train.align_form``, or None when it is off (``align_weight`` 0)."""
+    train = loop.recipe.train
     if train.align_weight == 0:
         return None
+    if train.align_form == "full-resolution":
+        return full_resolution_alignment(make_teacher(loop), loop.pyramid, loop.recipe.seed)
+    return same_input_alignment(make_teacher(loop))
+
+
+def make_teacher(loop: Loop):
+    """``teacher(x, sigma_nat, text)`` -> the frozen base velocity (no graph)."""
+    train, engine = loop.recipe.train, loop.engine
     if train.lora.enabled:
         module = engine.module
 
@@ -144,7 +153,7 @@ def train_step(loop: Loop) -> dict:
         with engine.micro_step(last):
             with engine.autocast():
                 mse, align = stage_losses(engine.model, batch, loop.pyramid, loop.patch, ctx.device,
-                                          engine.input_dtype, loop.teacher, t.process)
+                                          engine.input_dtype, loop.align, t.process)
                 objective = mse.sum() + (t.align_weight * align.sum() if align is not None else 0.0)
             engine.backward(objective / (t.batch_size * t.grad_accum), last)
         items += [loop.data.name(j) for j, ok in zip(batch.items, torch.isfinite(mse.detach()).tolist()) if not ok]
@@ -234,7 +243,7 @@ def run(recipe: FinetuneRecipe, out: Path, resume: bool = False, overwrite: bool
     loop = Loop(recipe, ctx, engine, pyramid, StageDataset(source, train_idx, pyramid),
                 StageDataset(source, held_idx, pyramid), base, log=None, out=out,
                 ema=Ema(engine.named, ema_cfg.decay, ema_cfg.start_step) if ema_cfg.enabled else None)
-    loop.teacher = make_teacher(loop)
+    loop.align = make_alignment(loop)
     if found is not None:
         state = restore_checkpoint("finetune", Path(found), [loop.trainable], ctx)
         loop.step, loop.consumed, loop.validated = state["step"], state["consumed"], {state["step"]}

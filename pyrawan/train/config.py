@@ -113,6 +113,10 @@ class Train(_Section):
     align_weight: float = Field(0.0, ge=0, le=1e6, description=(
         "Weight of the alignment loss: MSE between the student's and the frozen base model's velocity on "
         "the same noisy input (docs/finetune.md); 0 = off."))
+    align_form: Literal["same-input", "full-resolution"] = Field("same-input", description=(
+        "Form of the alignment loss (the paper's L_dist, form not given): same-input = the base's velocity on the "
+        "student's own stage input; full-resolution = the base at full resolution on the stage sample jumped up, "
+        "its clean estimate brought down to the stage, against the student's (docs/finetune.md)."))
     process: Literal["pyramidal", "multires"] = Field("pyramidal", description=(
         "pyramidal = pyramidal flow matching over the pyramid's stages; multires = ordinary flow matching on the "
         "clean latents of every stage's resolution (the DMD-OT teacher; the result is a plain one-stage model)."))
@@ -145,6 +149,9 @@ class Train(_Section):
                              "before the gradient can be checked); use train.on_nonfinite: stop or zero_stage: 2")
         if any(not 0.0 <= rho <= 1.0 for rho in self.validation.levels):
             raise _fail(f"train.validation.levels = {list(self.validation.levels)}: every level must lie in [0, 1]")
+        if self.align_form == "full-resolution" and self.align_weight > 0 and self.process == "multires":
+            raise _fail("train.align_form = full-resolution aligns pyramidal stage samples, but train.process = "
+                        "multires trains ordinary samples; use align_form: same-input (or process: pyramidal)")
         return self
 
     def split(self, num_stages: int) -> tuple[int, ...]:

@@ -92,11 +92,31 @@ class Gan(_Section):
         "optimiser). A section here replaces it as a whole."))
 
 
+class DecoderDistill(_Section):
+    """A tiny decoder distilled from the base model's VAE (``method: decoder``; docs/decoder.md).
+
+    The student is a TAEHV-style conv-only causal decoder (``pyrawan.models.tiny_decoder``); its target
+    is the VAE's decode of the same latents (the latent cache's, plus ``variants - 1`` perturbed copies),
+    computed once per run into the run folder. Loss in pixels: L1 + ``gradient_weight`` x the L1 error
+    of spatial and temporal finite differences (edges and motion; no pretrained network needed).
+    """
+
+    channels: tuple[int, int, int, int] = Field((256, 128, 64, 64), description=(
+        "Widths of the decoder's three levels and of its last convolution (TAEHV taew2_1: 256, 128, 64, 64)."))
+    gradient_weight: float = Field(0.5, ge=0, le=100.0, description=(
+        "Weight of the L1 error of finite differences in x, y and time (0 = plain L1)."))
+    variants: int = Field(2, ge=1, le=16, description=(
+        "Training latents per cache item: the clean one and variants - 1 copies with Gaussian noise added."))
+    perturb: float = Field(0.2, ge=0, le=2.0, description="Std of the noise of the perturbed copies (model-space latents).")
+    target_batch: int = Field(8, ge=1, le=1024, description="Latents per VAE decode when the targets are computed.")
+
+
 class Distill(_Section):
     """How to distill: method, DMD variant, the student's few-step schedule, the real score and its guidance."""
 
-    method: Literal["dmd", "adv"] = Field("dmd", description=(
-        "dmd (distribution matching distillation) | adv (adversarial distillation; see distill.adv)."))
+    method: Literal["dmd", "adv", "decoder"] = Field("dmd", description=(
+        "dmd (distribution matching distillation) | adv (adversarial distillation; see distill.adv) | "
+        "decoder (a tiny video decoder from the base's VAE; see distill.decoder)."))
     variant: Literal["ot", "pt", "ptstar", "baseline"] = Field("ptstar", description=(
         "ot: teacher = the original model finetuned at every stage resolution, ordinary re-noising; "
         "pt: teacher = the pyramidal model, pyramidal re-noising, closed-form clean estimate; "
@@ -114,6 +134,15 @@ class Distill(_Section):
     score_levels: tuple[float, float] = Field((0.02, 0.98), description=(
         "Range of the local level rho at which x_hat is re-noised inside the exit step's stage (clamped away "
         "from the stage ends; Self-Forcing clamps t to [0.02, 0.98])."))
+    score_span: Literal["stage", "global"] = Field("stage", description=(
+        "Where the DMD gradient and the fake score re-noise the student's estimate: stage = inside the exit "
+        "step's stage, rho in score_levels; global = over the whole process as DMD2 and Self-Forcing do: a stage "
+        "drawn with its share of the global range score_levels (global sigma), the estimate moved to its grid "
+        "(docs/distill.md)."))
+    dmd_form: Literal["x0", "eps"] = Field("x0", description=(
+        "Form of the DMD gradient: x0 = DMD2's clean-estimate difference; eps = the score (noise-estimate) "
+        "difference built from the variant's noise estimate (PT: the pyramidal closed form; PT*: the ordinary "
+        "one). Both are the same for OT, PT* and the baseline; they differ for PT (docs/distill.md)."))
     teach_weight: float = Field(0.01, ge=0, le=100.0, description=(
         "Weight of L_teach (the paper: 0.01): MSE between the student's exit-step estimate and the teacher's "
         "multi-step sample from the same (coupled) noise, brought down to that stage; 0 = off."))
@@ -122,6 +151,7 @@ class Distill(_Section):
     fake_score: FakeScore = FakeScore()
     adv: Adversarial = Adversarial()
     gan: Gan = Gan()
+    decoder: DecoderDistill = DecoderDistill()
 
     @field_validator("schedule", "teach_schedule", mode="before")
     @classmethod
@@ -134,6 +164,12 @@ class Distill(_Section):
         low, high = self.score_levels
         if not 0.0 <= low < high <= 1.0:
             raise _fail(f"distill.score_levels = {list(self.score_levels)} must satisfy 0 <= low < high <= 1")
+        if self.dmd_form == "eps" and high >= 1.0:
+            raise _fail(f"distill.dmd_form = eps divides by 1 - sigma, but distill.score_levels = "
+                        f"{list(self.score_levels)} reaches 1; keep the high end below 1 (e.g. 0.98)")
+        if self.score_span == "global" and self.method != "dmd":
+            raise _fail(f"distill.score_span = global applies to method dmd; method {self.method} re-noises inside "
+                        "the exit step's stage: set distill.score_span: stage")
         if self.levels is not None and any(not 0.0 <= r <= 1.0 for stage in self.levels for r in stage):
             raise _fail("every distill.levels value rho must lie in [0, 1] (1 = noisy end of the stage)")
         return self
@@ -167,6 +203,8 @@ def distill_problems(distill: Distill, num_stages: int) -> list[tuple[str, str]]
     from pyrawan.errors import InputError
     from pyrawan.pyramid.schedule import parse_schedule
 
+    if distill.method == "decoder":
+        return []                 # no student schedule: the decoder's section checks itself
     try:
         steps = parse_schedule(distill.schedule, num_stages, key="distill.schedule")
     except InputError as err:

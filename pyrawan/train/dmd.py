@@ -19,7 +19,9 @@ Three ways a variant re-noises a student's clean estimate ``x_hat`` and reads a 
 
 Where ``sigma_n = 1`` (the coarsest stage with steps) the three coincide.
 
-The DMD gradient (DMD2's normalised form) on ``x_hat``::
+The DMD gradient on ``x_hat`` in one of two forms (``distill.dmd_form``).
+
+``x0`` (DMD2's normalised form, the default)::
 
     g = (x0_fake - x0_real) / mean|x_hat - x0_real|          (mean over C, T, H, W per sample)
 
@@ -28,6 +30,24 @@ With the ordinary process ``x0 = x - sigma F`` this is, in velocity form,
 paper's weight ``w_dmd = sigma / ||F_real - dx_hat/dsigma||_1`` (``dx_hat/dsigma = eps - x_hat``, mean-L1):
 one power of sigma from ``x0 = x - sigma F`` cancels against the normaliser, so no power of sigma is left
 in ``g``. The generator loss ``0.5 mean (x_hat - sg(x_hat - g))^2`` has gradient ``g / n`` in ``x_hat``.
+
+``eps`` (the score form: DMD's score difference, ``s = -eps_hat / sigma``) built from each variant's noise
+estimate ``eps_hat`` (``StageProcess.noise``) and brought to clean-latent units with the ordinary identity
+``x0 = (x - sigma eps) / (1 - sigma)`` per frame::
+
+    g = sigma / (1 - sigma) (eps_real - eps_fake) / mean|x_hat - x0_real|
+
+For the ordinary process ``eps_hat = x + (1 - sigma) F``, so both forms are the same gradient (and for
+PT*, which reads every stage sample as ordinary, too). Under PT the pyramidal noise estimate weights the
+high band ``I - P`` by ``(sigma_n - sigma) / sigma_n`` where the clean estimate weights it by
+``sigma (sigma_n - sigma_c) / ((1 - sigma_c) sigma_n)``: at the full-resolution stage (``sigma_c = 0``) the
+x0 form cannot tell PT from PT*, the eps form can.
+
+Where the estimate is scored (``distill.score_span``): ``stage`` re-noises ``x_hat`` inside the exit step's
+stage at ``rho ~ U[score_levels]``; ``global`` draws the level over the whole process, as DMD2 and
+Self-Forcing do, by drawing the stage that holds it (each with its share of the global range
+``score_levels``, in global sigma) and moving ``x_hat`` to that stage's grid (``R_down`` to a coarser,
+``R_up`` to a finer stage) before re-noising it with that stage's process (``ScoreSite``).
 """
 from __future__ import annotations
 
@@ -38,9 +58,10 @@ from typing import Literal
 import torch
 
 from pyrawan.pyramid.process import boundary_samples, clean_estimate, per_frame
-from pyrawan.pyramid.schedule import interpolate_level
+from pyrawan.pyramid.schedule import interpolate_level, sigma_to_natural
 
 Kind = Literal["ordinary", "pyramidal", "pyramidal-star"]
+Form = Literal["x0", "eps"]
 VARIANT_PROCESS: dict[str, Kind] = {"ot": "ordinary", "baseline": "ordinary", "pt": "pyramidal",
                                     "ptstar": "pyramidal-star"}
 
@@ -94,6 +115,63 @@ class StageProcess:
             return clean_estimate(x, v, rho.to(self.sigma_c.dtype), self.sigma_c, self.sigma_n, self.project)[0]
         return x - per_frame(self.level(rho), x) * v
 
+    def noise(self, x: torch.Tensor, v: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+        """Noise estimate ``eps_hat`` from ``x`` and ``v``: PT's closed form (both bands, the paper's beta/gamma),
+        else the ordinary ``x + (1 - sigma) v`` (PT*'s simplified weights)."""
+        if self.kind == "pyramidal" and self.project is not None:
+            return clean_estimate(x, v, rho.to(self.sigma_c.dtype), self.sigma_c, self.sigma_n, self.project)[1]
+        return x + (1 - per_frame(self.level(rho), x)) * v
+
+
+@dataclass(frozen=True)
+class ScoreSite:
+    """Where the DMD gradient and the fake score look at the student's estimate (``distill.score_span``).
+
+    ``stage``: the stage whose process re-noises it; ``move``: the exit step's grid ``[B, C, T, H, W]`` to that
+    stage's grid (differentiable; identity for the exit step's own stage); ``rho_range``: where ``rho`` is drawn.
+    """
+
+    stage: int
+    proc: StageProcess
+    move: Callable[[torch.Tensor], torch.Tensor]
+    rho_range: tuple[float, float]
+
+
+def stage_spans(boundaries: tuple[float, ...], top: int) -> list[tuple[float, float]]:
+    """Global-sigma span ``(low, high)`` of stages ``0..top`` (index = stage); the top stage reaches 1."""
+    full = (0.0, *boundaries, 1.0)
+    return [(full[j], 1.0 if j == top else full[j + 1]) for j in range(top + 1)]
+
+
+def span_shares(spans: list[tuple[float, float]], low: float, high: float) -> list[float]:
+    """Length of each span inside ``[low, high]``: how often the global draw lands in each stage."""
+    return [max(0.0, min(b, high) - max(a, low)) for a, b in spans]
+
+
+def draw_stage(shares: list[float], gen: torch.Generator) -> int:
+    """A stage index drawn with probability proportional to ``shares`` (one uniform from ``gen``)."""
+    u = float(torch.rand(1, generator=gen, dtype=torch.float64)) * sum(shares)
+    for stage, share in enumerate(shares):
+        if u < share:
+            return stage
+        u -= share
+    return max(j for j, share in enumerate(shares) if share > 0)
+
+
+def local_level(sigma: float, span: tuple[float, float], natural: Callable[[float], torch.Tensor]) -> float:
+    """Local level ``rho`` of the global level ``sigma`` inside a stage spanning ``span`` (global sigma), where
+    ``natural(sigma)`` gives the stage's natural level per frame ``[T]``: the frame mean, interpolated linearly
+    as ``StageProcess.level`` does."""
+    nat = [natural(s).mean() for s in (span[0], sigma, span[1])]
+    return float((nat[1] - nat[0]) / (nat[2] - nat[0]))
+
+
+def natural_levels(stage: int, num_frames: int, keep_time: bool, ppf: bool) -> Callable[[float], torch.Tensor]:
+    """``sigma -> [T]`` natural levels of ``stage`` (a PPF stage runs at full resolution: its levels are global)."""
+    if ppf:
+        return lambda sigma: torch.full((num_frames,), float(sigma), dtype=torch.float64)
+    return lambda sigma: sigma_to_natural(sigma, stage, num_frames, keep_time)
+
 
 def per_sample_mean_abs(x: torch.Tensor) -> torch.Tensor:
     """``mean |x|`` over every axis but the first: ``[B, ...] -> [B]``."""
@@ -121,6 +199,29 @@ def dmd_gradient(x_hat: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tens
     return DmdGradient(g, sigma_mean.double().to(norm.device) ** 2 / norm)
 
 
+def eps_form_gradient(x_hat: torch.Tensor, x0_real: torch.Tensor, eps_real: torch.Tensor, eps_fake: torch.Tensor,
+                      sigma: torch.Tensor, eps: float = 1e-6) -> DmdGradient:
+    """``g = sigma / (1 - sigma) (eps_real - eps_fake) / mean|x_hat - x0_real|`` per sample, in float64, NaN-cleaned.
+
+    ``sigma`` ``[B, T]``: the natural level of each frame of the re-noised sample (below 1).
+    """
+    x_hat, x0_real, eps_real, eps_fake = (t.detach().double() for t in (x_hat, x0_real, eps_real, eps_fake))
+    s = per_frame(sigma.double(), x_hat)
+    norm = per_sample_mean_abs(x_hat - x0_real) + eps
+    g = torch.nan_to_num(s / (1 - s) * (eps_real - eps_fake) / norm.view(-1, *[1] * (x_hat.ndim - 1)))
+    return DmdGradient(g, sigma.mean(1).double().to(norm.device) ** 2 / norm)
+
+
+def form_gradient(form: Form, proc: StageProcess, x_hat: torch.Tensor, x_t: torch.Tensor, rho: torch.Tensor,
+                  v_real: torch.Tensor, v_fake: torch.Tensor) -> DmdGradient:
+    """The DMD gradient of ``x_hat`` ``[B, C, T, H, W]`` re-noised to ``x_t`` at ``rho`` ``[B]`` by ``proc``, from the
+    real and fake scores' velocities there, in the ``x0`` or the ``eps`` form (module docstring)."""
+    x0_real, sigma = proc.clean(x_t, v_real, rho), proc.level(rho)
+    if form == "x0":
+        return dmd_gradient(x_hat, x0_real, proc.clean(x_t, v_fake, rho), sigma.mean(1))
+    return eps_form_gradient(x_hat, x0_real, proc.noise(x_t, v_real, rho), proc.noise(x_t, v_fake, rho), sigma)
+
+
 def dmd_loss(x_hat: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """``0.5 mean (x_hat - sg(x_hat - g))^2`` per sample ``[B]``; its gradient in ``x_hat`` is ``g / n``."""
     target = (x_hat.detach().double() - g).to(x_hat.dtype)
@@ -144,5 +245,5 @@ def exit_step(seed: int, iteration: int, total_steps: int) -> int:
 
 
 def score_levels(n: int, low: float, high: float, gen: torch.Generator) -> torch.Tensor:
-    """Local levels ``rho`` ``[n]`` (float64) drawn uniformly in ``[low, high]`` inside the exit step's stage."""
+    """Local levels ``rho`` ``[n]`` (float64) drawn uniformly in ``[low, high]`` inside the scored stage."""
     return low + (high - low) * torch.rand(n, generator=gen, dtype=torch.float64)
