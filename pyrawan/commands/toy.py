@@ -27,6 +27,8 @@ METRIC_NOTES = {  # score -> (raw key shown beside it, what the raw number is)
     "flicker": ("background_flicker", "background |Δ| per frame, levels"),
     "noise": ("noise", "background noise, levels"),
     "sharpness": ("edge_width", "edge width, px"),
+    "background": ("background_error", "RGB distance to the named background"),
+    "extra_objects": ("extra_area", "pixels of other objects, px@64"),
 }
 
 
@@ -112,7 +114,8 @@ def render_bench_table(report: dict) -> Table:
 
 
 SHORT_NAMES = {"detection": "det", "colour": "col", "direction": "dir", "speed": "spd", "smoothness": "smo",
-               "flicker": "flk", "sharpness": "shp", "overall": "all", "videos": "n"}   # keep 80 columns
+               "flicker": "flk", "sharpness": "shp", "background": "bg", "extra_objects": "xtr", "overall": "all",
+               "videos": "n"}   # short headers: one grouping attribute fits 80 columns
 
 
 def render_breakdown_table(groups: list[dict]) -> Table:

@@ -19,8 +19,10 @@ from pyrawan.errors import InputError
 from pyrawan.toy import world
 from pyrawan.toy.features import HIST_BINS, Measurements, measure_video
 
-SCORES = ("detection", "colour", "shape", "size", "direction", "speed", "smoothness", "flicker", "noise", "sharpness")
-SCORE_FLOOR = 0.01          # a zero score counts as this in the geometric mean (one zero -> overall <= 0.63)
+SCORES = ("detection", "colour", "shape", "size", "direction", "speed", "smoothness", "flicker", "noise", "sharpness",
+          "background", "extra_objects")
+SCORES_BEFORE_BACKGROUND = SCORES[:10]   # the overall of ToyBench before the background and extra-object scores
+SCORE_FLOOR = 0.01          # a zero score counts as this in the geometric mean (one zero of 12 -> overall <= 0.68)
 SHAPE_PROTOTYPES = {"square": (0.98, 0.0), "circle": (0.79, 0.0), "triangle": (0.58, 0.52)}  # (fill, |skew|)
 SHAPE_SPREAD = (0.05, 0.1)  # per-feature scale of the Gaussian around each prototype
 REFERENCE_SIDE = 64.0       # smoothness error is expressed in pixels of a 64-pixel frame
@@ -39,6 +41,8 @@ TOLERANCES = {
     "flicker": (1.0, 3.0),        # background flicker, uint8 levels per frame
     "noise": (2.0, 3.0),          # background noise, uint8 levels
     "sharpness": (1.5, 0.6),      # edge width, px
+    "background": (0.05, 0.10),   # RMS RGB distance of the frame-averaged background plane to the named one (0..1 units)
+    "extra_objects": (5.0, 20.0),  # seed pixels of components beyond the object's, median over frames, px at 64 px
 }
 
 
@@ -93,6 +97,21 @@ def asked_motion(m: Measurements, asked: world.Attributes) -> tuple[float, float
     return direction, ratio
 
 
+def background_error(m: Measurements, asked: world.Attributes) -> float | None:
+    """RMS over pixels of the RGB distance (0..1 units) between the measured background ``m.ground`` [H, W, 3]
+    and the one the caption names (``world.background``); ``None`` when it names no background."""
+    if asked.background is None:
+        return None
+    named = world.background(asked, m.height, m.width).permute(1, 2, 0).numpy()             # [H, W, 3]
+    return float(np.sqrt(np.mean(np.sum((m.ground - named) ** 2, axis=-1))))
+
+
+def extra_object_area(m: Measurements) -> float:
+    """Median over frames of the seed pixels outside the object's component (``m.extra_area`` [F]), in pixels
+    of a 64-pixel frame: an extra object present in most frames counts, a speck in a few does not."""
+    return float(np.median(m.extra_area)) * (REFERENCE_SIDE / min(m.height, m.width)) ** 2
+
+
 def prompt_errors(m: Measurements, asked: world.Attributes) -> dict[str, float | str | None]:
     """The raw adherence and quality numbers of one measured video against what the prompt asked.
 
@@ -122,6 +141,9 @@ def prompt_errors(m: Measurements, asked: world.Attributes) -> dict[str, float |
         "background_flicker": m.background_flicker,
         "noise": m.noise,
         "edge_width": float(_nanmedian(o.edge_width)),
+        "background_error": background_error(m, asked),
+        "extra_area": extra_object_area(m),
+        "extra_count": float(np.median(m.extra_count)),
     }
 
 
@@ -147,12 +169,17 @@ def scores_from_errors(errors: dict) -> dict[str, float | None]:
         "flicker": tolerance_score(errors["background_flicker"], "flicker"),
         "noise": tolerance_score(errors["noise"], "noise"),
         "sharpness": tolerance_score(errors["edge_width"], "sharpness"),
+        "background": scored("background_error", "background"),
+        "extra_objects": tolerance_score(errors["extra_area"], "extra_objects"),
     }
 
 
-def overall_score(scores: dict[str, float | None]) -> float:
-    """Geometric mean of the SCORES the prompt lets ToyBench judge (not ``None``), each floored at SCORE_FLOOR."""
-    values = [max(scores[k], SCORE_FLOOR) for k in SCORES if scores[k] is not None]
+def overall_score(scores: dict[str, float | None], names: Sequence[str] = SCORES) -> float:
+    """Geometric mean of the scores ``names`` the prompt lets ToyBench judge (not ``None``), each floored at SCORE_FLOOR.
+
+    ``names=SCORES_BEFORE_BACKGROUND`` gives the overall of the earlier ten-score ToyBench.
+    """
+    values = [max(scores[k], SCORE_FLOOR) for k in names if scores.get(k) is not None]
     return float(math.exp(np.mean(np.log(values))))
 
 
@@ -244,13 +271,14 @@ def intervals(results: Sequence[dict], level: float = 0.95) -> dict[str, dict[st
     """Mean and ``level`` interval (``pyrawan.eval.stats.mean_ci``, bootstrap over videos) of overall and each score.
 
     ``results`` are ``score_video`` outputs (of any number of seed sets); a score is averaged over the
-    videos whose prompt names it, and ``n`` says over how many (``mean`` is ``None`` when none do).
+    videos whose prompt names it, and ``n`` says over how many (``mean`` is ``None`` when none do, as for
+    a score that results written before it existed lack).
     """
     from pyrawan.eval.stats import mean_ci
 
     out = {}
     for name in ("overall", *SCORES):
-        values = [r["overall"] if name == "overall" else r["scores"][name] for r in results]
+        values = [r["overall"] if name == "overall" else r["scores"].get(name) for r in results]
         values = [v for v in values if v is not None]
         mean, low, high = mean_ci(values, level) if values else (None, None, None)
         out[name] = {"mean": mean, "low": low, "high": high, "n": len(values)}

@@ -5,7 +5,9 @@ gradients fit exactly) with robust reweighting; the object is the largest connec
 (scipy.ndimage) of pixels far from that plane; its colour is the median of its inner half; its
 anti-aliased coverage ``alpha`` is recovered by unmixing each pixel between the background and
 the object colour. Shape, size, sharpness and the centroid come from ``alpha``; motion from the
-centroid track; flicker and noise from the background. ``docs/toy-world.md`` defines each number.
+centroid track; flicker and noise from the background; the background's level from the planes
+averaged over frames; extra objects from the other seed components. ``docs/toy-world.md``
+defines each number.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pyrawan.errors import InputError
 
 SEED_DISTANCE = 0.2       # RGB distance (0..1 units) from the background that makes a pixel an object seed
 MIN_AREA = 4.0            # coverage (pixels) below which a frame has no object
+MIN_EXTRA_AREA = 6        # seed pixels a component other than the object's needs to count as an extra object
 SUPPORT = 1               # pixels around the seed component where coverage is measured
 BAND_EDGES = (0.0, 1 / 16, 1 / 8, 1 / 4, 1.0)   # radial spatial-frequency bands, cycles per pixel
 HIST_BINS = 4
@@ -60,6 +63,9 @@ class Measurements:
     spectrum: np.ndarray        # [4] fraction of spatial luma power per radial band
     temporal_energy: float      # energy of frame differences / energy of frames (mean-removed luma)
     histogram: np.ndarray       # [3 * HIST_BINS] per-channel colour histograms, each summing to 1
+    ground: np.ndarray          # [H, W, 3] the fitted background planes averaged over frames, RGB in [0, 1]
+    extra_count: np.ndarray     # [F] seed components beyond the object's with >= MIN_EXTRA_AREA pixels
+    extra_area: np.ndarray      # [F] their seed pixels in total
 
 
 def as_frames(video: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -107,20 +113,47 @@ def fit_background(x: np.ndarray, iterations: int = 3) -> tuple[np.ndarray, np.n
 
 # ---- the object in each frame ----------------------------------------------------------------------
 
-def largest_component(seeds: np.ndarray, strength: np.ndarray) -> np.ndarray:
-    """Per frame, the 8-connected component of ``seeds`` [F, H, W] with the largest sum of ``strength``."""
+def seed_distance(x: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """[F, H, W] RGB distance of frames [F, H, W, 3] (after a 0.7 px Gaussian) to their background planes."""
+    smooth = ndimage.gaussian_filter(x, sigma=(0, 0.7, 0.7, 0))
+    return np.linalg.norm(smooth - bg, axis=-1)
+
+
+def frame_components(seeds: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """(labels [F, H, W], count, frame of each label [count]): 8-connected components of ``seeds`` within frames."""
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[1] = True                                                    # connect within a frame only
     labels, count = ndimage.label(seeds, structure=structure)
+    frame = np.array([box[0].start for box in ndimage.find_objects(labels)], dtype=np.int64)   # [count]
+    return labels, count, frame
+
+
+def largest_component(seeds: np.ndarray, strength: np.ndarray) -> np.ndarray:
+    """Per frame, the 8-connected component of ``seeds`` [F, H, W] with the largest sum of ``strength``."""
+    labels, count, frame = frame_components(seeds)
     if count == 0:
         return np.zeros_like(seeds)
     weight = ndimage.sum_labels(strength, labels, np.arange(1, count + 1))             # [count]
-    frame = np.array([box[0].start for box in ndimage.find_objects(labels)])            # [count]
     keep = np.zeros(count + 1, dtype=bool)
     for f in np.unique(frame):
         candidates = np.flatnonzero(frame == f)
         keep[1 + candidates[np.argmax(weight[candidates])]] = True
     return keep[labels]
+
+
+def extra_objects(seeds: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame, (count, pixels) of the components of ``seeds`` [F, H, W] outside the object ``mask`` [F, H, W].
+
+    Only components of at least MIN_EXTRA_AREA seed pixels count (compression specks are smaller); each [F].
+    """
+    frames = seeds.shape[0]
+    labels, count, frame = frame_components(seeds & ~mask)
+    if count == 0:
+        return np.zeros(frames), np.zeros(frames)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]                          # [count]
+    big = sizes >= MIN_EXTRA_AREA
+    return (np.bincount(frame[big], minlength=frames).astype(np.float64),
+            np.bincount(frame[big], weights=sizes[big], minlength=frames))
 
 
 def core_colours(x: np.ndarray, distance: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -189,10 +222,11 @@ def only_found(values: np.ndarray, found: np.ndarray) -> np.ndarray:
     return np.where(found.reshape(-1, *[1] * (values.ndim - 1)), values, np.nan)
 
 
-def find_objects(x: np.ndarray, bg: np.ndarray) -> tuple[FrameStats, np.ndarray]:
-    """Segment and measure the object in every frame; returns (stats, coverage [F, H, W])."""
-    smooth = ndimage.gaussian_filter(x, sigma=(0, 0.7, 0.7, 0))
-    distance = np.linalg.norm(smooth - bg, axis=-1)                                   # [F, H, W]
+def find_objects(x: np.ndarray, bg: np.ndarray, distance: np.ndarray) -> tuple[FrameStats, np.ndarray, np.ndarray]:
+    """Segment and measure the object in every frame from ``seed_distance`` [F, H, W].
+
+    Returns (stats, coverage [F, H, W], the object's seed component [F, H, W] bool).
+    """
     mask = largest_component(distance > SEED_DISTANCE, distance)
     colours = core_colours(x, distance, mask)
     support = ndimage.binary_dilation(mask, structure=np.ones((1, 1 + 2 * SUPPORT, 1 + 2 * SUPPORT), dtype=bool))
@@ -200,7 +234,7 @@ def find_objects(x: np.ndarray, bg: np.ndarray) -> tuple[FrameStats, np.ndarray]
     stats = shape_stats(alpha)
     found = stats["area"] >= MIN_AREA
     return FrameStats(found=found, colour=only_found(colours, found),
-                      **{k: only_found(v, found) for k, v in stats.items()}), alpha
+                      **{k: only_found(v, found) for k, v in stats.items()}), alpha, mask
 
 
 # ---- motion --------------------------------------------------------------------------------------
@@ -273,7 +307,9 @@ def measure_video(video: torch.Tensor | np.ndarray) -> Measurements:
     """All of ToyBench's prompt-free measurements of one video [F, 3, H, W] (float in [0, 1] or uint8)."""
     x = as_frames(video)
     bg, inliers = fit_background(x)
-    objects, alpha = find_objects(x, bg)
+    distance = seed_distance(x, bg)
+    objects, alpha, mask = find_objects(x, bg, distance)
+    extra_count, extra_area = extra_objects(distance > SEED_DISTANCE, mask)
     near_object = ndimage.binary_dilation(alpha > 0, structure=np.ones((1, 7, 7), dtype=bool))
     background = inliers & ~near_object
     velocity, residual, acceleration = fit_track(objects.centre, objects.found)
@@ -282,4 +318,5 @@ def measure_video(video: torch.Tensor | np.ndarray) -> Measurements:
         frames=x.shape[0], height=x.shape[1], width=x.shape[2], objects=objects, velocity=velocity,
         residual=residual, acceleration=acceleration, temporal_flickering=temporal_flickering(levels),
         background_flicker=background_flicker(levels, background), noise=background_noise(x, bg, background),
-        spectrum=band_energy(y), temporal_energy=temporal_energy(y), histogram=colour_histogram(x))
+        spectrum=band_energy(y), temporal_energy=temporal_energy(y), histogram=colour_histogram(x),
+        ground=bg.mean(axis=0), extra_count=extra_count, extra_area=extra_area)
