@@ -59,18 +59,25 @@ SCORE_KEYS = ("detection", "colour", "shape", "size", "direction", "speed", "smo
               "extra_objects")
 
 
-def build(out: Path, iterations: int, finetune_steps: int, align_steps: int, log: Path) -> dict[str, tuple]:
-    """Phases 1-3; ``{key: (row name, model folder, schedule)}`` in table order."""
+def build(out: Path, iterations: int, finetune_steps: int, align_steps: int, log: Path,
+          parts: tuple[str, ...] = ("distill", "align")) -> dict[str, tuple]:
+    """Phases 1-3 (phase 2 and 3 as ``parts`` asks); ``{key: (row name, model folder, schedule)}`` in table order."""
     common = build_base(out, finetune_steps, log)
     teacher = out / "ot-teacher"
-    rows = {"finetuned": (f"finetuned pyramid ({finetune_steps} steps) 20-20-10, CFG 3", out / "finetuned",
-                          "20-20-10")}
+    rows = {}
+    if "distill" in parts:                       # the DMD students' starting point
+        rows["finetuned"] = (f"finetuned pyramid ({finetune_steps} steps) 20-20-10, CFG 3", out / "finetuned",
+                             "20-20-10")
     for key, (name, recipe, overrides) in DISTILLED.items():
+        if "distill" not in parts:
+            break
         if not done(out / key):
             pyrawan("distill", recipe, f"base={out / 'finetuned'}", *[o.format(teacher=teacher) for o in overrides],
                     *common, f"train.steps={iterations}", "-o", str(out / key), log=log)
         rows[key] = (f"{name} 2-2-1", out / key, "2-2-1")
     for key, (name, overrides) in ALIGNED.items():
+        if "align" not in parts:
+            break
         if not done(out / key):
             pyrawan("finetune", "toy-finetune", f"base={out / 'pyramid'}", *overrides, *common,
                     f"train.steps={align_steps}", "train.validation.every=0", "-o", str(out / key), log=log)
@@ -133,17 +140,21 @@ def main() -> None:
     ap.add_argument("--seed-sets", type=int, default=3)
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--only", nargs="*", help="Score only these row keys (e.g. ot pt pt-eps); default: all.")
+    ap.add_argument("--part", choices=("distill", "align", "all"), default="all",
+                    help="Build and score only the DMD rows or only the L_dist rows (two processes can share the work).")
     ap.add_argument("--summary", type=Path, help="Also write docs/data summaries (this file and NAME-paired.json).")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "log.txt"
-    spec = build(args.out, args.iterations, args.finetune_steps, args.align_steps, log)
+    parts = ("distill", "align") if args.part == "all" else (args.part,)
+    spec = build(args.out, args.iterations, args.finetune_steps, args.align_steps, log, parts)
     keys = [k for k in spec if not args.only or k in args.only]
     rows = [score_row(args.out, *spec[k][:1], k, *spec[k][1:], args.seed_sets, args.prompts, log) for k in keys]
-    (args.out / "fidelity.json").write_text(json.dumps(rows, indent=1))
+    name = "fidelity" if args.part == "all" else f"fidelity-{args.part}"
+    (args.out / f"{name}.json").write_text(json.dumps(rows, indent=1))
     text = markdown(rows)
-    (args.out / "fidelity.md").write_text(text)
+    (args.out / f"{name}.md").write_text(text)
     if args.summary:
         main_table, pairs_table = summaries(rows, "python benchmarks/toy_fidelity.py " + " ".join(sys.argv[1:]))
         write_summary(args.summary, main_table)

@@ -226,7 +226,28 @@ def test_toy_ablations_summary_pairs_each_row_with_the_defaults(tmp_path):
 
 def test_benchmarks_parse_their_arguments():
     import subprocess
-    for script in ("toy_distill.py", "toy_ablations.py", "cpu_threads.py", "paired_delta.py"):
+    for script in ("toy_distill.py", "toy_ablations.py", "cpu_threads.py", "paired_delta.py", "toy_fidelity.py"):
         proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"], capture_output=True,
                               text=True, timeout=60)
         assert proc.returncode == 0 and "--summary" in proc.stdout, (script, proc.stderr)
+
+
+def test_toy_fidelity_pairs_rows_video_by_video_and_calls_a_difference_only_when_it_excludes_0():
+    fidelity = load(ROOT / "benchmarks" / "toy_fidelity.py", "toy_fidelity")
+    iv = {"mean": 0.5, "low": 0.4, "high": 0.6}
+
+    def row(name, overall):
+        return {"row": name, "overall": overall, "fd": (300.0, 200.0, 400.0),
+                "intervals": {k: iv for k in ("overall", *fidelity.SCORE_KEYS)}}
+    rows = [row("DMD-PT, x0 form 2-2-1", [0.5, 0.6, 0.7]), row("DMD-PT* 2-2-1", [0.5, 0.6, 0.7]),
+            row("DMD-PT, eps form 2-2-1", [0.7, 0.9, 0.8]), row("DMD-OT 2-2-1", [0.3, 0.6, 0.8])]
+    found = {q: d for q, _, _, d in fidelity.deltas(rows)}
+    assert found["PT* vs PT (x0 form)"] == (0.0, 0.0, 0.0)                     # the same videos, paired
+    assert found["the form, under PT"][0] == pytest.approx(0.2)
+    assert fidelity.verdict(found["the form, under PT"]) == "better"            # every video gained
+    assert fidelity.verdict((-0.05, -0.1, -0.01)) == "worse"
+    assert fidelity.verdict((0.01, -0.02, 0.04)) == "not separable"
+    assert "global vs stage levels, OT" not in found                            # a row that was not measured
+    main, pairs = fidelity.summaries(rows, "cmd")
+    assert render.render(main).splitlines()[2].startswith("| DMD-PT, x0 form 2-2-1 | 0.500 [0.400, 0.600] |")
+    assert "| the form, under PT: DMD-PT, eps form 2-2-1 | DMD-PT, x0 form 2-2-1 | +0.200" in render.render(pairs)
