@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -251,3 +252,31 @@ def test_toy_fidelity_pairs_rows_video_by_video_and_calls_a_difference_only_when
     main, pairs = fidelity.summaries(rows, "cmd")
     assert render.render(main).splitlines()[2].startswith("| DMD-PT, x0 form 2-2-1 | 0.500 [0.400, 0.600] |")
     assert "| the form, under PT: DMD-PT, eps form 2-2-1 | DMD-PT, x0 form 2-2-1 | +0.200" in render.render(pairs)
+
+
+def test_toybench_corruption_summaries_have_the_docs_columns():
+    corruptions = load(ROOT / "benchmarks" / "toybench_corruptions.py", "toybench_corruptions")
+    scores = {k: 1.0 for k in corruptions.SCORE_COLUMNS}
+    raw = {k: 0.5 for k in corruptions.RAW_COLUMNS}
+    intervals = {k: {"mean": 1.0, "n": 4 if k in ("colour", "background") else 8}
+                 for k in ("overall", *corruptions.SCORE_COLUMNS, "background", "extra_objects")}
+
+    def result(overall, fd):
+        return {"videos": 8, "overall": overall, "fd": fd, "scores": dict(scores), "intervals": intervals,
+                "raw": {**raw, "direction_error_deg": math.nan},
+                "per_video": [{"overall": overall - 0.01}, {"overall": overall + 0.01}]}
+    results = {"real": result(0.99, 23.0), "noise": result(0.45, 8282.4)}
+    results["noise"]["scores"]["noise"] = 0.0
+    for name in ("full", "full-errors", "targeted"):
+        made = {"full": corruptions.scores_table, "full-errors": corruptions.errors_table,
+                "targeted": corruptions.targeted_table}[name](results, "cmd", "note")
+        committed = json.loads((render.DATA / f"toybench-validation-{name}.json").read_text(encoding="utf-8"))
+        assert [c["name"] for c in made["columns"]] == [c["name"] for c in committed["columns"]], name
+    lines = render.render(corruptions.scores_table(results, "cmd", "note")).splitlines()
+    assert lines[3] == "| noise | " + "1.00 | " * 8 + "**0.00** | 1.00 | 0.450 (0.44–0.46) | 8282.4 |"
+    assert render.render(corruptions.fd_table(results, "cmd", "note")).splitlines() == [
+        "| videos | real | noise |", "|---|---|---|", "| 8 + 8 | 23.0 | 8282.4 |"]
+    assert "| nan |" in render.render(corruptions.errors_table(results, "cmd", "note"))
+    targeted = render.render(corruptions.targeted_table(results, "cmd", "note")).splitlines()
+    assert targeted[2] == "| real | — | 1.00 on every score (colour n = 4, background 4, others 8) | 0.990 (0.98–1.00) |"
+    assert targeted[3] == "| noise | noise (8) | 1.00 | 0.450 (0.44–0.46) |"
