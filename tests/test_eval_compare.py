@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -48,6 +49,8 @@ def test_pareto_front():
     assert pareto_front(points) == [1, 0]
     assert pareto_front([(c, -q) for c, q in points], higher_is_better=False) == [1, 0]
     assert pareto_front([(1.0, 5.0), (1.0, 5.0)]) == [0, 1]              # ties dominate nothing
+    assert pareto_front([(2.0, 5.0), (1.0, 5.0)]) == [1]                   # as good for less: dominated
+    assert pareto_front([(1.0, 4.0), (1.0, 5.0)], higher_is_better=False) == [0]   # as cheap, better
 
 
 def test_compare_values_deltas_and_front(three):
@@ -209,6 +212,96 @@ def test_compare_rows_written_by_hand():
     assert result["metrics"]["pixel_psnr"]["higher_is_better"] is True and result["metrics"]["pixel_psnr"]["unit"] == "dB"
 
 
+def test_compare_reads_each_metrics_info_and_the_quality_direction_and_leaves_a_row_without_cost_unplotted():
+    """Artifacts written by hand without per-video lists: the quality metric is lower-is-better (the front
+    follows it: cheaper rows score worse, so all three are on it; higher-is-better would keep only "a"), a
+    metric's summary without info keys gets the defaults, a row without a cost is neither plotted nor priced."""
+    def evaluation(label, mse, tflops, x=None):
+        summary = {"mse": {"mean": mse, "low": mse, "high": mse, "n": 1, "higher_is_better": False, "unit": "u",
+                           "description": "mean squared error"}}
+        if x is not None:
+            summary["x"] = {"mean": x, "low": x, "high": x, "n": 1}
+        return {"label": label, "summary": summary, "cost": {"tflops_per_video": tflops}}
+
+    result = compare([evaluation("t", 1.0, 10.0, x=3.0), evaluation("a", 2.0, 1.0), evaluation("b", 1.5, 5.0),
+                      evaluation("free", 0.5, None)], quality="mse")
+    rows = result["rows"]
+    assert result["quality_higher_is_better"] is False and result["cost_unit"] == "tflops"
+    assert [r.get("pareto") for r in rows] == [True, True, True, None] and "pareto" not in rows[3]
+    assert [r["cost_ratio"] for r in rows] == [1.0, 0.1, 0.5, None]
+    assert result["metrics"] == {"mse": {"higher_is_better": False, "unit": "u", "description": "mean squared error"},
+                                 "x": {"higher_is_better": True, "unit": "", "description": "x"}}
+    assert rows[1]["videos"] == 0 and rows[1]["metrics"]["x"] is None
+    assert rows[1]["metrics"]["mse"]["delta"] == 1.0 and rows[1]["metrics"]["mse"]["paired"] is None
+
+
+def test_a_count_missing_from_a_summary_counts_as_none():
+    from pyrawan.eval.compare import delta_differs
+
+    unknown, far = {"low": 0.0, "high": 1.0}, {"low": 5.0, "high": 6.0, "n": 50}
+    assert delta_differs(unknown, far) is None and delta_differs(far, unknown) is None
+    assert delta_differs(unknown, far, min_videos=1) is None and delta_differs(far, unknown, min_videos=1) is None
+    assert delta_differs({**unknown, "n": 1}, far, min_videos=1) is True                 # one value, when allowed
+
+
+def test_paired_delta_refuses_what_it_cannot_pair_and_an_interval_ending_at_0_is_no_difference():
+    from pyrawan.eval.compare import paired_delta
+
+    def videos(values):
+        return [{"prompt": f"p{i}", "seed": 0, "values": {"m": v}} for i, v in enumerate(values)]
+    base = videos([0.0] * 10)
+    assert paired_delta(videos([1.0] * 10), base, "m") == {"mean": 1.0, "low": 1.0, "high": 1.0, "n": 10,
+                                                           "differs": True}
+    for bad in (math.nan, math.inf, None, "1.0"):                     # a video without a finite number: no pairing
+        assert paired_delta(videos([1.0] * 9 + [bad]), base, "m") is None, bad
+        assert paired_delta(base, videos([1.0] * 9 + [bad]), "m") is None, bad
+    unscored = videos([1.0] * 10)
+    unscored[3]["values"] = {}                                        # a set-level metric has no value per video
+    assert paired_delta(unscored, base, "m") is None
+    twice = videos([1.0] * 10) + [{"prompt": "p0", "seed": 0, "values": {"m": 5.0}}]   # a pair repeats on one side
+    assert paired_delta(twice, base, "m") is None and paired_delta(base, twice, "m") is None
+    # 9 of the 10 differences are 0: 0.9^10 = 35 % of the resamples have mean 0, so the interval ends exactly at 0
+    up, down = paired_delta(videos([0.0] * 9 + [1.0]), base, "m"), paired_delta(videos([0.0] * 9 + [-1.0]), base, "m")
+    assert up["low"] == 0.0 < up["high"] < 1.0 and up["differs"] is False
+    assert down["high"] == 0.0 > down["low"] > -1.0 and down["differs"] is False
+    assert paired_delta(videos([-1.0] * 10), base, "m")["differs"] is True
+
+
+def test_cost_ratio_needs_two_costs_in_one_unit_and_a_positive_baseline():
+    from pyrawan.eval.compare import cost_ratio
+
+    def row(cost, unit="tflops"):
+        return {"cost": cost, "cost_unit": unit}
+    assert cost_ratio(row(1.0), row(0.5)) == 2.0 and cost_ratio(row(0.0), row(4.0)) == 0.0
+    for mine, base in ((row(None), row(1.0)), (row(1.0), row(None)), (row(None), row(None)),
+                       (row(1.0, "seconds"), row(1.0)), (row(1.0), row(0.0))):
+        assert cost_ratio(mine, base) is None, (mine, base)
+
+
+def test_the_default_columns_are_the_quality_metric_then_each_metric_a_row_differs_in():
+    from pyrawan.eval.compare import default_metrics
+
+    def entry(differs=None, paired=None):
+        return {"mean": 1.0, "differs": differs, "paired": paired}
+    rows = [{"metrics": {"same": entry(False, {"differs": False}), "starred": None, "q": entry(),
+                         "daggered": entry(), "none": entry()}},
+            {"metrics": {"same": entry(False, {"differs": None}), "starred": entry(True), "q": entry(False),
+                         "daggered": entry(False, {"differs": True}), "none": None}}]
+    result = {"quality_metric": "q", "metrics": dict.fromkeys(["same", "starred", "q", "daggered", "none"], {}),
+              "rows": rows}
+    assert default_metrics(result) == ["q", "starred", "daggered"]
+
+
+def test_compare_warns_when_only_the_prompts_differ():
+    def evaluation(label, prompts):
+        return build_eval("quality", label, [{"index": i, "prompt": p, "seed": 0, "video": None, "values": {"q": 1.0}}
+                                             for i, p in enumerate(prompts)])
+    evals = [evaluation("t", ["a", "b"]), evaluation("s", ["a", "c"]), evaluation("u", ["b", "a"])]   # same seeds
+    warnings = compare(evals)["warnings"]
+    assert warnings == ["s: evaluated on other (prompt, seed) pairs than the baseline (1 not in it, 1 missing); "
+                        "its deltas are not paired"]
+
+
 def test_compare_warns_when_the_videos_are_not_the_same_prompts_and_seeds(three):
     evals = [read_eval(p) for p in three]
     evals[2]["videos"][1]["seed"] = 7
@@ -291,6 +384,31 @@ def test_plot_log_ticks_do_not_collide_and_labels_stay_off_the_pareto_line():
     boxes = [label.get_window_extent() for label in labels]
     assert not any(path.intersects_bbox(box, filled=False) for box in boxes) and not _overlapping(boxes)
     plt.close(fig)
+
+
+def test_log_ticks_step_by_the_decades_the_costs_span():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pyrawan.eval.compare import log_ticks
+
+    expected = {(1.0, 8.0): ["1", "1.5", "2", "3", "5", "7"],             # under one decade: 1-1.5-2-3-5-7
+                (1.0, 10.0): ["1", "2", "5", "10"],                       # one decade up to three: 1-2-5
+                (1.0, 100.0): ["1", "2", "5", "10", "20", "50", "100"],
+                (1.0, 1000.0): ["1", "10", "100", "1000"]}                # three decades and more: powers of ten
+    for costs, labels in expected.items():
+        fig, ax = plt.subplots()
+        ax.set_xscale("log")
+        ax.set_xlim(*costs)
+        log_ticks(ax, costs)
+        fig.canvas.draw()
+        shown = [t for t in ax.get_xticklabels() if costs[0] <= t.get_position()[0] <= costs[1]]
+        assert [t.get_position()[0] for t in shown] == pytest.approx([float(v) for v in labels]), costs
+        assert [t.get_text() for t in shown] == labels, costs
+        assert not any(t.get_text() for t in ax.get_xticklabels(minor=True))
+        plt.close(fig)
 
 
 def test_compare_rejects_a_baseline_not_given_and_a_non_eval_artifact(three, tmp_path):
