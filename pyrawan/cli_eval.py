@@ -67,6 +67,8 @@ def eval_quality(
     validation_cache: Annotated[Optional[Path], typer.Option("--validation-cache", help="Held-out latent cache: add the per-stage flow-matching validation loss.")] = None,
     fd_reference: Annotated[Optional[Path], typer.Option("--fd-reference", help="Folder of real captioned toy-world videos (e.g. `toy make-dataset` output): add ToyBench's Fréchet distance to them.")] = None,
     label: Annotated[Optional[str], typer.Option("--label", help="Name of this row in compare tables.")] = None,
+    decoder: Annotated[str, typer.Option("--decoder", help="What decodes the videos scored: vae or tiny (the model's distilled tiny decoder).")] = "vae",
+    reference_decoder: Annotated[str, typer.Option("--reference-decoder", help="What decodes the reference's videos: vae or tiny.")] = "vae",
     batch_size: BatchOpt = 8,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -82,7 +84,7 @@ def eval_quality(
                          f"--seeds and --schedule (or sample anew with --model instead of --samples).")
     prompts = None if samples is not None else _prompts(prompts_file, suite)
     run_quality(out, model, reference, prompts, _seeds(seeds or "0"), samples, schedule, reference_schedule, batch_size,
-                validation_cache, label, device, dtype, not quiet, overwrite, fd_reference)
+                validation_cache, label, device, dtype, not quiet, overwrite, fd_reference, decoder, reference_decoder)
 
 
 ArtifactsArg = Annotated[list[Path], typer.Argument(help="Eval artifacts (from eval quality or eval vbench import).")]

@@ -66,6 +66,14 @@ def sample(
     batch_size: Annotated[Optional[int], typer.Option(
         "--batch-size", help="Prompts sampled and decoded together (the same videos for any value) [default: 16 on a CPU, 1 on a GPU].")] = None,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the transformer (slow start, faster steps).")] = False,
+    decoder: Annotated[Optional[str], typer.Option(
+        "--decoder", help="What decodes the latents: vae or tiny (the model's distilled tiny decoder, docs/decoder.md) "
+        "[default: the model's sampling.decoder, else vae].")] = None,
+    decoder_weights: Annotated[Optional[Path], typer.Option(
+        "--decoder-weights", help="With --decoder tiny: TAEHV weights (taew2_1 .safetensors or .pth) or a decoder "
+        "folder, instead of the model's own.")] = None,
+    previews: Annotated[bool, typer.Option(
+        "--previews", help="After each coarse stage write a low-resolution mp4 of its clean estimate (previews/).")] = False,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Keep the finished videos of an interrupted run (in OUT.partial/) and do the rest.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -87,16 +95,18 @@ def sample(
                                      "fewstep_levels": None if s.fewstep_levels is None else [list(x) for x in s.fewstep_levels],
                                      "max_sequence_length": r.text.max_sequence_length,
                                      "negative_prompt": s.negative_prompt, "frames": v.frames, "height": v.height,
-                                     "width": v.width, "fps": v.fps})
+                                     "width": v.width, "fps": v.fps, "decoder": s.decoder})
     elif overrides:
         raise InputError("key=value overrides need a recipe: pass --recipe FILE, or use the sample options (see --help).")
     given = dict(negative_prompt=negative_prompt, schedule=schedule, guidance=guidance, shift=shift, seed=seed,
                  frames=frames, height=height, width=width, fps=fps, fewstep=fewstep, device=device, dtype=dtype,
-                 batch_size=batch_size)
+                 batch_size=batch_size, decoder=decoder,
+                 decoder_weights=None if decoder_weights is None else str(decoder_weights))
     for key, value in given.items():
         if value is not None:
             setattr(settings, key, value)
     settings.overwrite, settings.progress, settings.resume, settings.compile = overwrite, not quiet, resume, compile_
+    settings.previews = previews
     run(settings, out)
 
 
@@ -112,6 +122,7 @@ def demo(
     prompts: Annotated[Optional[int], typer.Option("--prompts", help="Prompts per seed set [default: 16; --quick: 2].")] = None,
     boundaries: Annotated[Optional[str], typer.Option("--boundaries", help="Stage boundaries: calibrated, uniform or pyramid-flow [default: calibrated].")] = None,
     align_weight: Annotated[Optional[float], typer.Option("--align-weight", help="Finetuning's alignment loss weight [default: 0 = off].")] = None,
+    decoder: Annotated[Optional[str], typer.Option("--decoder", help="What decodes the rows' videos: vae or tiny (the toy preset's distilled tiny decoder) [default: vae].")] = None,
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Output folder [default: runs/demo; --quick: runs/demo-quick].")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the folder of an earlier demo.")] = False,
 ) -> None:
@@ -136,7 +147,7 @@ def demo(
         raise InputError(f"demo: --align-weight {align_weight} must be a finite number >= 0 (0 turns it off).")
     run_demo(out or default_out(quick), quick=quick, seed=seed, overwrite=overwrite, resizer=resizer,
              stage_data=stage_data, videos=videos, finetune_steps=steps, seed_sets=seed_sets, prompts=prompts,
-             boundaries=boundaries, align_weight=align_weight)
+             boundaries=boundaries, align_weight=align_weight, decoder=decoder)
 
 
 SchedulesOpt = Annotated[Optional[str], typer.Option(

@@ -88,6 +88,9 @@ class Sampling(Section):
     fewstep_levels: tuple[tuple[float, ...], ...] | None = Field(
         None, max_length=MAX_STAGES, description="Few-step models: per stage (coarsest first) the local levels rho in [0, 1] of "
         "each step, decreasing; the first level of the first stage with steps is 1.0.")
+    decoder: Literal["vae", "tiny"] = Field("vae", description=(
+        "What decodes latents to frames: vae (the model's VAE) | tiny (the model's distilled tiny decoder; "
+        "docs/decoder.md)."))
 
     @field_validator("schedule", mode="before")
     @classmethod

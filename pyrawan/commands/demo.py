@@ -71,6 +71,7 @@ class DemoSizes:
     stage_data: int = 2       # coarse training data: Definition 1 (downsample latents) or 2 (resize pixels)
     boundaries: str = "calibrated"   # stage boundaries: calibrated | uniform (1/3, 2/3) | pyramid-flow (0.586, 0.941)
     align_weight: float = 0.0        # finetuning's alignment loss to the frozen teacher (docs/finetune.md); 0 = off
+    decoder: str = "vae"             # what decodes every row's videos: vae | tiny (docs/decoder.md)
 
     @classmethod
     def quick(cls) -> DemoSizes:
@@ -227,7 +228,7 @@ def evaluate_rows(out: Path, models: dict[str, str], sizes: DemoSizes, seed: int
         folder = out / f"eval-{index}"
         with phases.phase(f"eval quality: {name} ({schedule}), {len(prompts)} videos"):
             job = QualityJob(model=models[key], prompts=prompts, seeds=seeds, schedule=schedule, batch_size=batch_size,
-                             fd_reference=out / "data", label=name, overwrite=True)
+                             fd_reference=out / "data", label=name, overwrite=True, decoder=sizes.decoder)
             evaluate_quality(folder, job, load)
         folders.append(folder)
     return folders

@@ -5,7 +5,8 @@ frozen teacher), checkpoints, export and the summary. The loop's state and the s
 iteration (backward simulation, L_teach, the generator's step) are ``distill_loop.py``. One iteration
 of each method is written out in its own module:
 ``distill_dmd.py`` (DMD: fake score + generator, with the optional GAN heads of ``distill.gan``) and
-``distill_adv.py`` (adversarial: discriminator heads + generator). The math is in ``pyrawan/train/dmd.py``,
+``distill_adv.py`` (adversarial: discriminator heads + generator). ``distill.method: decoder`` is a run of
+its own, ``distill_decoder.py`` (a tiny video decoder from the VAE). The math is in ``pyrawan/train/dmd.py``,
 ``pyrawan/train/adversarial.py`` and ``pyrawan/train/gan.py``, the choices in docs/distill.md.
 
 Both trained models are engines with their own optimiser under one engine kind (single, DDP,
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from pyrawan import dist
+from pyrawan.commands import distill_decoder
 from pyrawan.commands.common import console, resolve_device
 from pyrawan.commands.distill_adv import adv_iteration_step, make_heads
 from pyrawan.commands.distill_dmd import build_gan_heads, dmd_iteration_step
@@ -61,7 +63,7 @@ def check_recipe(recipe: DistillRecipe, out: Path, overwrite: bool, need_data: b
         problems.append(f"data.prompts = {data.prompts} gives prompts only, but {needs_latents(d)} needs real video "
                         "latents; set data.cache or data.root instead")
     lora = recipe.train.lora.enabled
-    if d.variant in ("pt", "ptstar") and not lora:
+    if d.method == "dmd" and d.variant in ("pt", "ptstar") and not lora:
         console.print(f"distill: note: distill.variant = {d.variant} with train.lora.enabled = false; the paper trains "
                       "LoRA adapters for PT and PT* to prevent divergence.", style="yellow", markup=False)
     if problems:
@@ -74,6 +76,8 @@ def check_recipe(recipe: DistillRecipe, out: Path, overwrite: bool, need_data: b
 
 def needs_latents(d: Distill) -> str | None:
     """What in the recipe reads the data's video latents (None: prompts are enough)."""
+    if d.method == "decoder":
+        return "distill.method = decoder (the VAE decodes the cache's latents as the tiny decoder's targets)"
     if gan_on(d):
         return "the GAN term (distill.gan.weight > 0)"
     if d.method == "adv" and d.adv.real != "teacher":
@@ -149,6 +153,8 @@ def run(recipe: DistillRecipe, out: Path, resume: bool = False, overwrite: bool 
     """Distill ``recipe.base`` into the few-step model artifact ``out``. ``source`` replaces the data (tests)."""
     started = time.time()
     check_recipe(recipe, out, overwrite, need_data=source is None)
+    if recipe.distill.method == "decoder":
+        return distill_decoder.run(recipe, out, resume, overwrite, source, show_progress, started)
     run = start_run("distill", recipe, out, resolve_device(recipe.device), resume, overwrite, source, RESUMABLE_CHANGES)
     ctx, resolved, found, base, source, cache_folder, pyramid = (run.ctx, run.resolved, run.found, run.base, run.source,
                                                                   run.cache_folder, run.pyramid)

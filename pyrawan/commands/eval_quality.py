@@ -38,7 +38,8 @@ def run_quality(out: Path, model: str | None = None, reference: str | None = Non
                 seeds: list[int] = (0,), samples: Path | None = None, schedule: str | None = None,
                 reference_schedule: str | None = None, batch_size: int = 8, validation_cache: Path | None = None,
                 label: str | None = None, device: str | None = None, dtype: str | None = None, progress: bool = True,
-                overwrite: bool = False, fd_reference: Path | None = None) -> dict:
+                overwrite: bool = False, fd_reference: Path | None = None, decoder: str = "vae",
+                reference_decoder: str = "vae") -> dict:
     """``pyrawan eval quality``: every prompt with every seed (or the videos of ``samples``), scored and
     written as an eval artifact at ``out``; see ``pyrawan.eval.quality_run.evaluate_quality``."""
     from pyrawan.eval.quality_run import QualityJob, evaluate_quality
@@ -47,7 +48,8 @@ def run_quality(out: Path, model: str | None = None, reference: str | None = Non
     P, S = grid(prompts or [], seeds) if samples is None and model is not None else ([], [])
     job = QualityJob(model=model, reference=reference, prompts=P, seeds=S, samples=samples, schedule=schedule,
                      reference_schedule=reference_schedule, batch_size=batch_size, validation_cache=validation_cache,
-                     fd_reference=fd_reference, label=label, progress=progress, overwrite=overwrite)
+                     fd_reference=fd_reference, label=label, progress=progress, overwrite=overwrite, decoder=decoder,
+                     reference_decoder=reference_decoder)
     body = evaluate_quality(out, job, model_loader(device, dtype, [], sharded=True))
     if dist.world()[0] != 0:
         return {}

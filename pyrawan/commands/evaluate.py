@@ -13,10 +13,11 @@ from pathlib import Path
 from rich.console import Console
 
 from pyrawan.commands.common import console, progress_bar, resolve_device, resolve_dtype
-from pyrawan.errors import InputError
+from pyrawan.errors import InputError, RunError
+from pyrawan.eval.decode_cost import end_to_end_flops
 from pyrawan.eval.flops import flops_report
 from pyrawan.eval.latency import environment_info, latency_report, measure_latency, measure_parts
-from pyrawan.eval.report import render_table, write_json
+from pyrawan.eval.report import render_end_to_end_table, render_table, write_json
 from pyrawan.manifest import write_manifest
 from pyrawan.outputs import artifact_dir
 from pyrawan.models.arch import arch_of, vae_factors
@@ -47,6 +48,17 @@ class Target:
         return stage_shapes(full, self.num_stages, self.keep_time)
 
 
+def optional_tiny_decoder(model: str):
+    """The model's tiny decoder (its ``decoder/``, or the toy preset's), or None when it has none."""
+    from pyrawan.models.artifact import load_model
+    from pyrawan.models.decoders import find_tiny_decoder
+
+    try:
+        return find_tiny_decoder(load_model(model))
+    except (InputError, RunError):
+        return None
+
+
 def resolve_target(ref: str, overrides: list[str], stages: int | None = None) -> Target:
     """A recipe (file or shipped name), a pyrawan model folder, or an architecture name."""
     from pyrawan.recipe import builtin_recipes, load_recipe
@@ -75,6 +87,8 @@ def _apply_sizes(target: Target, frames, height, width, guidance) -> Target:
 
 def _finish(report: dict, out: Path | None, name: str, target: Target, started: float, overwrite: bool) -> dict:
     Console(soft_wrap=True).print(render_table(report))  # results on stdout, messages on stderr
+    if "end_to_end" in report:
+        Console(soft_wrap=True).print(render_end_to_end_table(report))
     if out is not None:
         with artifact_dir(out, overwrite=overwrite) as tmp:
             write_json(tmp / f"{name}.json", report)
@@ -95,6 +109,7 @@ def run_flops(ref: str, overrides: list[str], schedules: list[str] | None, metho
     full = target.latent_shapes()[0]
     report = flops_report(target.arch, full, target.num_stages, target.keep_time, schedules, target.guidance,
                           method, target.text_len, ppf=target.ppf)
+    report["end_to_end"] = end_to_end_flops(report, target.arch, full)
     report["target"] = target.source
     return _finish(report, out, "flops", target, started, overwrite)
 
@@ -143,7 +158,8 @@ def run_latency(model: str | None, schedules: list[str] | None, out: Path | None
     rows = measure_latency(transformer, target.latent_shapes(), target.text_len, repeats=repeats, warmup=warmup,
                            device=dev, dtype=dt, sampler_timesteps=timesteps == "sampler")
     parts = None if model.endswith("-random") else measure_parts(components, target.latent_shapes()[0],
-                                                                  target.text_len, repeats=min(repeats, 3))
+                                                                  target.text_len, repeats=min(repeats, 3),
+                                                                  tiny_decoder=optional_tiny_decoder(model))
     report = latency_report(rows, schedules, target.guidance, environment_info(dev, dt), parts=parts)
     report["target"] = target.source
     return _finish(report, out, "latency", target, started, overwrite)

@@ -28,6 +28,7 @@ from pyrawan.fsutil import atomic_path, atomic_write_text, sha256_file
 from pyrawan.manifest import manifest_sha256, verify_if_artifact, write_manifest
 from pyrawan.outputs import artifact_dir, check_output
 from pyrawan.models.artifact import LoadedModel, load_model
+from pyrawan.models.decoders import Decoder, decoder_for
 from pyrawan.models.generate import (  # noqa: F401  (SampleSettings, Plan, make_plan: the command's API)
     Plan, SampleSettings, check_batch_size, compiled, default_batch_size, generate_batches, make_plan, slug,
 )
@@ -104,7 +105,8 @@ def fingerprint(settings: SampleSettings, plan: Plan, model: LoadedModel) -> dic
     """What must not change between a run and its ``--resume`` (the model, its hash, the plan, the seed)."""
     path = Path(settings.model)
     digest = manifest_sha256(path) if model.path is not None and (path / "manifest.json").is_file() else None
-    return {"model": settings.model, "model_manifest_sha256": digest, "seed": settings.seed, **plan.as_dict()}
+    return {"model": settings.model, "model_manifest_sha256": digest, "seed": settings.seed,
+            "decoder_weights": settings.decoder_weights, "previews": settings.previews, **plan.as_dict()}
 
 
 def _record_ok(folder: Path, record: dict, prompt: str, seed: int) -> bool:
@@ -159,8 +161,26 @@ def open_partial(partial: Path, run_info: dict, prompts: list[str], seed: int, r
     return done
 
 
+def preview_name(index: int, prompt: str, stage: int) -> str:
+    return f"previews/{sample_name(index, prompt)}-stage{stage}.mp4"
+
+
+def preview_stages(plan: Plan) -> list[int]:
+    """The coarse stages that run (index 0 = full resolution, never previewed: it is the video)."""
+    return [stage for stage, n in enumerate(reversed(plan.steps)) if n and stage > 0]
+
+
+def write_previews(partial: Path, plan: Plan, indices: list[int], prompts: list[str], stage: int,
+                   frames: torch.Tensor) -> None:
+    """One low-resolution mp4 per prompt of a batch: the decoded clean estimate ``frames`` ``[B, F_s, 3, H_s, W_s]``
+    at the end of ``stage``, at the fps that keeps the video's duration."""
+    fps = max(1, round(plan.video["fps"] * frames.shape[1] / plan.video["frames"]))
+    for i, video in zip(indices, frames):
+        write_video(partial / preview_name(i, prompts[i], stage), video, fps=fps)
+
+
 def write_sample(partial: Path, index: int, prompt: str, seed: int, latents: torch.Tensor, video: torch.Tensor,
-                 plan: Plan) -> dict:
+                 plan: Plan, previews: bool = False) -> dict:
     """Write one video and its latents atomically into ``partial``, then its record (which marks it done)."""
     name = sample_name(index, prompt)
     write_video(partial / "videos" / f"{name}.mp4", video, fps=plan.video["fps"])
@@ -170,23 +190,28 @@ def write_sample(partial: Path, index: int, prompt: str, seed: int, latents: tor
         save_file({"latents": latents[None].float().contiguous()}, str(tmp), metadata=meta)
     record = {"index": index, "prompt": prompt, "seed": seed, "video": f"videos/{name}.mp4",
               "latents": f"latents/{name}.safetensors", "frames": int(video.shape[0])}
+    if previews:
+        record["previews"] = [preview_name(index, prompt, stage) for stage in preview_stages(plan)]
     record["sha256"] = {key: sha256_file(partial / record[key]) for key in ("video", "latents")}
     atomic_write_text(partial / "done" / f"{index:04d}.json", json.dumps(record) + "\n")
     return record
 
 
 def render(model: LoadedModel, plan: Plan, prompts: list[str], indices: list[int], seed: int, partial: Path,
-           batch_size: int, progress: bool) -> list[dict]:
-    """Sample, decode and keep the prompts at ``indices``, ``batch_size`` at a time; one record per prompt."""
+           batch_size: int, progress: bool, decoder: Decoder | None = None, previews: bool = False) -> list[dict]:
+    """Sample, decode (``decoder``, default the VAE) and keep the prompts at ``indices``, ``batch_size`` at a
+    time; one record per prompt. ``previews``: each coarse stage's estimate is written as soon as it exists."""
     records = []
+    preview = (lambda positions, stage, frames: write_previews(partial, plan, [indices[p] for p in positions], prompts,
+                                                               stage, frames)) if previews else None
     with progress_bar("sample", total=len(indices) * plan.nfe, enabled=progress) as advance:
         batches = generate_batches(model, plan, [prompts[i] for i in indices], [seed + i for i in indices],
-                                   batch_size, advance=advance)
+                                   batch_size, advance=advance, decoder=decoder, preview=preview)
         try:
             for positions, latents, videos in batches:
                 for p, z, video in zip(positions, latents, videos):
                     i = indices[p]
-                    records.append(write_sample(partial, i, prompts[i], seed + i, z, video, plan))
+                    records.append(write_sample(partial, i, prompts[i], seed + i, z, video, plan, previews))
         except NonFiniteError as err:
             raise err.for_prompts(indices) from None
     return records
@@ -207,12 +232,12 @@ def publish(partial: Path, out: Path, records: list[dict], overwrite: bool, inpu
     """Rank 0: make the artifact ``out`` from the kept videos, then remove ``OUT.partial``."""
     with artifact_dir(out, overwrite=overwrite, inputs=inputs, kind="sample") as tmp:
         for record in records:
-            for key in ("video", "latents"):
-                (tmp / record[key]).parent.mkdir(exist_ok=True)
+            for name in [record["video"], record["latents"], *record.get("previews", [])]:
+                (tmp / name).parent.mkdir(exist_ok=True)
                 try:
-                    os.link(partial / record[key], tmp / record[key])      # the kept copy stays until the end
+                    os.link(partial / name, tmp / name)      # the kept copy stays until the end
                 except OSError:
-                    shutil.copyfile(partial / record[key], tmp / record[key])
+                    shutil.copyfile(partial / name, tmp / name)
         rows = [{k: v for k, v in r.items() if k != "sha256"} for r in records]
         atomic_write_text(tmp / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         write_manifest(tmp, "sample", resolved, inputs, metrics, started)
@@ -263,8 +288,9 @@ def run(settings: SampleSettings, out: Path | None = None) -> Path:
     batch_size = settings.batch_size or default_batch_size(next(model.components.transformer.parameters()).device)
     mine = [todo[k] for k in dist.shard(todo, rank, size)]
     try:
+        decoder = decoder_for(model, plan.decoder, settings.decoder_weights and Path(settings.decoder_weights))
         records = render(model, plan, settings.prompts, mine, settings.seed, partial, batch_size,
-                         settings.progress and rank == 0)
+                         settings.progress and rank == 0, decoder, settings.previews)
     except NonFiniteError as err:
         raise non_finite(err, partial, rank) from None
     except KeyboardInterrupt:
@@ -280,6 +306,7 @@ def run(settings: SampleSettings, out: Path | None = None) -> Path:
         metrics = {"videos": len(everything), "nfe_per_video": plan.nfe,
                    "forwards_per_video": plan.nfe * (2 if plan.guidance > 1 else 1), "world_size": size,
                    "batch_size": batch_size, "resumed_videos": len(done), "compiled": bool(settings.compile),
+                   "decoder": plan.decoder, "previews": bool(settings.previews),
                    "seconds": round(time.time() - started, 3)}
         publish(partial, out, everything, settings.overwrite, inputs, resolved, metrics, started)
     dist.barrier()

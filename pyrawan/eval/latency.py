@@ -198,10 +198,11 @@ def _median_ms(fn, repeats: int, warmup: int, cuda: bool) -> float:
 
 
 def measure_parts(components, full_latent: Sequence[int], text_len: int = 512, repeats: int = 3,
-                  warmup: int = 1) -> dict:
+                  warmup: int = 1, tiny_decoder=None) -> dict:
     """Median ms of what a video costs besides the transformer, batch 1: the text encoder for the
     prompt alone and with the negative prompt (classifier-free guidance), and the VAE decode of
-    normalised latents ``[1, 16, T, H, W]`` (``full_latent`` = (T, H, W)) to pixels."""
+    normalised latents ``[1, 16, T, H, W]`` (``full_latent`` = (T, H, W)) to pixels; with a
+    ``tiny_decoder`` (``pyrawan.models.tiny_decoder.TinyDecoder``) also its decode of the same latents."""
     import torch
 
     from pyrawan.models.denoiser import encode_prompts
@@ -217,6 +218,8 @@ def measure_parts(components, full_latent: Sequence[int], text_len: int = 512, r
                                               cuda),
             "vae_decode_ms": _median_ms(lambda: decode_latents(components, latents), repeats, warmup, cuda),
             "vae_dtype": str(next(components.vae.parameters()).dtype).replace("torch.", ""),
+            **({"tiny_decode_ms": _median_ms(lambda: tiny_decoder.decode(latents), repeats, warmup, cuda)}
+               if tiny_decoder is not None else {}),
             "repeats": repeats, "warmup": warmup,
         }
 
@@ -266,12 +269,19 @@ def latency_report(
         })
     stages = [dict(p) if isinstance(p, dict) else {"stage": i, "median_ms": m}
               for i, (p, m) in enumerate(zip(per_stage_ms, ms))]
+    end_to_end = None
     if parts is not None:
         for row in rows:
             row["end_to_end_ms"] = end_to_end_ms(row, parts)
+        from pyrawan.eval.decode_cost import end_to_end_rows
+
+        decode = {"vae": parts["vae_decode_ms"], **({"tiny": parts["tiny_decode_ms"]} if "tiny_decode_ms" in parts else {})}
+        end_to_end = {"rows": end_to_end_rows(rows, base, (parts["text_encoder_ms"], parts["text_encoder_cfg_ms"]),
+                                              decode, key="total_ms", scale=1.0)}
     return {
         "kind": "latency", "num_stages": num_stages, "guidance": bool(guidance),
         "environment": env if env is not None else environment_info(),
         "stages": stages, "baseline": baseline_schedule(num_stages), "baseline_ms": base,
         "schedules": rows, "note": LATENCY_NOTE, **({"parts": parts} if parts is not None else {}),
+        **({"end_to_end": end_to_end} if end_to_end is not None else {}),
     }

@@ -51,6 +51,8 @@ class QualityJob:
     label: str | None = None
     progress: bool = True
     overwrite: bool = False
+    decoder: str = "vae"                  # what decodes the subject's latents: vae | tiny
+    reference_decoder: str = "vae"        # and the reference's
 
 
 def model_loader(device: torch.device, dtype: torch.dtype, inputs: list[Path] | None = None,
@@ -92,10 +94,11 @@ def job_inputs(job: QualityJob, models: list[str | None]) -> list[Path]:
     return list(dict.fromkeys(artifacts + data))
 
 
-def _decoded(load: Load, sample_set: SampleSet, model: str | None, batch_size: int, progress: bool = True):
-    """Decode a sample set read from an artifact with its model's VAE (``model`` overrides)."""
+def _decoded(load: Load, sample_set: SampleSet, model: str | None, batch_size: int, progress: bool = True,
+             decoder: str = "vae"):
+    """Decode a sample set read from an artifact with its model's VAE or tiny decoder (``model`` overrides)."""
     from pyrawan.eval.quality import decode_in_batches
-    from pyrawan.models.vae import decode_latents
+    from pyrawan.models.decoders import decoder_for
 
     spec = model or sample_set.model
     try:
@@ -104,14 +107,14 @@ def _decoded(load: Load, sample_set: SampleSet, model: str | None, batch_size: i
         raise InputError(f"the samples {sample_set.source} were made with model {spec!r}, which cannot be loaded "
                          f"here ({err}); pass --model with that model so its VAE can decode the latents.") from None
     with progress_bar(f"decode {sample_set.label}", total=len(sample_set), enabled=progress) as advance:
-        sample_set.frames = decode_in_batches(lambda z: decode_latents(m.components, z), sample_set.latents,
+        sample_set.frames = decode_in_batches(decoder_for(m, decoder), sample_set.latents,
                                               batch_size, advance)
     return m
 
 
 def _set_from_artifact(load: Load, folder: Path, model: str | None, batch_size: int, label: str | None,
                        progress: bool = True, pair_with: SampleSet | None = None,
-                       share: list[int] | None = None, what: str = "--samples") -> SampleSet:
+                       share: list[int] | None = None, what: str = "--samples", decoder: str = "vae") -> SampleSet:
     """Sampled videos (``read_sample_set``) as a SampleSet, decoded (only the videos at ``share`` when given).
 
     ``pair_with``: the whole set it must match, checked on every rank before anything is decoded.
@@ -125,7 +128,7 @@ def _set_from_artifact(load: Load, folder: Path, model: str | None, batch_size: 
     if pair_with is not None:
         check_pairing(pair_with, s)
     s = s if share is None else s.subset(share)
-    m = _decoded(load, s, model, batch_size, progress)
+    m = _decoded(load, s, model, batch_size, progress, decoder)
     resolved = read_manifest(s.source)["recipe"]["resolved"]
     s.tflops_per_video = plan_tflops(m, plan_for(m, model or s.model, s.prompts or ["-"], s.schedule, s.video)) \
         if resolved.get("fewstep_levels") is None else None
@@ -186,7 +189,7 @@ def evaluate_quality(out: Path, job: QualityJob, load: Load) -> dict:
             whole = read_sample_set(job.samples, job.label)
             share = dist.shard(whole.prompts, rank, size)
             subject = _set_from_artifact(load, Path(job.samples), job.model, job.batch_size, job.label, show,
-                                         share=share)
+                                         share=share, decoder=job.decoder)
         else:
             m = load(job.model)
             plan = plan_for(m, job.model, job.prompts, job.schedule)
@@ -196,16 +199,17 @@ def evaluate_quality(out: Path, job: QualityJob, load: Load) -> dict:
             if ref_artifact:
                 check_pairing(whole, read_sample_set(job.reference, what="--reference"))
             subject = sample_set(m, job.model, plan, job.prompts, job.seeds, tmp / "samples", whole.label,
-                                 job.batch_size, show, share)
+                                 job.batch_size, show, share, job.decoder)
         ref = None
         if ref_artifact:
             ref = _set_from_artifact(load, Path(job.reference), None, job.batch_size, None, show, whole, share,
-                                     "--reference")
+                                     "--reference", job.reference_decoder)
         elif job.reference is not None:
             rm = load(job.reference)
             rplan = plan_for(rm, job.reference, whole.prompts, job.reference_schedule, subject.video)
             ref = sample_set(rm, job.reference, rplan, whole.prompts, whole.seeds, tmp / "reference",
-                             f"reference {Path(job.reference).name}", job.batch_size, show, share)
+                             f"reference {Path(job.reference).name}", job.batch_size, show, share,
+                             job.reference_decoder)
         with progress_bar("score", total=len(subject), enabled=show) as advance:
             records, notes = score_sets(subject, ref, advance=advance, features=job.fd_reference is not None)
         parts = dist.gather({"records": records, "notes": notes, "samples": subject.records,

@@ -89,6 +89,27 @@ def render_latency_table(report: dict) -> Table:
     return table
 
 
+def render_end_to_end_table(report: dict) -> Table:
+    """Table of a report's ``end_to_end`` section: text encoder, transformer and decode per schedule, with each
+    decoder, and the end-to-end ratio to the baseline with CFG and the VAE."""
+    flops = report.get("kind") != "latency"
+    unit = "TF" if flops else "ms"
+    rows = report["end_to_end"]["rows"]
+    decoders = list(rows[0]["decode"]) if rows else []
+    table = Table(title=f"End to end per video ({'FLOPs' if flops else 'latency'}): text encoder + transformer + "
+                        f"decode", caption=f"Ratios against {report['baseline']} with CFG and the VAE decode.")
+    for name in ["schedule", f"text {unit}", f"transformer {unit}", *(f"{d} decode {unit}" for d in decoders),
+                 *(f"e2e {d} {unit}" for d in decoders), *(f"e2e {d} vs baseline" for d in decoders)]:
+        table.add_column(name, justify="left" if name == "schedule" else "right")
+    digits = 2 if flops else 1
+    for row in rows:
+        table.add_row(row["schedule"], _fmt(row["text_encoder"], digits), _fmt(row["transformer"], digits),
+                      *(_fmt(row["decode"][d], digits) for d in decoders),
+                      *(_fmt(row["end_to_end"][d], digits) for d in decoders),
+                      *(f"{row['ratio_to_baseline'][d]:.3f}" for d in decoders))
+    return table
+
+
 def render_table(report: dict) -> Table:
     """The table for any report made by this package (dispatch on ``report['kind']``)."""
     return render_latency_table(report) if report.get("kind") == "latency" else render_flops_table(report)

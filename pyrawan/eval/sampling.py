@@ -65,11 +65,13 @@ def plan_tflops(model: LoadedModel, plan: Plan) -> float:
 
 def sample_set(model: LoadedModel, spec: str, plan: Plan, prompts: Sequence[str], seeds: Sequence[int],
                folder: Path | None, label: str, batch_size: int = 8, progress: bool = True,
-               positions: Sequence[int] | None = None) -> SampleSet:
+               positions: Sequence[int] | None = None, decoder: str = "vae") -> SampleSet:
     """Sample ``prompts[i]`` with ``seeds[i]`` for every ``i`` of ``positions`` (default: all), with coupled
     noise, decode, and write the mp4s and latents under ``folder`` (None: write nothing; the
     ``samples.jsonl`` records are in ``.records``). Seconds per video count sampling and decoding only
-    (no model loading, no file writing)."""
+    (no model loading, no file writing). ``decoder``: vae or tiny (``pyrawan.models.decoders``)."""
+    from pyrawan.models.decoders import decoder_for
+
     positions = list(range(len(prompts))) if positions is None else list(positions)
     if not positions:                                   # a rank with no share (more ranks than videos)
         t, h, w = plan.latent_shapes()[0]
@@ -82,7 +84,7 @@ def sample_set(model: LoadedModel, spec: str, plan: Plan, prompts: Sequence[str]
     latents, frames, records, busy = [], [], [], 0.0
     with progress_bar(f"sample {label}", total=len(positions) * plan.nfe, enabled=progress) as advance:
         batches = generate_batches(model, plan, mine_p, mine_s, batch_size, coupled_noise=True, advance=advance,
-                                   decode=True)
+                                   decode=True, decoder=decoder_for(model, decoder))
         while True:
             start = time.perf_counter()
             try:

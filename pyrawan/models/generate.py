@@ -20,7 +20,9 @@ from pyrawan.errors import InputError, NonFiniteError
 from pyrawan.models.arch import factors_of_vae_config
 from pyrawan.models.artifact import LoadedModel
 from pyrawan.models.denoiser import Velocity, encode_prompts
+from pyrawan.models.decoders import DECODERS, Decoder, vae_decoder
 from pyrawan.models.vae import decode_latents
+from pyrawan.pyramid.process import per_frame
 from pyrawan.pyramid.config import PyramidConfig
 from pyrawan.pyramid.geometry import WAN21_VAE_FACTORS, check_sizes, pixel_to_latent
 from pyrawan.pyramid.sampler import (active_stages, default_fewstep_levels, nonfinite_samples, sample_fewstep,
@@ -56,6 +58,8 @@ PLAIN_DEFAULTS = {
 }
 
 Advance = Callable[..., None]
+StageEnd = Callable[[int, torch.Tensor], None]          # (stage, clean estimate [B, 16, T_s, H_s, W_s])
+Preview = Callable[[range, int, torch.Tensor], None]     # (positions, stage, frames [B, F_s, 3, H_s, W_s])
 
 
 @dataclass
@@ -79,6 +83,9 @@ class SampleSettings:
     device: str | None = None
     dtype: str | None = None
     batch_size: int | None = None
+    decoder: str | None = None                 # vae | tiny; None: the model's sampling.decoder
+    decoder_weights: str | None = None         # a tiny decoder's weights instead of the model's own
+    previews: bool = False
     compile: bool = False
     resume: bool = False
     overwrite: bool = False
@@ -99,6 +106,7 @@ class Plan:
     video: dict
     max_sequence_length: int
     vae_factors: tuple[int, int] = WAN21_VAE_FACTORS   # (temporal, spatial) compression of the model's VAE
+    decoder: str = "vae"                               # vae | tiny
 
     @property
     def nfe(self) -> int:
@@ -112,7 +120,7 @@ class Plan:
     def as_dict(self) -> dict:
         return {"pyramid": self.pyramid.to_dict(), "schedule": "-".join(map(str, self.steps)), "shift": self.shift,
                 "guidance": self.guidance, "negative_prompt": self.negative_prompt, "fewstep_levels": self.levels,
-                "video": self.video, "max_sequence_length": self.max_sequence_length}
+                "video": self.video, "max_sequence_length": self.max_sequence_length, "decoder": self.decoder}
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -150,13 +158,16 @@ def make_plan(settings: SampleSettings, model: LoadedModel) -> Plan:
                          "(coarsest first) with one level per step, or leave the levels out for the default.")
     if fewstep:  # the model's own levels fit its own schedule; another schedule gets evenly spaced levels
         levels = [list(r) for r in levels] if levels and [len(r) for r in levels] == list(steps) else default_fewstep_levels(steps)
+    decoder = settings.decoder or defaults.get("decoder") or "vae"
+    if decoder not in DECODERS:
+        raise InputError(f"--decoder = {decoder!r}: choose vae (the model's VAE) or tiny (its distilled tiny decoder).")
     shift = settings.shift if settings.shift is not None else defaults["shift"]
     if min(shift if isinstance(shift, (list, tuple)) else [shift]) <= 0:
         raise InputError(f"--shift = {shift} must be > 0 (1 = no shift; Wan's own sampler uses 3 to 5).")
     return Plan(pyramid=pyramid, steps=steps, shift=list(shift) if isinstance(shift, (list, tuple)) else float(shift),
                 guidance=float(settings.guidance if settings.guidance is not None else defaults["guidance"]),
                 negative_prompt=settings.negative_prompt if settings.negative_prompt is not None else defaults["negative_prompt"],
-                levels=levels if fewstep else None, video=video, vae_factors=factors,
+                levels=levels if fewstep else None, video=video, vae_factors=factors, decoder=decoder,
                 max_sequence_length=int(settings.max_sequence_length or defaults.get("max_sequence_length", 512)))
 
 
@@ -189,21 +200,52 @@ def compiled(model: LoadedModel, **options) -> LoadedModel:
     return dataclasses.replace(model, components=dataclasses.replace(model.components, transformer=transformer))
 
 
+class StageEnds:
+    """Hands each coarse stage's clean estimate to ``on_stage`` as soon as the stage's last step has run.
+
+    Wraps the velocity to keep its last call: a multi-step stage ends at a noisy level, and its clean
+    estimate is ``x - sigma v`` of that last call; the few-step sampler gives its estimate itself.
+    The full-resolution stage (0) is the result and is not handed on.
+    """
+
+    def __init__(self, velocity: Callable, plan: Plan, on_stage: StageEnd | None):
+        self.velocity, self.plan, self.on_stage, self.last = velocity, plan, on_stage, None
+        self.steps = list(reversed(plan.steps))                   # index = stage (0 = full resolution)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        v = self.velocity(x, sigma)
+        if self.on_stage is not None:
+            self.last = (x, sigma, v)
+        return v
+
+    def step(self, stage: int, j: int, x: torch.Tensor) -> None:
+        if self.on_stage is None or stage == 0 or j != self.steps[stage] - 1:
+            return
+        if self.plan.levels is None:                              # multi-step: x is the stage's noisy end
+            x_in, sigma, v = self.last
+            x = x_in - per_frame(sigma, x_in) * v
+        self.on_stage(stage, x.float().cpu())
+
+
 def sample_latents(model: LoadedModel, plan: Plan, prompts: Sequence[str], seeds: Sequence[int],
-                   coupled_noise: bool = False, advance: Advance = lambda n=1: None) -> torch.Tensor:
+                   coupled_noise: bool = False, advance: Advance = lambda n=1: None,
+                   on_stage: StageEnd | None = None) -> torch.Tensor:
     """Normalised latents ``[B, 16, T, H, W]`` (float32, CPU) at full resolution for one batch of prompts.
 
     One text-encoder call and, per step, one transformer forward of batch ``B`` (``2B`` with
-    guidance); ``advance(B)`` after each step.
+    guidance); ``advance(B)`` after each step; ``on_stage(stage, x0_hat)`` at the end of each coarse stage.
     """
     comps = model.components
     device = next(comps.transformer.parameters()).device
     negative = [plan.negative_prompt] * len(prompts) if plan.guidance > 1 else None
     cond, uncond = encode_prompts(comps, list(prompts), negative, plan.max_sequence_length)
-    velocity = Velocity(comps.transformer, cond, uncond, plan.guidance)
+    velocity = StageEnds(Velocity(comps.transformer, cond, uncond, plan.guidance), plan, on_stage)
     noise, generators = initial_noise(plan, seeds, coupled_noise)
     noise = noise.to(device)
-    step = lambda stage, j, x: advance(len(prompts))  # noqa: E731
+
+    def step(stage: int, j: int, x: torch.Tensor) -> None:
+        advance(len(prompts))
+        velocity.step(stage, j, x)
     with torch.inference_mode():
         if plan.levels is not None:
             x = sample_fewstep(velocity, noise, plan.pyramid, plan.levels, generators, step)
@@ -221,37 +263,47 @@ def check_batch_size(batch_size: int) -> int:
 
 def generate_batches(model: LoadedModel, plan: Plan, prompts: Sequence[str], seeds: Sequence[int],
                      batch_size: int = DEFAULT_BATCH_SIZE, coupled_noise: bool = False,
-                     advance: Advance = lambda n=1: None, decode: bool = True,
+                     advance: Advance = lambda n=1: None, decode: bool = True, decoder: Decoder | None = None,
+                     preview: Preview | None = None,
                      ) -> Iterator[tuple[range, torch.Tensor, torch.Tensor | None]]:
     """Yield ``(positions, latents [B, 16, T, H, W], frames [B, F, 3, H, W] | None)`` per batch of prompts.
 
     ``positions`` index ``prompts``/``seeds``; latents are float32 on the CPU, frames float32 in
-    [0, 1] on the CPU (``None`` when ``decode`` is False). NaN or Inf in a batch's latents or frames raises
-    ``NonFiniteError`` naming the positions of the prompts concerned.
+    [0, 1] on the CPU (``None`` when ``decode`` is False), decoded by ``decoder`` (default: the VAE).
+    ``preview(positions, stage, frames)`` gets each coarse stage's clean estimate decoded by the same
+    decoder, at that stage's resolution, as soon as the stage ends. NaN or Inf in a batch's latents or
+    frames raises ``NonFiniteError`` naming the positions of the prompts concerned.
     """
     if len(prompts) != len(seeds):
         raise InputError(f"{len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt.")
     check_batch_size(batch_size)
+    decoder = decoder or vae_decoder(model.components, decode_latents)
     for start in range(0, len(prompts), batch_size):
         part = range(start, min(start + batch_size, len(prompts)))
+        on_stage = None if preview is None else (
+            lambda stage, x0, part=part: preview(part, stage, decoded(decoder, x0)))
         try:
             latents = sample_latents(model, plan, [prompts[i] for i in part], [seeds[i] for i in part],
-                                     coupled_noise, advance)
+                                     coupled_noise, advance, on_stage)
         except NonFiniteError as err:
             raise err.for_prompts(part) from None
         frames = None
         if decode:
-            vae_device = next(model.components.vae.parameters()).device
-            with torch.inference_mode():                 # a GPU decodes one video at a time (memory)
-                frames = decode_latents(model.components, latents, chunk=1 if vae_device.type == "cuda" else None).cpu()
+            frames = decoded(decoder, latents)
             if bad := nonfinite_samples(frames):
-                raise NonFiniteError("the VAE decode", [part[i] for i in bad], what="the decoded video")
+                raise NonFiniteError(decoder.stage, [part[i] for i in bad], what="the decoded video")
         yield part, latents, frames
+
+
+def decoded(decoder: Decoder, latents: torch.Tensor) -> torch.Tensor:
+    """``decoder(latents)`` without autograd: frames ``[B, F, 3, H, W]`` float32 in [0, 1] on the CPU."""
+    with torch.inference_mode():
+        return decoder(latents).cpu()
 
 
 def generate_videos(model: LoadedModel, plan: Plan, prompts: list[str], seeds: list[int],
                     batch_size: int = DEFAULT_BATCH_SIZE, coupled_noise: bool = False,
-                    advance: Advance = lambda n=1: None, decode: bool = True,
+                    advance: Advance = lambda n=1: None, decode: bool = True, decoder: Decoder | None = None,
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Latents ``[N, 16, T, H, W]`` (float32, CPU, normalised, full resolution) and frames
     ``[N, F, 3, H, W]`` in [0, 1] (``None`` when ``decode`` is False) for ``prompts[n]`` with ``seeds[n]``.
@@ -261,7 +313,8 @@ def generate_videos(model: LoadedModel, plan: Plan, prompts: list[str], seeds: l
     after every sampler step (a progress bar of ``N * plan.nfe``).
     """
     latents, frames = [], []
-    for _, z, video in generate_batches(model, plan, prompts, seeds, batch_size, coupled_noise, advance, decode):
+    for _, z, video in generate_batches(model, plan, prompts, seeds, batch_size, coupled_noise, advance, decode,
+                                        decoder):
         latents.append(z)
         frames.append(video)
     if not latents:

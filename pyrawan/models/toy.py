@@ -84,6 +84,10 @@ def weights_index(folder: Path = WEIGHTS_DIR) -> dict[str, dict[str, Any]]:
 
 def _build(component: str, config: dict[str, Any]) -> torch.nn.Module:
     """A freshly constructed module of ``component`` from its constructor ``config``."""
+    if component == "decoder":
+        from pyrawan.models.tiny_decoder import TinyDecoder, parse_config
+
+        return TinyDecoder(parse_config(config, f"{WEIGHTS_DIR / WEIGHTS_INDEX} (decoder)"))
     if component == "text_encoder":
         return UMT5EncoderModel(UMT5Config(**config))
     if component == "vae":
@@ -130,3 +134,12 @@ def toy_module(component: str, seed: int, seeded) -> torch.nn.Module:
     offset = {"text_encoder": 1, "vae": 2, "transformer": 3}[component]
     with seeded(seed * 1000 + offset):
         return _build(component, default_config(component)).eval()
+
+
+def toy_decoder() -> torch.nn.Module:
+    """The toy VAE's distilled tiny decoder (``pyrawan distill toy-decoder``), shipped in ``weights.json``."""
+    entry = weights_index().get("decoder")
+    if entry is None:
+        raise RunError("this pyrawan ships no tiny decoder for the toy preset yet; distill one with "
+                       "`pyrawan distill toy-decoder data.cache=CACHE -o OUT` and pass --decoder-weights OUT.")
+    return load_shipped("decoder", entry)

@@ -3,6 +3,7 @@
     python -m pyrawan.toy.ship --text-encoder                      # the seeded text encoder (seed 0)
     python -m pyrawan.toy.ship --vae runs/toytrain/vae             # a train_vae.py output folder
     python -m pyrawan.toy.ship --transformer runs/toytrain/teacher # a `pyrawan finetune` artifact
+    python -m pyrawan.toy.ship --decoder runs/toy-decoder          # a `pyrawan distill toy-decoder` artifact
     python -m pyrawan.toy.ship --write-base runs/toytrain/base-p1 --patch 1   # a base to pretrain a teacher from
     python -m pyrawan.toy.ship --write-base runs/toytrain/base-p2 --patch 2 --warm-from pyrawan/toy/weights/transformer.safetensors
 
@@ -59,6 +60,15 @@ def transformer_entry(artifact: Path) -> dict:
         config[key] = tuple(config[key])
     state = load_file(str(artifact / "transformer" / "diffusion_pytorch_model.safetensors"))
     return _record("transformer", state, config, f"pyrawan finetune recipes/toy-teacher.yaml ({artifact.name})")
+
+
+def decoder_entry(artifact: Path) -> dict:
+    """From a ``pyrawan distill toy-decoder`` artifact (``decoder/config.json`` + ``decoder/decoder.safetensors``)."""
+    from pyrawan.models.tiny_decoder import CONFIG_FILE, DECODER_DIR, WEIGHTS_FILE
+
+    config = json.loads((artifact / DECODER_DIR / CONFIG_FILE).read_text())
+    state = load_file(str(artifact / DECODER_DIR / WEIGHTS_FILE))
+    return _record("decoder", state, config, f"pyrawan distill recipes/toy-decoder.yaml ({artifact.name})")
 
 
 def warm_start(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
@@ -130,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--text-encoder", action="store_true")
     ap.add_argument("--vae", type=Path)
     ap.add_argument("--transformer", type=Path)
+    ap.add_argument("--decoder", type=Path, help="a `pyrawan distill toy-decoder` artifact: the tiny decoder")
     ap.add_argument("--write-base", type=Path, help="write a one-stage toy model artifact (pipeline folder, pyramid.json) to pretrain or judge a teacher (no shipping)")
     ap.add_argument("--patch", type=int, default=None, help="with --write-base: the transformer's spatial patch")
     ap.add_argument("--base-vae", type=Path, default=None, help="with --write-base: a train_vae.py output folder")
@@ -148,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
         index["vae"] = vae_entry(args.vae)
     if args.transformer is not None:
         index["transformer"] = transformer_entry(args.transformer)
+    if args.decoder is not None:
+        index["decoder"] = decoder_entry(args.decoder)
     atomic_write_text(WEIGHTS_DIR / WEIGHTS_INDEX, json.dumps(index, indent=1) + "\n")
     print({k: (v["file"], v["sha256"][:12], v["bytes"]) for k, v in index.items()})
 

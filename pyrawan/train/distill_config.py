@@ -103,8 +103,14 @@ class DecoderDistill(_Section):
 
     channels: tuple[int, int, int, int] = Field((256, 128, 64, 64), description=(
         "Widths of the decoder's three levels and of its last convolution (TAEHV taew2_1: 256, 128, 64, 64)."))
+    time_upscale: tuple[bool, bool, bool] = Field((False, True, True), description=(
+        "Which of the three levels doubles the frames (TAEHV: the last two; their product must be the VAE's "
+        "temporal factor)."))
     gradient_weight: float = Field(0.5, ge=0, le=100.0, description=(
         "Weight of the L1 error of finite differences in x, y and time (0 = plain L1)."))
+    foreground_weight: float = Field(0.0, ge=0, le=1000.0, description=(
+        "Extra loss weight of pixels that differ from their video's temporal median (moving objects): "
+        "1 + foreground_weight there; 0 = every pixel alike."))
     variants: int = Field(2, ge=1, le=16, description=(
         "Training latents per cache item: the clean one and variants - 1 copies with Gaussian noise added."))
     perturb: float = Field(0.2, ge=0, le=2.0, description="Std of the noise of the perturbed copies (model-space latents).")

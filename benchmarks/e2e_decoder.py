@@ -1,0 +1,203 @@
+"""End-to-end few-step speed with the tiny decoder (docs/decoder.md): the targets of the tiny-decoder issue.
+
+    python benchmarks/e2e_decoder.py --model MODEL [--schedule 2-2-1] [--decoder-weights W]
+        [--quality-model M] [--quality-schedule S] [--videos 96] [--fd-reference DATA] [--repeats 3]
+        [--json docs/data/e2e-decoder.json]
+
+Everything runs in this process on this machine's CPU, the two decoders side by side (interleaved
+repeats, medians), so both see the same load:
+
+1. e2e seconds per video (text encoder + transformer + decode, ``generate_batches``) of MODEL at
+   ``--schedule`` with the VAE and with the tiny decoder, at batch 1 and at the default CPU batch (16);
+   the ratio tiny / VAE (target <= 0.35). A 2-2-1 model's cost does not depend on its weights, so a
+   pyramid that is not distilled, sampled with ``--schedule 2-2-1`` (few-step sampler), times the same.
+2. ToyBench of ``--videos`` latents of ``--quality-model`` (its own schedule) decoded by both decoders:
+   the paired difference tiny - VAE of the overall score with a bootstrap 95 % interval (target >= -0.03),
+   each set's score and its FD to the real videos of ``--fd-reference``, and the PSNR of tiny vs VAE frames.
+3. Previews: a 20-20-10 sample of MODEL with the tiny decoder, with and without ``--previews``
+   (mp4s written), and the overhead (target <= 5 %).
+
+Prints a Markdown table and writes the JSON summary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def prompts(n: int, seed: int = 30_000) -> list[str]:
+    from pyrawan.toy.world import caption, sample_scene
+
+    rng = np.random.default_rng(seed)
+    return [caption(sample_scene(rng)) for _ in range(n)]
+
+
+def plan_of(model, spec: str, schedule: str | None, fewstep: bool | None):
+    """The sampling plan; a few-step plan runs without guidance, as a distilled model does."""
+    from pyrawan.models.generate import SampleSettings, make_plan
+
+    return make_plan(SampleSettings(prompts=["-"], model=spec, schedule=schedule, fewstep=fewstep,
+                                    guidance=1.0 if fewstep else None), model)
+
+
+def run_once(model, plan, texts: list[str], batch: int, decoder, preview=None) -> float:
+    """Seconds per video of sampling and decoding ``texts`` (everything ``sample`` does but writing videos)."""
+    from pyrawan.models.generate import generate_batches
+
+    start = time.perf_counter()
+    for _ in generate_batches(model, plan, texts, list(range(len(texts))), batch, decoder=decoder, preview=preview):
+        pass
+    return (time.perf_counter() - start) / len(texts)
+
+
+def side_by_side(runs: dict, repeats: int) -> dict[str, float]:
+    """Median over ``repeats`` of each named callable, run interleaved (A B, B A, A B, ...)."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            times[name].append(runs[name]())
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def e2e_timing(model, plan, decoders: dict, repeats: int) -> list[dict]:
+    """Per batch size: e2e seconds per video with each decoder, and the ratio tiny / VAE."""
+    rows = []
+    for batch, n in ((1, 4), (16, 16)):
+        texts = prompts(n)
+        run_once(model, plan, texts[:batch], batch, decoders["tiny"])            # warm-up
+        times = side_by_side({name: (lambda d=d: run_once(model, plan, texts, batch, d)) for name, d in decoders.items()},
+                             repeats)
+        rows.append({"batch": batch, "videos": n, "seconds_per_video": times, "ratio_tiny_to_vae": times["tiny"] / times["vae"]})
+    return rows
+
+
+def decode_timing(latents: torch.Tensor, decoders: dict, repeats: int) -> dict:
+    """Decode-only seconds per video of each decoder at batch 1 and 16."""
+    out = {}
+    for batch in (1, 16):
+        z = latents[:batch]
+        out[str(batch)] = side_by_side({name: (lambda d=d: timed(d, z) / len(z)) for name, d in decoders.items()},
+                                       repeats)
+    return out
+
+
+def timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def paired_toybench(model, plan, decoders: dict, n: int, fd_reference: Path | None) -> dict:
+    """ToyBench of the same ``n`` latents decoded by each decoder, the paired difference and the FDs."""
+    from pyrawan.eval.quality_run import fd_summary
+    from pyrawan.eval.stats import mean_ci
+    from pyrawan.models.generate import generate_videos
+    from pyrawan.toy.bench import score_set
+
+    texts = prompts(n, seed=40_000)
+    latents, _ = generate_videos(model, plan, texts, list(range(n)), 16, coupled_noise=True, decode=False)
+    frames = {name: torch.cat([d(latents[i:i + 16]) for i in range(0, n, 16)]) for name, d in decoders.items()}
+    scored = {name: score_set(list(f), texts) for name, f in frames.items()}
+    diff = [t["overall"] - v["overall"] for t, v in zip(scored["tiny"]["per_video"], scored["vae"]["per_video"])]
+    mean, low, high = mean_ci(diff)
+    mse = float(((frames["tiny"] - frames["vae"]) ** 2).mean())
+    result = {"videos": n, "schedule": "-".join(map(str, plan.steps)), "paired_overall_difference":
+              {"mean": mean, "low": low, "high": high},
+              "psnr_tiny_vs_vae_db": 10 * np.log10(1 / max(mse, 1e-12)),
+              "sets": {name: {"overall": s["overall"], "scores": s["scores"]} for name, s in scored.items()}}
+    if fd_reference is not None:
+        for name, s in scored.items():
+            result["sets"][name]["fd"] = fd_summary([r["features"] for r in s["per_video"]], fd_reference)["toybench_fd"]
+    return result, latents
+
+
+def preview_overhead(model, spec: str, decoder, repeats: int) -> dict:
+    """20-20-10 (the model's multi-step sampler) with the tiny decoder, without and with previews written."""
+    from pyrawan.commands.sample import write_previews
+
+    plan = plan_of(model, spec, "20-20-10", False)
+    texts = prompts(4)
+    with tempfile.TemporaryDirectory() as tmp:
+        def preview(positions, stage, frames):
+            write_previews(Path(tmp), plan, list(positions), texts, stage, frames)
+        run_once(model, plan, texts, 4, decoder)
+        times = side_by_side({"without": lambda: run_once(model, plan, texts, 4, decoder),
+                              "with": lambda: run_once(model, plan, texts, 4, decoder, preview)}, repeats)
+    return {"schedule": "20-20-10", "videos": len(texts), "batch": 4, "seconds_per_video": times,
+            "overhead": times["with"] / times["without"] - 1}
+
+
+def table(summary: dict) -> str:
+    lines = ["| measure | VAE decoder | tiny decoder | tiny / VAE | target |", "|---|---|---|---|---|"]
+    for row in summary["e2e"]:
+        s = row["seconds_per_video"]
+        lines.append(f"| e2e s/video, {summary['schedule']}, batch {row['batch']} | {s['vae']:.3f} | {s['tiny']:.3f} | "
+                     f"{row['ratio_tiny_to_vae']:.3f} | <= 0.35 |")
+    for batch, s in summary["decode_only"].items():
+        lines.append(f"| decode only s/video, batch {batch} | {s['vae']:.4f} | {s['tiny']:.4f} | "
+                     f"{s['tiny'] / s['vae']:.3f} | |")
+    q = summary["toybench"]
+    d = q["paired_overall_difference"]
+    sets = q["sets"]
+    fd = {k: (f"{v['fd']['mean']:.2f} [{v['fd']['low']:.2f}, {v['fd']['high']:.2f}]" if "fd" in v else "-")
+          for k, v in sets.items()}
+    lines.append(f"| ToyBench overall ({q['videos']} videos, same latents) | {sets['vae']['overall']:.3f} | "
+                 f"{sets['tiny']['overall']:.3f} | paired {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | >= -0.03 |")
+    lines.append(f"| ToyBench FD to real videos | {fd['vae']} | {fd['tiny']} | | reported |")
+    lines.append(f"| PSNR tiny vs VAE frames | | {q['psnr_tiny_vs_vae_db']:.2f} dB | | |")
+    p = summary["previews"]
+    lines.append(f"| 20-20-10 with the tiny decoder, s/video | without previews {p['seconds_per_video']['without']:.3f} | "
+                 f"with {p['seconds_per_video']['with']:.3f} | overhead {100 * p['overhead']:+.1f} % | <= 5 % |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="the few-step model (or any toy pyramid, timed at --schedule)")
+    ap.add_argument("--schedule", default="2-2-1")
+    ap.add_argument("--decoder-weights", type=Path, default=None, help="tiny decoder instead of the model's own")
+    ap.add_argument("--quality-model", default=None, help="model whose latents ToyBench scores [default: --model]")
+    ap.add_argument("--quality-schedule", default=None, help="its schedule [default: its own]")
+    ap.add_argument("--videos", type=int, default=96)
+    ap.add_argument("--fd-reference", type=Path, default=None, help="folder of real toy videos (toy make-dataset)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", type=Path, default=Path("docs/data/e2e-decoder.json"))
+    args = ap.parse_args(argv)
+
+    from pyrawan.models.artifact import load_model
+    from pyrawan.models.decoders import decoder_for
+
+    torch.manual_seed(0)
+    model = load_model(args.model)
+    decoders = {"vae": decoder_for(model, "vae"), "tiny": decoder_for(model, "tiny", args.decoder_weights)}
+    plan = plan_of(model, args.model, args.schedule, True)
+    quality = load_model(args.quality_model) if args.quality_model else model
+    qdecoders = decoders if quality is model else {"vae": decoder_for(quality, "vae"),
+                                                   "tiny": decoder_for(quality, "tiny", args.decoder_weights)}
+    qplan = plan_of(quality, args.quality_model or args.model, args.quality_schedule, None)
+    started = time.time()
+    toybench, latents = paired_toybench(quality, qplan, qdecoders, args.videos, args.fd_reference)
+    summary = {"model": args.model, "schedule": args.schedule, "threads": torch.get_num_threads(),
+               "load_average_start": os.getloadavg(),
+               "e2e": e2e_timing(model, plan, decoders, args.repeats),
+               "decode_only": decode_timing(latents, decoders, args.repeats),
+               "toybench": toybench, "quality_model": args.quality_model or args.model,
+               "previews": preview_overhead(model, args.model, decoders["tiny"], args.repeats),
+               "load_average_end": os.getloadavg(), "seconds": round(time.time() - started, 1)}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(summary, indent=1) + "\n")
+    print(table(summary))
+    print(f"\nwritten: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
