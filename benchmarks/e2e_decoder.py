@@ -2,7 +2,7 @@
 
     python benchmarks/e2e_decoder.py --model MODEL [--schedule 2-2-1] [--decoder-weights W]
         [--quality-model M] [--quality-schedule S] [--videos 96] [--fd-reference DATA] [--repeats 3]
-        [--json docs/data/e2e-decoder.json]
+        [--json docs/data/e2e-decoder-raw.json] [--summary docs/data/e2e-decoder-toy.json] [--summary-only]
 
 Everything runs in this process on this machine's CPU, the two decoders side by side (interleaved
 repeats, medians), so both see the same load:
@@ -25,12 +25,15 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))       # results_summary, beside this script
 
 
 def prompts(n: int, seed: int = 30_000) -> list[str]:
@@ -160,6 +163,56 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def toy_summary(raw: dict, source: str) -> dict:
+    """The docs' toy table (``docs/data/e2e-decoder-toy.json``) from the raw measurements of ``main``."""
+    from results_summary import column, table
+
+    q, p = raw["toybench"], raw["previews"]
+    d, sets = q["paired_overall_difference"], q["sets"]
+    rows = [[f"e2e s/video, {raw['schedule']}, batch {r['batch']}", r["seconds_per_video"]["vae"],
+             r["seconds_per_video"]["tiny"], r["ratio_tiny_to_vae"], "≤ 0.35"] for r in raw["e2e"]]
+    rows += [[f"decode only s/video, batch {b}", s["vae"], s["tiny"], s["tiny"] / s["vae"], ""]
+             for b, s in raw["decode_only"].items()]
+    rows.append([f"ToyBench overall, {q['videos']} videos, the same latents", sets["vae"]["overall"],
+                 sets["tiny"]["overall"], {"value": [d["mean"], d["low"], d["high"]], "format": "+.3f",
+                                           "suffix": " (paired)"}, "≥ −0.03"])
+    rows.append(["ToyBench FD to the dataset", *[{"value": [v["fd"]["mean"], v["fd"]["low"], v["fd"]["high"]],
+                                                   "format": ".0f"} for v in (sets["vae"], sets["tiny"])],
+                 None, "reported"])
+    rows.append(["20-20-10 with the tiny decoder, s/video (without / with previews)", p["seconds_per_video"]["without"],
+                 p["seconds_per_video"]["with"], {"value": 100 * p["overhead"], "format": "+.1f", "suffix": " %"},
+                 "≤ 5 %"])
+    load = ", ".join(f"{v:.1f}" for v in raw["load_average_start"])
+    return table(source, [column("measure"), column("VAE decoder", ".3f"), column("tiny decoder", ".3f"),
+                          column("tiny / VAE", ".3f"), column("target")], rows,
+                 note=f"one run, {raw['threads']} threads, medians of interleaved repeats; load average at the start {load}")
+
+
+def flops_summary(source: str) -> dict:
+    """The docs' paper-size table (``docs/data/e2e-flops-wan13b.json``): ``pyrawan eval flops wan1.3b``'s
+    end-to-end rows (transformer analytic, the Wan VAE decode counted on the meta device)."""
+    from results_summary import column, table
+
+    from pyrawan.commands.evaluate import resolve_target
+    from pyrawan.eval.decode_cost import end_to_end_flops
+    from pyrawan.eval.flops import flops_report
+
+    target, rows = resolve_target("wan1.3b", []), []
+    full = target.latent_shapes()[0]
+    for schedules, guidance in ((["0-0-50", "20-20-10"], True), (["2-2-1"], False)):
+        report = flops_report(target.arch, full, target.num_stages, target.keep_time, schedules, guidance,
+                              "analytic", target.text_len)
+        for r in end_to_end_flops(report, target.arch, full)["rows"]:
+            name = r["schedule"] + (", CFG" if r["cfg_factor"] > 1 else ", no CFG")
+            rows.append([name, r["text_encoder"], r["transformer"], r["decode"]["vae"], r["decode"]["tiny"],
+                         r["end_to_end"]["vae"], r["end_to_end"]["tiny"], r["ratio_to_baseline"]["vae"],
+                         r["ratio_to_baseline"]["tiny"]])
+    return table(source, [column("schedule"), column("text encoder TF", ".2f"), column("transformer TF", ",.1f"),
+                          column("VAE decode TF", ".1f"), column("tiny decode TF", ".2f"), column("e2e, VAE TF", ",.1f"),
+                          column("e2e, tiny TF", ",.1f"), column("e2e VAE / 0-0-50", ".3f"),
+                          column("e2e tiny / 0-0-50", ".3f")], rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="the few-step model (or any toy pyramid, timed at --schedule)")
@@ -170,8 +223,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--videos", type=int, default=96)
     ap.add_argument("--fd-reference", type=Path, default=None, help="folder of real toy videos (toy make-dataset)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--json", type=Path, default=Path("docs/data/e2e-decoder.json"))
+    ap.add_argument("--json", type=Path, default=Path("docs/data/e2e-decoder-raw.json"), help="the raw measurements")
+    ap.add_argument("--summary", type=Path, default=None, help="also write the docs' toy table summary "
+                    "(e.g. docs/data/e2e-decoder-toy.json) and, beside it, e2e-flops-wan13b.json")
+    ap.add_argument("--summary-only", action="store_true", help="only rewrite --summary from the existing --json")
     args = ap.parse_args(argv)
+    source = "python benchmarks/e2e_decoder.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.summary_only:
+        write_summaries(json.loads(args.json.read_text()), args.summary, source)
+        return
 
     from pyrawan.models.artifact import load_model
     from pyrawan.models.decoders import decoder_for
@@ -197,6 +257,16 @@ def main(argv: list[str] | None = None) -> None:
     args.json.write_text(json.dumps(summary, indent=1) + "\n")
     print(table(summary))
     print(f"\nwritten: {args.json}")
+    if args.summary:
+        write_summaries(summary, args.summary, source)
+
+
+def write_summaries(raw: dict, path: Path, source: str) -> None:
+    from results_summary import write_summary
+
+    write_summary(path, toy_summary(raw, source))
+    write_summary(path.with_name("e2e-flops-wan13b.json"), flops_summary("pyrawan eval flops wan1.3b; pyrawan "
+                  "eval flops wan1.3b --no-guidance (the end-to-end table)"))
 
 
 if __name__ == "__main__":
