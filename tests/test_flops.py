@@ -192,3 +192,12 @@ def test_render_and_write_json(tmp_path):
 def test_package_import_is_light():
     code = "import sys, pyrawan.eval as e; assert 'torch' not in sys.modules; assert callable(e.schedule_flops)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_vae_decode_count_from_two_frames_equals_a_direct_count():
+    """Every latent frame after the first costs the same in Wan's causal decode, so f(1) and f(2) give f(T)."""
+    from pyrawan.eval.decode_cost import _counted_decode_flops, vae_decode_flops
+    from pyrawan.models.toy import TOY_VAE
+
+    direct = _counted_decode_flops(json.dumps(dict(TOY_VAE), sort_keys=True), 5, 8, 8)
+    assert vae_decode_flops(TOY_VAE, (5, 8, 8)) == direct > vae_decode_flops(TOY_VAE, (2, 8, 8)) > 0

@@ -16,6 +16,9 @@ guidance and the VAE (the model as users run it).
 """
 from __future__ import annotations
 
+import functools
+import json
+
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,14 +60,30 @@ def tiny_decoder_flops(config: TinyDecoderConfig, latent_thw: Sequence[int]) -> 
 
 
 def vae_decode_flops(vae_config: Mapping[str, Any], latent_thw: Sequence[int]) -> float:
-    """FLOPs of ``AutoencoderKLWan.decode`` of latents (T, h, w), counted on the meta device (batch 1)."""
+    """FLOPs of ``AutoencoderKLWan.decode`` of latents (T, h, w), counted on the meta device (batch 1).
+
+    The causal decoder decodes one latent frame at a time with a cache, so every frame after the first
+    costs the same: counting 1 and 2 frames gives ``f(T) = f(1) + (T - 1)(f(2) - f(1))`` exactly
+    (``tests/test_flops.py`` checks it against a direct count) at a tenth of the time of counting 21.
+    """
+    t, h, w = (int(v) for v in latent_thw)
+    if t <= 2:
+        return _counted_decode_flops(json.dumps(dict(vae_config), sort_keys=True), t, h, w)
+    one, two = (_counted_decode_flops(json.dumps(dict(vae_config), sort_keys=True), n, h, w) for n in (1, 2))
+    return one + (t - 1) * (two - one)
+
+
+@functools.lru_cache(maxsize=16)
+def _counted_decode_flops(config_json: str, t: int, h: int, w: int) -> float:
+    """The meta-device count of one decode of latents (t, h, w) for the VAE config (JSON, for the cache)."""
     import torch
     from diffusers import AutoencoderKLWan
     from torch.utils.flop_counter import FlopCounterMode
 
+    config = {k: v for k, v in json.loads(config_json).items() if not k.startswith("_")}
     with torch.device("meta"):
-        vae = AutoencoderKLWan(**{k: v for k, v in dict(vae_config).items() if not k.startswith("_")})
-    latents = torch.zeros(1, int(vae.config.z_dim), *(int(v) for v in latent_thw), device="meta")
+        vae = AutoencoderKLWan(**config)
+    latents = torch.zeros(1, int(vae.config.z_dim), t, h, w, device="meta")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         vae.decode(latents)
     return float(counter.get_total_flops())
