@@ -36,7 +36,8 @@ CONFIGS = {  # name -> (what changes, demo flags)
     "default": ("haar, Definition 2, calibrated boundaries, no alignment loss", []),
     "uniform": ("boundaries uniform in global sigma (1/3, 2/3), the old default", ["--boundaries", "uniform"]),
     "pyramid-flow": ("boundaries equivalent to Pyramid Flow's (0.586, 0.941)", ["--boundaries", "pyramid-flow"]),
-    "align": ("alignment loss on, weight 1 (our choice; the paper gives no value)", ["--align-weight", "1"]),
+    "align": ("alignment loss on, weight 1 (our choice; the paper gives no value), in train.align_form's default "
+              "form (same-input before 2026-12-07, full-resolution since)", ["--align-weight", "1"]),
     "definition-1": ("Definition 1: coarse stages from downsampled latents", ["--stage-data", "1"]),
     "dct": ("resizer dct", ["--resizer", "dct"]),
     "db4": ("resizer db4", ["--resizer", "db4"]),

@@ -160,6 +160,7 @@ def test_lora_run_exports_weights_that_wanpipeline_loads(tmp_path, tiny_componen
     from pyrawan.models.presets import build_preset
 
     r = recipe("train.steps=4", "train.lora.enabled=true", "train.optimizer.lr=1e-2", "train.align_weight=0.5",
+               "train.align_form=same-input",
                "train.ema.enabled=true", *QUICK)
     out = run(r, tmp_path / "lora", source=for_recipe(r), show_progress=False)
     align = [rec["align"] for rec in records(out, "train")]

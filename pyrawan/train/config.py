@@ -113,10 +113,11 @@ class Train(_Section):
     align_weight: float = Field(0.0, ge=0, le=1e6, description=(
         "Weight of the alignment loss: MSE between the student's and the frozen base model's velocity on "
         "the same noisy input (docs/finetune.md); 0 = off."))
-    align_form: Literal["same-input", "full-resolution"] = Field("same-input", description=(
-        "Form of the alignment loss (the paper's L_dist, form not given): same-input = the base's velocity on the "
-        "student's own stage input; full-resolution = the base at full resolution on the stage sample jumped up, "
-        "its clean estimate brought down to the stage, against the student's (docs/finetune.md)."))
+    align_form: Literal["same-input", "full-resolution"] = Field("full-resolution", description=(
+        "Form of the alignment loss (the paper's L_dist, form not given): full-resolution = the base at full "
+        "resolution on the stage sample jumped up, its clean estimate brought down to the stage, against the "
+        "student's (measured best on the toy); same-input = the base's velocity on the student's own stage input "
+        "(docs/finetune.md)."))
     process: Literal["pyramidal", "multires"] = Field("pyramidal", description=(
         "pyramidal = pyramidal flow matching over the pyramid's stages; multires = ordinary flow matching on the "
         "clean latents of every stage's resolution (the DMD-OT teacher; the result is a plain one-stage model)."))
