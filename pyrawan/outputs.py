@@ -49,7 +49,7 @@ def place_problem(out: Path, inputs: Sequence[str | Path | None] = ()) -> str | 
     if out.is_symlink() and not out.exists():
         return f"-o/--out {out} is a broken symbolic link; remove it or choose another folder."
     if out.exists() and not out.is_dir():
-        return f"-o/--out {out} exists and is a file, not a folder; choose another output folder folder (a new name)."
+        return f"-o/--out {out} exists and is a file, not a folder; choose another output folder (a new name)."
     for given in inputs:
         if given is None or not str(given) or not Path(given).exists():
             continue  # a preset name or hub id: not a local path

@@ -5,6 +5,8 @@ import errno
 import json
 import math
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -322,3 +324,208 @@ def test_json_safe_replaces_every_non_finite_float_for_strict_json():
     assert json_safe(value) == {"a": None, "b": [1.0, None, [2, None]], "c": {"d": "nan", "e": 3}}
     assert json_safe(value, as_string=True)["b"] == [1.0, "inf", [2, "-inf"]]
     json.dumps(json_safe(value), allow_nan=False)                         # would raise on a NaN left in
+
+
+# ---- outputs: written from mutation testing's survivors (docs/testing.md) ---------------------------
+
+def test_home_root_and_broken_links_are_refused_with_a_suggested_name(tmp_path, monkeypatch):
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    with pytest.raises(InputError, match=r"-o/--out .*home is the working folder, one that holds it, or your home"):
+        outputs.check_output(home, overwrite=True)
+    with pytest.raises(InputError, match=r"\(e\.g\. -o runs/out\)\.$"):                 # the root has no name
+        outputs.check_output(Path("/"), overwrite=True)
+    with pytest.raises(InputError, match=r"\(e\.g\. -o runs/work\)\.$"):
+        outputs.check_output(Path("."), overwrite=True)
+    (work / "dangling").symlink_to(work / "nowhere")
+    with pytest.raises(InputError, match="dangling is a broken symbolic link; remove it"):
+        outputs.check_output(work / "dangling", overwrite=False)
+    assert not list(work.glob(".*lock"))
+
+
+def test_inputs_that_are_no_local_path_are_skipped_and_an_unrelated_output_is_fine(tmp_path, monkeypatch):
+    art = make_artifact(tmp_path / "cal")
+    monkeypatch.chdir(art)                                                # the working folder is an artifact
+    assert outputs.place_problem(Path("out"), [None, "", "tiny", art.parent / "nope"]) is None
+    assert outputs.place_problem(tmp_path / "elsewhere", ["tiny", art]) is None
+    assert "lies inside the input artifact" in outputs.place_problem(Path("out"), [None, "tiny", art])
+
+
+def test_the_kind_and_the_unlisted_files_are_named_in_the_refusal(tmp_path):
+    art = make_artifact(tmp_path / "a", files={"w.bin": b"w"})
+    with pytest.raises(InputError, match="output .* is a 'pyramid' artifact and this command writes 'convert' art"):
+        outputs.check_output(art, overwrite=True, kind="convert")
+    outputs.check_output(art, overwrite=True, kind="pyramid", claim_it=False)        # the same kind: fine
+    names = [f"x{i}.txt" for i in range(9)]
+    for name in names[:8]:
+        (art / name).write_text("mine")
+    shown = ", ".join(names[:8])
+    with pytest.raises(InputError, match=rf"holds 8 file\(s\) that its manifest.json does not list \({shown}\); "):
+        outputs.check_output(art, overwrite=True)
+    assert "holds 8 file(s)" in outputs.replace_problem(art, overwrite=True)             # force is off by default
+    (art / names[8]).write_text("mine")
+    with pytest.raises(InputError, match=rf"holds 9 file\(s\) .* \({shown} and 1 more\); --overwrite"):
+        outputs.check_output(art, overwrite=True)
+
+
+def test_unlisted_files_of_a_manifest_without_a_list_of_outputs_are_all_files(tmp_path):
+    art = make_artifact(tmp_path / "a", files={"w.bin": b"w", "sub/c.json": b"{}"})
+    for outputs_value in (None, "w.bin", {"w.bin": 1}):
+        assert outputs.unlisted_files(art, {"outputs": outputs_value}) == ["sub/c.json", "w.bin"]
+    assert outputs.unlisted_files(art, {"outputs": [{"path": "w.bin"}, "sub/c.json"]}) == ["sub/c.json"]
+
+
+def test_claims_follow_claim_it_and_by_default_the_rank(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    lock = fsutil.lock_path(out)
+    for rank, claims in ((None, True), ("", True), ("0", True), ("1", False), ("3", False)):
+        if rank is None:
+            monkeypatch.delenv("RANK", raising=False)
+        else:
+            monkeypatch.setenv("RANK", rank)
+        outputs.check_output(out, overwrite=False)
+        assert lock.is_file() == claims, rank
+        outputs.release_claims()
+        assert not lock.exists()
+    monkeypatch.setenv("RANK", "1")
+    outputs.check_output(out, overwrite=False, claim_it=True)            # asked for: claimed on any rank
+    assert lock.is_file()
+    outputs.release_claims()
+    monkeypatch.setenv("RANK", "0")
+    outputs.check_output(out, overwrite=False, claim_it=False)           # not asked for: not even on rank 0
+    assert not lock.exists()
+
+
+def test_the_first_claim_registers_the_release_at_exit(tmp_path, monkeypatch):
+    outputs.release_claims()
+    registered = []
+    monkeypatch.setattr(outputs.atexit, "register", registered.append)
+    outputs.check_output(tmp_path / "a", overwrite=False, claim_it=True)
+    assert registered == [outputs.release_claims]
+    outputs.check_output(tmp_path / "b", overwrite=False, claim_it=True)
+    assert registered == [outputs.release_claims]                        # once, not once per claim
+    outputs.release_claims()
+
+
+def test_a_live_claim_names_its_pid_host_and_lock(tmp_path):
+    out = tmp_path / "out"
+    host = socket.gethostname()
+    fsutil.lock_path(out).write_text(json.dumps({"pid": 1, "host": host}))          # pid 1 is always alive
+    with pytest.raises(InputError) as err:
+        outputs.check_output(out, overwrite=False, claim_it=True)
+    assert str(err.value) == (f"another pyrawan run (pid 1 on {host}) is writing {out} right now; wait for it to "
+                              f"finish or choose another output folder. (If no such run exists, delete "
+                              f"{tmp_path / '.out.lock'}.)")
+
+
+def test_taking_over_a_dead_claim_says_so_on_stderr(tmp_path, capsys):
+    out = tmp_path / "out"
+    pid = dead_pid()
+    fsutil.lock_path(out).write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+    leftover = tmp_path / f".out.tmp-{pid}-0123abcd"
+    leftover.mkdir()
+    outputs.check_output(out, overwrite=False, claim_it=True)
+    outputs.release_claims()
+    captured = capsys.readouterr()
+    assert captured.out == "" and not leftover.exists()
+    assert captured.err.splitlines() == [f"note: {out} was claimed by a run that is gone (killed?); took it over.",
+                                         f"note: removed {leftover}, the unfinished output of a run that was killed."]
+
+
+def test_releasing_keeps_created_folders_that_are_no_longer_empty_and_ignores_unclaimed_outputs(tmp_path):
+    out = tmp_path / "new" / "out"
+    outputs.check_output(out, overwrite=False, claim_it=True)
+    (tmp_path / "new" / "someone-elses.txt").write_text("keep")          # written meanwhile beside the output
+    outputs.release_claims()
+    assert (tmp_path / "new" / "someone-elses.txt").is_file() and not fsutil.lock_path(out).exists()
+    other = tmp_path / "other"
+    fsutil.lock_path(other).write_text(json.dumps({"pid": 1, "host": socket.gethostname()}))
+    outputs._release_one(other)                                           # never claimed here: untouched
+    assert fsutil.lock_path(other).is_file()
+
+
+def test_a_result_of_another_kind_does_not_replace_the_old_artifact(tmp_path):
+    old = make_artifact(tmp_path / "out", files={"old.bin": b"old"})
+    with pytest.raises(RunError, match=r"is a 'pyramid' artifact and this command writes 'convert'.* kept in .*out-2"):
+        with outputs.artifact_dir(old, overwrite=True) as tmp:           # the command's kind is read from its manifest
+            mf.write_manifest(tmp, "convert", None)
+    assert (old / "old.bin").read_bytes() == b"old" and mf.read_manifest(tmp_path / "out-2")["kind"] == "convert"
+
+
+def test_free_names_count_up_from_2(tmp_path):
+    out = tmp_path / "out"
+    assert outputs._free_name(out) == tmp_path / "out-2"
+    (tmp_path / "out-2").mkdir()
+    assert outputs._free_name(out) == tmp_path / "out-3"
+    (tmp_path / "out-3").mkdir()
+    assert outputs._free_name(out) == tmp_path / "out-4"
+
+
+def test_a_failed_rename_puts_the_old_output_back_and_raises_the_original_error(tmp_path, monkeypatch):
+    old = make_artifact(tmp_path / "out", files={"old.bin": b"old"})
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(src).name.startswith(f".{Path(dst).name}.tmp-") and (Path(src) / "new.bin").exists():  # the new one
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", replace)
+    with pytest.raises(OSError, match="No space left on device"):
+        with outputs.artifact_dir(old, overwrite=True) as tmp:
+            (tmp / "new.bin").write_bytes(b"new")
+            mf.write_manifest(tmp, "pyramid", None)
+    assert sorted(p.name for p in old.iterdir()) == [mf.MANIFEST, "old.bin"] and mf.verify(old) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with pytest.raises(OSError, match="No space left on device"):         # no old output: nothing to put back
+        with outputs.artifact_dir(tmp_path / "fresh") as tmp:
+            (tmp / "new.bin").write_bytes(b"new")
+            mf.write_manifest(tmp, "pyramid", None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_demo_folder_is_refused_where_no_output_may_go_and_its_marker_is_kind_and_time(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InputError, match="exists and is a file"):
+        outputs.fresh_folder(tmp_path / "afile", "demo")
+    demo = outputs.fresh_folder(tmp_path / "demo", "demo")
+    marker = json.loads((demo / outputs.FOLDER_MARKER).read_text())
+    assert set(marker) == {"kind", "created_utc"} and marker["kind"] == "demo"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", marker["created_utc"])
+    outputs.release_claims()
+
+
+def test_a_demo_folder_ignores_hidden_entries_and_names_at_most_eight_foreign_ones(tmp_path):
+    demo = outputs.fresh_folder(tmp_path / "demo", "demo")
+    outputs.release_claims()
+    (demo / ".ipynb_checkpoints").mkdir()                                 # hidden: not the user's files
+    (demo / "results.json").write_text("{}")
+    outputs.fresh_folder(demo, "demo", own=("samples-*", "results.json"))
+    outputs.release_claims()
+    names = [f"mine{i}.txt" for i in range(9)]
+    for name in names:
+        (demo / name).write_text("mine")
+    with pytest.raises(InputError, match=rf"and also {', '.join(names[:8])}, which `pyrawan demo` did not write"):
+        outputs.fresh_folder(demo, "demo", own=("samples-*", "results.json"))
+    assert (demo / names[8]).is_file()
+
+
+def test_a_failure_to_remove_the_replaced_output_is_not_an_error(tmp_path, monkeypatch):
+    old = make_artifact(tmp_path / "out", files={"old.bin": b"old"})
+    real = outputs.shutil.rmtree
+
+    def rmtree(path, ignore_errors=False, **kwargs):
+        if (Path(path) / "old.bin").exists():                            # the old output, moved aside
+            if not ignore_errors:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return None
+        return real(path, ignore_errors=ignore_errors, **kwargs)
+
+    monkeypatch.setattr(outputs.shutil, "rmtree", rmtree)
+    with outputs.artifact_dir(old, overwrite=True) as tmp:
+        (tmp / "new.bin").write_bytes(b"new")
+        mf.write_manifest(tmp, "pyramid", None)
+    assert sorted(p.name for p in old.iterdir()) == [mf.MANIFEST, "new.bin"] and mf.verify(old) == []
