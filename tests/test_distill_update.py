@@ -64,12 +64,14 @@ class Affine(Wanlike):
         return (x - x @ self.w.T - self.b) / s
 
 
-def gaussian_loop(critic_lr: float = 4e-2, lr: float = 4e-2, teach_weight: float = 0.0, form: str = "x0") -> Loop:
+def gaussian_loop(critic_lr: float = 4e-2, lr: float = 4e-2, teach_weight: float = 0.0, form: str = "x0",
+                  extra: tuple[str, ...] = ()) -> Loop:
     recipe = load_recipe("tiny-dmd", ["distill.guidance=1.0", f"distill.teach_weight={teach_weight}",
                                       f"distill.dmd_form={form}",
                                       "train.lora.enabled=false",
                                       f"train.optimizer.lr={lr}", f"distill.fake_score.optimizer.lr={critic_lr}",
-                                      "train.optimizer.weight_decay=0", "distill.fake_score.optimizer.weight_decay=0"],
+                                      "train.optimizer.weight_decay=0", "distill.fake_score.optimizer.weight_decay=0",
+                                      *extra],
                          kind="distill")
     ctx = Context(0, 1, 0, torch.device("cpu"), "single", False)
     t = recipe.train
@@ -187,3 +189,113 @@ def test_the_teacher_term_pulls_the_student_to_the_teachers_samples(monkeypatch)
     assert records[0]["teach_loss"] == pytest.approx(float(((0.3 * picked - c) ** 2).mean()), rel=1e-5)
     student = loop.generator.engine.module
     assert float((student.b.detach() - c).norm()) < 0.75 * float(c.norm())         # a flipped sign: away
+
+
+def one_step_site(rho_range: tuple[float, float], move=lambda x: x) -> tuple[FewStep, ScoreSite]:
+    one = torch.tensor([1.0])
+    return (FewStep(0, 0, 0, 1.0, torch.zeros(1), one, None),
+            ScoreSite(0, StageProcess("ordinary", torch.zeros(1), one, None), move, rho_range))
+
+
+def test_both_updates_score_at_the_sites_levels_not_the_recipes(monkeypatch):
+    """With ``score_span: global`` a site's ``rho_range`` is a share of ``score_levels``: the generator's fake
+    score and the fake score's own step must see levels inside the site's range."""
+    from pyrawan.commands import distill_dmd as cmd
+
+    seen, real = [], cmd.denoise
+
+    def spy(model, x, sigma, text, **kw):
+        seen.append(sigma.detach().clone())
+        return real(model, x, sigma, text, **kw)
+    monkeypatch.setattr(cmd, "denoise", spy)
+    means, gradient = [], dmd.dmd_gradient
+    monkeypatch.setattr(dmd, "dmd_gradient", lambda x_hat, real, fake, sigma_mean: means.append(sigma_mean) or
+                        gradient(x_hat, real, fake, sigma_mean))
+    loop = gaussian_loop()
+    assert tuple(loop.recipe.distill.score_levels) != (0.4, 0.45)
+    step, site = one_step_site((0.4, 0.45))
+    gens = [torch.Generator().manual_seed(j) for j in range(16)]
+    x_hat, _ = generator_update(loop, torch.randn(16, 2, 1, 1, 1), step, torch.zeros(16, 1, 1), site, gens, 0)
+    fake_update(loop, x_hat, torch.zeros(16, 1, 1), site, gens)
+    assert len(seen) == 2 and torch.equal(means[0], seen[0].mean(1))       # w_dmd: each sample's own level
+    for sigma in seen:                                  # one stage: the level is rho
+        assert 0.4 <= float(sigma.min()) and float(sigma.max()) <= 0.45 and len(set(sigma.flatten().tolist())) == 16
+
+
+def test_the_generator_loss_is_a_mean_over_the_exit_steps_elements(monkeypatch):
+    """A site whose grid holds twice the exit step's elements (each twice) and a gradient of ones: the DMD loss
+    0.5 mean g^2 = 0.5 per element of the site counts 2 x per element of x_hat, so the record says 1.0."""
+    from pyrawan.commands import distill_dmd as cmd
+    from pyrawan.train.dmd import DmdGradient
+
+    monkeypatch.setattr(cmd, "real_velocity", lambda loop, x, sigma, text: torch.zeros_like(x))
+    monkeypatch.setattr(cmd, "denoise", lambda model, x, sigma, text, **kw: torch.zeros_like(x))
+    monkeypatch.setattr(cmd, "form_gradient", lambda form, proc, x_hat, *rest: DmdGradient(
+        torch.ones_like(x_hat, dtype=torch.float64), torch.ones(len(x_hat), dtype=torch.float64)))
+    loop = gaussian_loop()
+    step, site = one_step_site((0.2, 0.8), move=lambda x: torch.cat([x, x], dim=1))
+    gens = [torch.Generator().manual_seed(j) for j in range(4)]
+    _, record = generator_update(loop, torch.randn(4, 2, 1, 1, 1), step, torch.zeros(4, 1, 1), site, gens, 0)
+    assert record["gen_loss"] == pytest.approx(1.0, rel=1e-6)
+    step, site = one_step_site((0.2, 0.8))
+    _, record = generator_update(loop, torch.randn(1, 2, 1, 1, 1), step, torch.zeros(1, 1, 1), site, gens[:1], 0)
+    assert record["gen_loss"] == pytest.approx(0.5, rel=1e-6) and record["w_dmd"] == pytest.approx(1.0)   # batch 1
+
+
+def test_the_gan_terms_enter_both_updates_with_their_inputs_and_weights(monkeypatch):
+    """``distill.gan.weight > 0`` with the GAN losses replaced by known ones (the heads and hidden states are
+    test_distill_gan.py's, slow): what each update hands them, the records, and that each step descends
+    ``weight x`` its GAN loss (the DMD gradient set to 0)."""
+    from pyrawan.commands import distill_dmd as cmd
+    from pyrawan.train.dmd import DmdGradient
+
+    loop = gaussian_loop(extra=("distill.gan.weight=0.5", "distill.gan.critic_weight=0.25"))
+    loop.gan = object()                                   # on; the helpers below stand in for the heads
+    student, critic = loop.generator.engine.module, loop.critic.engine.module
+    monkeypatch.setattr(cmd, "form_gradient", lambda form, proc, x_hat, *rest: DmdGradient(
+        torch.zeros_like(x_hat, dtype=torch.float64), torch.ones(len(x_hat), dtype=torch.float64)))
+    seen, real_velocity = {}, cmd.real_velocity
+
+    def velocity_spy(lp, x_t, sigma, text):
+        seen.update(x_t=x_t, sigma=sigma)
+        return real_velocity(lp, x_t, sigma, text)
+
+    def gan_generator_loss(lp, x_t, sigma, text):
+        gan = x_t.pow(2).flatten(1).mean(1)
+        params = list(student.parameters())
+        seen.update(gen_args=(lp, x_t.detach().clone(), sigma, text), gan=gan.detach(),
+                    grads=torch.autograd.grad(gan.mean(), params, retain_graph=True),
+                    before=[q.detach().clone() for q in params])
+        return gan
+    monkeypatch.setattr(cmd, "real_velocity", velocity_spy)
+    monkeypatch.setattr(cmd, "gan_generator_loss", gan_generator_loss)
+    step, site = one_step_site((0.2, 0.8))
+    gens = [torch.Generator().manual_seed(j) for j in range(4)]
+    text = torch.zeros(4, 1, 1)
+    x_hat, record = generator_update(loop, torch.randn(4, 2, 1, 1, 1), step, text, site, gens, 0)
+    lp, x_t, sigma, txt = seen["gen_args"]
+    assert lp is loop and txt is text and torch.equal(sigma, seen["sigma"]) and torch.allclose(x_t, seen["x_t"])
+    assert record["gan_loss"] == pytest.approx(float(seen["gan"].mean()))
+    moved = sum(float(((q.detach() - b) * g).sum())
+                for q, b, g in zip(student.parameters(), seen["before"], seen["grads"]))
+    assert moved < 0                                      # the step went down the GAN loss
+
+    def gan_critic_forward(lp, x_fake, x_real, sigma, txt):
+        seen.update(critic_args=(lp, x_fake, x_real, sigma, txt))
+        cls = (critic.mu.sum() + 1) * torch.ones(len(x_fake))
+        return torch.zeros_like(x_fake), cls, {"real_logit": 0.25}, "features"
+
+    def gan_critic_step(lp, features):
+        seen.update(step_args=(lp, features))
+        return {"cls_loss": 0.125}
+    monkeypatch.setattr(cmd, "gan_critic_forward", gan_critic_forward)
+    monkeypatch.setattr(cmd, "gan_critic_step", gan_critic_step)
+    mu = critic.mu.detach().clone()
+    fake = fake_update(loop, x_hat, text, site, gens, real=x_hat + 1)
+    lp, x_fake, x_real, sigma, txt = seen["critic_args"]
+    assert lp is loop and txt is text and seen["step_args"] == (loop, "features")
+    assert 0.2 <= float(sigma.min()) and float(sigma.max()) <= 0.8 and sigma.shape == (4, 1)
+    # real and generated re-noised with the same noise and level: they differ by (1 - sigma) (real - x_hat)
+    assert torch.allclose(x_real - x_fake, (1 - sigma).view(4, 1, 1, 1, 1).float().expand(4, 2, 1, 1, 1))
+    assert fake["real_logit"] == 0.25 and fake["cls_loss"] == 0.125 and fake["fake_applied"]
+    assert bool((critic.mu.detach() < mu).all())          # descends critic_weight x cls (its gradient is +1)

@@ -248,3 +248,100 @@ def test_rollout_stops_at_the_input_of_step_k():
     final = sample_fewstep(velocity, noise, pyramid, levels, torch.Generator().manual_seed(7))
     x0_hat, _ = clean_estimate(x, velocity(x, step.sigma_nat), step.rho, step.sigma_c, step.sigma_n, step.project)
     assert torch.allclose(x0_hat, final, atol=1e-6)
+
+
+# --- the global score span's helpers (numbers by hand) -------------------------------------------------
+
+def test_stage_spans_and_shares_on_numbers_worked_by_hand():
+    from pyrawan.train.dmd import span_shares, stage_spans
+
+    assert stage_spans((0.25, 0.5), top=2) == [(0.0, 0.25), (0.25, 0.5), (0.5, 1.0)]
+    assert stage_spans((0.25, 0.5), top=1) == [(0.0, 0.25), (0.25, 1.0)]       # the top stage reaches 1
+    assert stage_spans((0.25, 0.5), top=0) == [(0.0, 1.0)]
+    spans = [(0.0, 0.25), (0.25, 0.5), (0.5, 1.0)]
+    assert span_shares(spans, 0.125, 0.375) == [0.125, 0.125, 0.0]           # none is negative
+    assert span_shares(spans, 0.0, 1.0) == [0.25, 0.25, 0.5]
+    assert span_shares(spans, 0.375, 0.75) == [0.0, 0.125, 0.25]
+
+
+def test_draw_stage_follows_the_shares_and_never_picks_an_empty_stage():
+    from pyrawan.train.dmd import draw_stage
+
+    gen = torch.Generator().manual_seed(4)
+    draws = torch.tensor([draw_stage([0.25, 0.0, 0.75], gen) for _ in range(4000)])
+    assert set(draws.tolist()) == {0, 2}
+    assert abs(float((draws == 0).double().mean()) - 0.25) < 0.03
+    assert draw_stage([0.0, 0.0, 0.5], gen) == 2 and draw_stage([0.5, 0.0, 0.0], gen) == 0
+    draws = torch.tensor([draw_stage([0.5, 0.5, 1.0], gen) for _ in range(4000)])     # shares need not sum to 1
+    assert torch.allclose(torch.bincount(draws, minlength=3) / 4000.0, torch.tensor([0.25, 0.25, 0.5]), atol=0.03)
+
+
+def test_draw_stage_depends_on_its_generator_only():
+    from pyrawan.train.dmd import draw_stage
+
+    runs = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        gen = torch.Generator().manual_seed(9)
+        runs.append([draw_stage([0.5, 0.5, 1.0], gen) for _ in range(64)])
+    assert runs[0] == runs[1] and len(set(runs[0])) == 3
+
+
+def test_draw_stage_at_the_top_of_the_uniform_still_returns_a_stage_with_a_share(monkeypatch):
+    """u = sum(shares) (what float rounding can give): the last stage that has a share, not an empty one; u = 0
+    (torch.rand can return it): the first stage that has one."""
+    from pyrawan.train.dmd import draw_stage
+
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.ones(1, dtype=torch.float64))
+    assert draw_stage([0.25, 0.5, 0.0], torch.Generator()) == 1
+    assert draw_stage([0.5, 0.0, 0.0], torch.Generator()) == 0
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.zeros(1, dtype=torch.float64))   # u = 0: not stage 0
+    assert draw_stage([0.0, 0.5, 0.5], torch.Generator()) == 1
+
+
+def test_local_level_is_the_frame_mean_natural_level_mapped_onto_the_stage():
+    """Stage 1, two frames (block sizes 4 and 8): h(0.5) = 1/3 and 1/(1 + sqrt 8), so over the whole range
+    (natural 0 to 1) the local level of global 0.5 is their mean; PPF levels are global (linear map)."""
+    from pyrawan.train.dmd import local_level, natural_levels
+
+    natural = natural_levels(1, 2, keep_time=False, ppf=False)
+    assert natural(0.5).tolist() == pytest.approx([1 / 3, 1 / (1 + 8 ** 0.5)], rel=1e-12)
+    assert local_level(0.5, (0.0, 1.0), natural) == pytest.approx((1 / 3 + 1 / (1 + 8 ** 0.5)) / 2, rel=1e-12)
+    assert natural_levels(1, 2, keep_time=True, ppf=False)(0.5).tolist() == pytest.approx([1 / 3, 1 / 3])
+    ppf = natural_levels(1, 3, keep_time=False, ppf=True)
+    assert ppf(0.25).dtype == torch.float64 and ppf(0.25).tolist() == [0.25] * 3
+    assert local_level(0.5, (0.25, 0.75), ppf) == pytest.approx(0.5, rel=1e-12)
+    assert local_level(0.3, (0.2, 0.6), ppf) == pytest.approx(0.25, rel=1e-12)
+
+
+def test_eps_form_gradient_on_numbers_worked_by_hand():
+    """Per sample and frame: g = sigma / (1 - sigma) (eps_real - eps_fake) / mean|x_hat - x0_real|,
+    w_dmd = mean(sigma)^2 / that mean. Sample 1's student matches the real estimate: the normaliser is eps."""
+    from pyrawan.train.dmd import eps_form_gradient
+
+    x_hat = torch.tensor([[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], [[0.5] * 3] * 2]).view(2, 1, 2, 1, 3)
+    real = torch.tensor([[[0.0, 2.0, 6.0], [1.0, 1.0, 1.0]], [[0.5] * 3] * 2]).view(2, 1, 2, 1, 3)
+    d = torch.tensor([[[1.0, -1.0, -5.0], [4.0, 0.0, -4.0]], [[1.0, 0.0, -1.0], [2.0, 0.0, 0.0]]]).view(2, 1, 2, 1, 3)
+    eps_fake = torch.linspace(-1, 1, 12).view(2, 1, 2, 1, 3)
+    sigma = torch.tensor([[0.5, 0.2], [0.2, 0.75]])                      # s / (1 - s): 1, 0.25 and 3
+    grad = eps_form_gradient(x_hat, real, eps_fake + d, eps_fake, sigma)
+    assert grad.g.shape == x_hat.shape and grad.g.dtype == torch.float64
+    expected = torch.tensor([[[6 / 7, -6 / 7, -30 / 7], [6 / 7, 0.0, -6 / 7]],
+                             [[2.5e5, 0.0, -2.5e5], [6e6, 0.0, 0.0]]], dtype=torch.float64)
+    assert torch.allclose(grad.g.view(2, 2, 3), expected, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(grad.w_dmd, torch.tensor([0.35 ** 2 * 6 / 7, 0.475 ** 2 / 1e-6], dtype=torch.float64),
+                          rtol=1e-5)
+
+
+@pytest.mark.parametrize("stage", [0, 1])
+@pytest.mark.parametrize("kind", ["ordinary", "pyramidal"])
+def test_noise_estimate_of_the_true_velocity_is_the_noise(kind, stage):
+    """``StageProcess.noise`` of the exact target is ``eps`` (PT's closed form at stage 0 too, where sigma_n < 1)."""
+    pyramid = PyramidConfig(num_stages=3, boundaries=(0.3, 0.6))
+    gen = torch.Generator().manual_seed(4)
+    frames, side = ((5, 8), (3, 4))[stage]
+    x0, eps = (torch.randn(2, 2, frames, side, side, generator=gen, dtype=torch.float64) for _ in range(2))
+    proc = StageProcess(kind, *pyramid.levels(stage, frames), pyramid.resize.project)
+    rho = torch.tensor([0.2, 0.9], dtype=torch.float64)
+    x = proc.noisy(x0, eps, rho)
+    assert torch.allclose(proc.noise(x, proc.target(x0, eps), rho), eps, atol=1e-9)

@@ -165,3 +165,38 @@ def test_clean_estimate_at_the_top_stage_needs_no_projection(rho):
     x, _, v = pyramid_flow_sample(x0, None, eps, torch.full((3,), rho, dtype=torch.float64), sc, sn)
     x0_hat, eps_hat = clean_estimate(x, v, rho, sc, sn, None)
     assert torch.allclose(x0_hat, x0, atol=1e-9) and torch.allclose(eps_hat, eps, atol=1e-10)
+
+
+def test_stage_forward_of_an_upsampled_latent_is_the_ordinary_sample():
+    """The docstring's identity: for ``x0 = U(x0_coarse)`` (no high band) the stage sample is ``(1 - sigma) x0 +
+    sigma eps`` with ``sigma = (1 - rho) sigma_c + rho sigma_n`` per frame."""
+    from pyrawan.pyramid.process import stage_forward
+
+    r = get_resizer("haar")
+    x0 = r.up(torch.randn(2, 2, 3, 2, 2, generator=gen(7), dtype=torch.float64))
+    eps = torch.randn(x0.shape, generator=gen(8), dtype=torch.float64)
+    sc, sn = stage_levels((0.3, 0.7), 1, 5)
+    for rho in (0.25, 0.8):
+        s = ((1 - rho) * sc + rho * sn).view(1, 1, -1, 1, 1)
+        assert torch.allclose(stage_forward(x0, eps, rho, sc, sn, r.project), (1 - s) * x0 + s * eps, atol=1e-12)
+
+
+def test_a_training_sample_keeps_the_latents_dtype():
+    """float32 latents with float64 levels (as the trainer has them) give a float32 sample and target."""
+    r, x0, eps, sc, sn = make_stage("haar")
+    x, sigma, v = pyramid_flow_sample(x0.float(), r.project(x0).float(), eps.float(),
+                                      torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64), sc, sn)
+    assert x.dtype == torch.float32 and v.dtype == torch.float32 and sigma.dtype == torch.float64
+
+
+def test_a_ppf_jump_changes_nothing():
+    """Pyramidal Patchification: no resizing, m = 1, so the latent and its per-frame levels pass unchanged."""
+    from pyrawan.pyramid.config import PyramidConfig
+
+    resize = PyramidConfig(num_stages=2, kind="ppf").resize
+    assert resize.keep_time is True and resize.block_sizes(3).dtype == torch.float64
+    assert torch.equal(resize.block_sizes(3), torch.ones(3, dtype=torch.float64))
+    x = torch.randn(1, 2, 5, 2, 2, generator=gen(9), dtype=torch.float64)
+    level = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5], dtype=torch.float64)
+    out, fine = jump(x, level, resize, generator=gen(10))
+    assert torch.equal(out, x) and torch.equal(fine, level)

@@ -93,3 +93,33 @@ def test_odd_sizes_are_rejected_with_the_dimension_named():
         get_resizer("haar").down(torch.zeros(1, 1, 3, 5, 4))
     with pytest.raises(InputError, match="T = 4"):
         get_resizer("haar").down(torch.zeros(1, 1, 4, 4, 4))
+
+
+def test_daubechies_filters_are_the_minimum_phase_ones():
+    """db2's taps in closed form, (1 + sqrt 3, 3 + sqrt 3, 3 - sqrt 3, 1 - sqrt 3) / (4 sqrt 2), and the db4 low
+    band's rows: the filter from column 2i on (periodic)."""
+    s3, d = np.sqrt(3), 4 * np.sqrt(2)
+    assert np.allclose(daubechies_filter(2), [(1 + s3) / d, (3 + s3) / d, (3 - s3) / d, (1 - s3) / d], atol=1e-12)
+    h = daubechies_filter(4)
+    assert abs(h[0]) > abs(h[-1])                                         # minimum phase: energy first
+    low = get_resizer("db4").low_band(8)
+    assert np.allclose(low[0], h) and np.allclose(low[1], np.roll(h, 2)) and np.allclose(low[3], np.roll(h, 6))
+
+
+def test_resizers_name_themselves():
+    assert repr(get_resizer("dct", keep_time=True)) == "DCT(keep_time=True)"
+    assert repr(get_resizer("haar")) == "Haar(keep_time=False)"
+
+
+def test_shape_errors_name_the_dimension_and_what_it_must_be():
+    haar = get_resizer("haar")
+    with pytest.raises(InputError, match=r"^cannot downsample W = 3 \(latent shape \(1, 1, 3, 4, 3\)\): W must be even\.$"):
+        haar.down(torch.zeros(1, 1, 3, 4, 3))
+    with pytest.raises(InputError, match=r"T = 4 \(latent shape \(1, 1, 4, 4, 4\)\): T must be odd \(1 \+ 2k\)\.$"):
+        haar.down(torch.zeros(1, 1, 4, 4, 4))
+    with pytest.raises(InputError, match=r"^expected a latent video \[B, C, T, H, W\], got shape \(4, 4\)\.$"):
+        haar.down(torch.zeros(4, 4))
+    with pytest.raises(InputError, match=r"choose one of: db4, dct, haar\.$"):
+        get_resizer("wavelet")
+    assert repr(type(haar)()) == "Haar(keep_time=False)"                 # the default keeps no frame pairs
+

@@ -108,3 +108,155 @@ def test_fewstep_must_start_from_pure_noise():
 def test_per_stage_shift_length_is_checked():
     with pytest.raises(InputError, match="one per stage"):
         sample_multistep(toy_velocity, torch.zeros(1, 1, 1, 2, 2), PyramidConfig(num_stages=3), (1, 1, 1), shift=[1.0, 2.0])
+
+
+# ---- what the samplers hand on: levels, callbacks, per-sample noise, non-finite steps, re-noised inputs ----
+
+def test_multistep_levels_per_stage_with_the_default_shift_and_skipped_stages():
+    from pyrawan.pyramid.sampler import multistep_levels
+
+    assert multistep_levels((2,)) == [[1.0, 0.5, 0.0]]                          # default shift 1: uniform
+    assert multistep_levels((0, 2), shift=[1.0, 3.0]) == [[], pytest.approx([1.0, 0.75, 0.0])]
+    with pytest.raises(InputError, match=r"^shift has 1 values"):
+        multistep_levels((1, 1), shift=[2.0])
+
+
+def test_the_first_stage_with_steps_starts_at_pure_noise_and_callbacks_see_every_step():
+    """Schedule 0-2-1 (the coarsest stage skipped): the first velocity call is at natural level 1 on every frame;
+    the multistep callback gets (stage, step, x) after each Euler step, the few-step one each estimate."""
+    pyramid = PyramidConfig(num_stages=3, boundaries=(0.25, 0.6))
+    noise = torch.randn(1, 2, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for run in ("multistep", "fewstep"):
+        seen, calls = [], []
+
+        def velocity(x, sigma_nat):
+            seen.append(sigma_nat.clone())
+            return toy_velocity(x, sigma_nat)
+
+        def callback(stage, j, x):
+            calls.append((stage, j, tuple(x.shape[-3:])))
+        if run == "multistep":
+            out = sample_multistep(velocity, noise, pyramid, (0, 2, 1), generator=torch.Generator().manual_seed(1),
+                                   callback=callback)
+            sigma_c = pyramid.levels(1, 3)[0]                  # default shift 1: the second level is rho = 0.5
+            assert torch.allclose(seen[1], (sigma_c + 1) / 2)
+        else:
+            out = sample_fewstep(velocity, noise, pyramid, [[], [1.0, 0.5], [1.0]],
+                                 generator=torch.Generator().manual_seed(1), callback=callback)
+        assert seen[0].tolist() == [1.0, 1.0, 1.0]
+        assert calls == [(1, 0, (3, 4, 4)), (1, 1, (3, 4, 4)), (0, 0, (5, 8, 8))]
+        assert out.shape == (1, 2, 5, 8, 8)
+
+
+def test_a_sample_with_its_own_generator_does_not_depend_on_its_batch():
+    pyramid = PyramidConfig(num_stages=3, boundaries=(0.25, 0.6))
+    noise = torch.randn(3, 2, 2, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def gens(seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+    for sample in (sample_multistep, sample_fewstep):
+        plan = (1, 1, 1) if sample is sample_multistep else default_fewstep_levels((1, 1, 1))
+        batch = sample(toy_velocity, noise, pyramid, plan, generator=gens([10, 11, 12]))
+        torch.manual_seed(5)
+        alone = sample(toy_velocity, noise[1:2], pyramid, plan, generator=gens([11]))
+        assert torch.equal(batch[1:2], alone) and not torch.allclose(batch[0], batch[2])
+
+
+@pytest.mark.parametrize("fewstep", [False, True])
+def test_a_step_that_turns_a_sample_non_finite_names_stage_step_and_sample(fewstep):
+    """NaN in sample 1 from the second step of the middle stage (stage 2 of 3, coarsest first)."""
+    from pyrawan.errors import NonFiniteError
+
+    pyramid = PyramidConfig(num_stages=3, boundaries=(0.25, 0.6))
+    count = [0]
+
+    def velocity(x, sigma_nat):
+        count[0] += 1
+        v = toy_velocity(x, sigma_nat)
+        if count[0] == 4:                               # stage 3 of 3 has 2 steps: the 4th call is stage 2, step 2
+            v[1, 0, 0, 0, 0] = float("nan")
+        return v
+    noise = torch.randn(3, 2, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(NonFiniteError) as err:
+        if fewstep:
+            sample_fewstep(velocity, noise, pyramid, default_fewstep_levels((2, 2, 1)), torch.Generator().manual_seed(1))
+        else:
+            sample_multistep(velocity, noise, pyramid, (2, 2, 1), generator=torch.Generator().manual_seed(1))
+    assert err.value.where == "stage 2 of 3 (coarsest first), step 2" and err.value.samples == [1]
+
+
+def test_nonfinite_samples_lists_the_bad_positions():
+    from pyrawan.pyramid.sampler import nonfinite_samples
+
+    x = torch.zeros(4, 2, 3)
+    assert nonfinite_samples(x) == []
+    x[1, 1, 2], x[3, 0, 0] = float("inf"), float("nan")
+    assert nonfinite_samples(x) == [1, 3]
+
+
+def test_levels_with_no_steps_at_all_and_a_stop_step_past_the_end_are_refused():
+    from pyrawan.pyramid.sampler import fewstep_rollout
+
+    pyramid = PyramidConfig(num_stages=2)
+    with pytest.raises(InputError, match="rho = 1.0"):
+        sample_fewstep(toy_velocity, torch.zeros(1, 1, 3, 4, 4), pyramid, [[], []])
+    with pytest.raises(InputError, match=r"stop_at = 3 is outside the 3 steps of levels \[\[1.0, 0.5\], \[1.0\]\]"):
+        fewstep_rollout(toy_velocity, torch.zeros(1, 1, 2, 2, 2), pyramid, [[1.0, 0.5], [1.0]], 3)
+
+
+def test_fewstep_inputs_are_stage_samples_of_the_data_with_fresh_noise():
+    """With the exact velocity every estimate is the stage's data x0_i (Definition 1), so step k's input must be
+    the stage's forward sample: mean (1 - rho)(1 - sigma_c) x0' + rho (1 - sigma_n) P x0_i (x0' = P x0_i on a
+    stage's first step, where it comes up from the coarser stage) and variance sigma^2 per frame; every
+    estimate along the way is the stage's data (PT's closed form with P on the finer stages)."""
+    from pyrawan.pyramid.sampler import fewstep_rollout
+
+    pyramid = PyramidConfig(num_stages=3, boundaries=(0.25, 0.6))
+    shapes = pyramid.shapes((5, 8, 8))
+    x0 = 5 * torch.randn(1, 1, *shapes[0], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x0_stages = [x0]
+    for _ in range(2):
+        x0_stages.append(pyramid.resize.down(x0_stages[-1]))
+    n = 3000
+    velocity = oracle(pyramid, shapes, x0_stages, 2)                     # x0 [1, ...] broadcasts
+    levels = default_fewstep_levels((3, 2, 1))
+    noise = torch.randn(n, 1, *shapes[2], generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    estimates = []
+    sample_fewstep(velocity, noise[:2], pyramid, levels, torch.Generator().manual_seed(5),
+                   callback=lambda stage, j, x0_hat: estimates.append((stage, x0_hat)))
+    assert len(estimates) == 6
+    for stage, x0_hat in estimates:
+        assert torch.allclose(x0_hat, x0_stages[stage].expand_as(x0_hat), atol=1e-8)
+    for k in range(6):
+        x, step = fewstep_rollout(velocity, noise, pyramid, levels, k, torch.Generator().manual_seed(5))
+        data = x0_stages[step.stage]
+        low = pyramid.resize.project(data) if step.stage < 2 else torch.zeros_like(data)   # top: sigma_n = 1
+        first = step.j == 0 and step.stage < 2
+        c, s_n, s = (per_frame(v, data) for v in (step.sigma_c, step.sigma_n, step.sigma_nat))
+        mean = (1 - step.rho) * (1 - c) * (low if first else data) + step.rho * (1 - s_n) * low
+        assert (step.project is None) == (step.stage == 2)
+        assert torch.allclose(x.mean(0, keepdim=True), mean, atol=5 / n ** 0.5), k
+        assert torch.allclose(x.var(0, keepdim=True), (s ** 2).expand_as(mean), rtol=0.15), k
+
+
+def test_noise_comes_in_the_latents_dtype():
+    from pyrawan.pyramid.sampler import randn
+
+    like = torch.zeros(1, dtype=torch.bfloat16)
+    assert randn((2, 3), torch.Generator().manual_seed(0), like).dtype == torch.bfloat16
+    assert randn((2, 3), [torch.Generator().manual_seed(0)] * 2, like).dtype == torch.bfloat16
+
+
+def test_a_rollout_to_step_k_runs_the_model_k_times():
+    from pyrawan.pyramid.sampler import fewstep_rollout
+
+    pyramid, calls = PyramidConfig(num_stages=2), []
+
+    def velocity(x, sigma_nat):
+        calls.append(1)
+        return toy_velocity(x, sigma_nat)
+    for k in range(3):
+        calls.clear()
+        x, step = fewstep_rollout(velocity, torch.zeros(1, 1, 2, 2, 2), pyramid, [[1.0, 0.5], [1.0]], k,
+                                  torch.Generator().manual_seed(0))
+        assert len(calls) == k and step.index == k

@@ -91,3 +91,44 @@ def test_config_round_trips_through_a_dict():
     again = PyramidConfig.from_dict(cfg.to_dict())
     assert again == cfg and again.extra == {"stage_data": 2}
     assert PyramidConfig(num_stages=3).boundaries == pytest.approx((1 / 3, 2 / 3), abs=1e-5)
+
+
+def test_levels_and_boundaries_on_numbers_worked_by_hand():
+    """Defaults (no keep_time: frame 0 m = 4, later frames m = 8), exact float64 arithmetic, and the split
+    recipes default to: Pyramid Flow's, in global sigma (S = 3: m = 8 gives 0.586, 0.941; m = 4 gives 0.5,
+    0.889; PPF, m = 1, the uniform split), rounded to 6 digits."""
+    from pyrawan.pyramid.schedule import (amplitude_gain, default_boundaries, pyramid_flow_boundaries,
+                                          recipe_default_boundaries)
+
+    r8 = 8 ** 0.5
+    assert amplitude_gain(1, 2).tolist() == pytest.approx([2.0, r8], rel=1e-15)
+    assert sigma_to_natural(0.5, 1, 2).tolist() == pytest.approx([1 / 3, 1 / (1 + r8)], rel=1e-15)
+    assert natural_to_sigma([1 / 3, 1 / (1 + r8)], 1).tolist() == pytest.approx([0.5, 0.5], rel=1e-15)
+    assert sigma_to_natural(0.3, 0, 3).tolist() == [0.3] * 3                       # stage 0: natural = global
+    assert natural_to_sigma([0.3, 0.3], 0).tolist() == [0.3, 0.3]
+    assert float(jump_level(0.3, 4)) == pytest.approx(0.6 / 1.3, rel=1e-15)
+    assert float(jump_level(0.5, 8)) == pytest.approx(r8 * 0.5 / (1 + (r8 - 1) * 0.5), rel=1e-15)
+    _, sn = stage_levels((0.3, 0.7), 1, 3, keep_time=True)                    # keep_time: every frame m = 4
+    assert sn.tolist() == pytest.approx([0.7 / (0.3 * 2 + 0.7)] * 3, rel=1e-15)
+    assert rho_grid(2).tolist() == [1.0, 0.5, 0.0]                               # default shift 1
+    assert default_boundaries(3) == (0.333333, 0.666667)
+    assert recipe_default_boundaries(3) == (0.585786, 0.941176) == pyramid_flow_boundaries(3)
+    assert recipe_default_boundaries(3, keep_time=True) == (0.5, 0.888889)
+    assert recipe_default_boundaries(3, kind="ppf") == (0.333333, 0.666667)
+    assert recipe_default_boundaries(2) == (0.738796,) and pyramid_flow_boundaries(4, m=4.0) == (0.4, 0.8, 0.96)
+
+
+def test_schedule_and_boundary_messages_and_the_recipe_forms_of_a_schedule():
+    from pyrawan.pyramid.schedule import check_boundaries, schedule_text
+
+    with pytest.raises(InputError) as err:
+        check_boundaries((0.5,), 3)
+    assert str(err.value) == ("pyramid.boundaries has 1 values but a 3-stage pyramid needs 2 (the inner boundaries "
+                              "b_1 .. b_2 in global sigma, finest first), e.g. [0.3333, 0.6667].")
+    with pytest.raises(InputError, match=r"^schedule = '2-0-1' skips a stage"):
+        parse_schedule("2-0-1", 3)
+    with pytest.raises(InputError, match=r"^schedule = '20-20' has 2 stages but the model has 3; .*\(e\.g\. '0-0-50' for"):
+        parse_schedule([20, 20], 3)
+    assert parse_schedule([20, 20, 10], 3) == (20, 20, 10) and parse_schedule((0, 4)) == (0, 4)
+    assert schedule_text(50) == "50" and schedule_text([20, 20, 10]) == "20-20-10" and schedule_text((2, 1)) == "2-1"
+    assert schedule_text(True) is True and schedule_text([1.5, 2]) == [1.5, 2] and schedule_text("2-2-1") == "2-2-1"

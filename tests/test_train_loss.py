@@ -98,3 +98,63 @@ def test_full_resolution_alignment_is_zero_for_the_exact_student_and_its_known_e
     off = align(batch, x, sigma_nat, target + d)
     known = (stage_estimate(x, target + d, batch, pyramid) - x0).pow(2).flatten(1).mean(1)
     assert torch.allclose(off, known, rtol=1e-9) and bool((off > 0).all())
+
+
+def test_same_input_alignment_is_the_squared_gap_to_the_base_on_the_same_input():
+    """The base answers the student's velocity plus ``e`` per sample: the alignment is ``e^2``; the base sees the
+    student's input, level and captions, and carries no graph."""
+    batch = StageBatch(0, [0, 1], torch.zeros(2, 1, 1, 1, 2), None, torch.randn(2, 3, 4), torch.zeros(2, 1, 1, 1, 2),
+                       torch.tensor([0.25, 0.75]))
+    x, sigma = torch.randn(2, 1, 1, 1, 2), torch.tensor([[0.25], [0.75]])
+    pred = torch.randn(2, 1, 1, 1, 2, requires_grad=True)
+    e, seen = torch.tensor([0.5, -3.0]), {}
+
+    def base(xb, sb, text):
+        seen.update(x=xb, sigma=sb, text=text, grad=torch.is_grad_enabled())
+        return pred.detach() + e.view(-1, 1, 1, 1, 1)
+    align = same_input_alignment(base)(batch, x, sigma, pred)
+    assert torch.allclose(align, e ** 2)
+    assert seen["x"] is x and seen["sigma"] is sigma and seen["text"] is batch.text and not seen["grad"]
+    align.sum().backward()
+    assert torch.allclose(pred.grad, (-2 * e / 2).view(-1, 1, 1, 1, 1).expand(2, 1, 1, 1, 2))   # d/dpred (pred - b)^2 / 2
+
+
+def test_full_resolution_alignment_draws_its_noise_from_seed_item_and_level_only(monkeypatch):
+    """The jumps' noise: the same for the same (seed, item, rho) whatever the batch position and the global
+    generator; different for another item, level or seed. The base gets the captions and answers in x's dtype."""
+    from pyrawan.train import loss
+    from pyrawan.train.loss import full_resolution_alignment, full_resolution_estimate
+
+    pyramid = PyramidConfig(num_stages=2, boundaries=(0.5,))
+    draws, texts = [], []
+    real = loss.full_resolution_estimate
+
+    def spy(teacher, x, sigma_nat, text, stage, pyr, gens):
+        draws.append([torch.randn(4, generator=torch.Generator().set_state(g.get_state())) for g in gens])
+        return real(teacher, x, sigma_nat, text, stage, pyr, gens)
+    monkeypatch.setattr(loss, "full_resolution_estimate", spy)
+
+    def base(x, sigma, text):                               # nonlinear: its estimate keeps some of the jump noise
+        texts.append(text)
+        return torch.tanh(3 * x)
+    x = torch.ones(2, 1, 3, 2, 2, dtype=torch.float64)
+    sigma = torch.full((2, 3), 0.5, dtype=torch.float64)
+
+    def align(items, rho, seed=0):
+        batch = StageBatch(1, items, x, None, torch.full((2, 1, 1), float(seed)), x, torch.tensor(rho))
+        return full_resolution_alignment(base, pyramid, seed)(batch, x, sigma, torch.zeros_like(x))
+    torch.manual_seed(0)
+    first = align([3, 5], [0.5, 0.5])
+    torch.manual_seed(1)
+    assert torch.equal(align([3, 5], [0.5, 0.5]), first) and torch.equal(draws[1][0], draws[0][0])
+    assert texts[0] is not None and torch.equal(texts[0], torch.zeros(2, 1, 1))
+    assert not torch.equal(draws[0][0], draws[0][1]) and first[0] != first[1]          # another item
+    align([5, 3], [0.5, 0.5])
+    assert torch.equal(draws[2][1], draws[0][0])                                          # position plays no part
+    align([3, 3], [0.5, 0.25])
+    assert not torch.equal(draws[3][0], draws[3][1])                                      # another level
+    assert not torch.equal(align([3, 5], [0.5, 0.5], seed=1), first)                     # another seed
+    half = torch.ones(1, 1, 3, 2, 2)
+    out = full_resolution_estimate(lambda a, s, t: torch.zeros(a.shape, dtype=torch.float64), half, sigma[:1], None, 1,
+                                   pyramid, [torch.Generator().manual_seed(0)])
+    assert out.dtype == torch.float32
