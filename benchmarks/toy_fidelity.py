@@ -150,7 +150,10 @@ def main() -> None:
     parts = ("distill", "align") if args.part == "all" else (args.part,)
     spec = build(args.out, args.iterations, args.finetune_steps, args.align_steps, log, parts)
     keys = [k for k in spec if not args.only or k in args.only]
-    rows = [score_row(args.out, *spec[k][:1], k, *spec[k][1:], args.seed_sets, args.prompts, log) for k in keys]
+    rows = []
+    for key in keys:
+        name, model, schedule = spec[key]
+        rows.append(score_row(args.out, name, key, model, schedule, args.seed_sets, args.prompts, log))
     name = "fidelity" if args.part == "all" else f"fidelity-{args.part}"
     (args.out / f"{name}.json").write_text(json.dumps(rows, indent=1))
     text = markdown(rows)

@@ -138,8 +138,9 @@ class Distill(_Section):
         "(Self-Forcing's 3.0 in its cond + w (cond - uncond) form equals 4.0 here)."))
     generator_every: int = Field(5, ge=1, le=100, description="Fake-score steps per generator step (DMD2/Self-Forcing: 5).")
     score_levels: tuple[float, float] = Field((0.02, 0.98), description=(
-        "Range of the local level rho at which x_hat is re-noised inside the exit step's stage (clamped away "
-        "from the stage ends; Self-Forcing clamps t to [0.02, 0.98])."))
+        "Range of the re-noising level: with score_span stage, the local level rho inside the exit step's stage "
+        "(clamped away from the stage ends); with global, the global sigma over the whole process (Self-Forcing "
+        "clamps t to [0.02, 0.98])."))
     score_span: Literal["stage", "global"] = Field("stage", description=(
         "Where the DMD gradient and the fake score re-noise the student's estimate: stage = inside the exit "
         "step's stage, rho in score_levels; global = over the whole process as DMD2 and Self-Forcing do: a stage "
