@@ -132,3 +132,110 @@ def test_schedule_and_boundary_messages_and_the_recipe_forms_of_a_schedule():
     assert parse_schedule([20, 20, 10], 3) == (20, 20, 10) and parse_schedule((0, 4)) == (0, 4)
     assert schedule_text(50) == "50" and schedule_text([20, 20, 10]) == "20-20-10" and schedule_text((2, 1)) == "2-1"
     assert schedule_text(True) is True and schedule_text([1.5, 2]) == [1.5, 2] and schedule_text("2-2-1") == "2-2-1"
+
+
+@pytest.mark.parametrize("call,message", [
+    # the failing stage is the first one whose size is not whole (frames: 1 + k, k halves per stage)
+    (dict(sizes={"frames": 7}, num_stages=3), "latent frames = 7 cannot form a 3-stage pyramid: it fails at stage 2 "
+     "(stage 0 = full resolution). Frames must be 1 + a multiple of 4; the nearest valid values are 5 or 9."),
+    (dict(sizes={"frames": 3}, num_stages=3), "fails at stage 2 (stage 0 = full resolution). Frames must be 1 + a "
+     "multiple of 4; the nearest valid values are 1 or 5."),
+    (dict(sizes={"frames": 11}, num_stages=4), "fails at stage 2 (stage 0 = full resolution). Frames must be 1 + a "
+     "multiple of 8; the nearest valid values are 9 or 17."),
+    (dict(sizes={"frames": 13}, num_stages=4), "fails at stage 3"),
+    (dict(sizes={"frames": 21}, num_stages=5), "fails at stage 3"),
+    (dict(sizes={"frames": 2}, num_stages=3), "the nearest valid values are 1 or 5."),
+    (dict(sizes={"frames": 0}, num_stages=3), "fails at stage 0"),
+    (dict(sizes={"frames": 4}, num_stages=3), "latent frames = 4 cannot"),          # default keep_time: False
+    (dict(sizes={"frames": 78}, num_stages=3, frame_unit=4, space_unit=8, what="pixel"),
+     "pixel frames = 78 cannot form a 3-stage pyramid: it fails at stage 0 (stage 0 = full resolution). Frames must "
+     "be 1 + a multiple of 16; the nearest valid values are 65 or 81."),
+    (dict(sizes={"frames": 79}, num_stages=3, frame_unit=4, space_unit=8), "fails at stage 0"),
+    (dict(sizes={"frames": 85}, num_stages=3, frame_unit=4, space_unit=8), "fails at stage 1"),
+    (dict(sizes={"frames": 6}, num_stages=3, keep_time=True, frame_unit=4), "fails at stage 0 (stage 0 = full "
+     "resolution). Frames must be 1 + a multiple of 4; the nearest valid values are 5 or 9."),
+    # height/width: a multiple of the patch at the coarsest stage, and nothing below the smallest
+    (dict(sizes={"height": 3}, num_stages=3), "latent height = 3 cannot form a 3-stage pyramid: it fails at stage 0 "
+     "(stage 0 = full resolution). Height must be a multiple of 8; the nearest valid values are 8."),
+    (dict(sizes={"height": 0}, num_stages=3), "fails at stage 0 (stage 0 = full resolution). Height must be a "
+     "multiple of 8; the nearest valid values are 8."),
+    (dict(sizes={"width": 12}, num_stages=3), "fails at stage 2 (stage 0 = full resolution). Width must be a multiple "
+     "of 8; the nearest valid values are 8 or 16."),
+    (dict(sizes={"height": 6}, num_stages=3, patch=(1, 2)), "fails at stage 2 (stage 0 = full resolution). Height "
+     "must be a multiple of 4"),
+    (dict(sizes={"width": 12}, num_stages=3, patch=(1, 4)), "fails at stage 1 (stage 0 = full resolution). Width "
+     "must be a multiple of 16"),
+    (dict(sizes={"height": 24}, num_stages=4), "fails at stage 3 (stage 0 = full resolution). Height must be a "
+     "multiple of 16; the nearest valid values are 16 or 32."),
+    (dict(sizes={"height": 36}, num_stages=3, space_unit=8), "fails at stage 0"),
+    (dict(sizes={"height": 48}, num_stages=3, space_unit=8), "fails at stage 1"),
+])
+def test_size_messages_name_the_first_failing_stage_the_form_and_the_nearest_sizes(call, message):
+    with pytest.raises(InputError) as err:
+        check_sizes(**call)
+    assert message in str(err.value)
+    if message.startswith(("latent", "pixel")):
+        assert str(err.value).startswith(message)
+
+
+@pytest.mark.parametrize("call", [
+    dict(sizes={"frames": 1, "height": 8, "width": 8}, num_stages=3),
+    dict(sizes={"frames": 4}, num_stages=3, keep_time=True),
+    dict(sizes={"frames": 9, "height": 16, "width": 16}, num_stages=4),        # 2**3, not 2 * 3
+    dict(sizes={"height": 4, "width": 8}, num_stages=3, patch=(1, 2)),
+    dict(sizes={"frames": 81, "height": 448, "width": 832}, num_stages=3, frame_unit=4, space_unit=8),
+])
+def test_sizes_that_form_the_pyramid_pass(call):
+    check_sizes(**call)
+
+
+def test_shapes_keep_time_and_patch_reach_every_stage():
+    from pyrawan.pyramid.geometry import (block_sizes, coarse_frame_index, coarser_shape, expand_to_fine,
+                                          pixel_to_latent, size_rule)
+
+    assert coarser_shape((5, 4, 4)) == (3, 2, 2) and coarser_shape((5, 4, 4), keep_time=True) == (5, 2, 2)
+    assert stage_shapes((4, 8, 8), 3, keep_time=True) == [(4, 8, 8), (4, 4, 4), (4, 2, 2)]
+    assert stage_shapes((5, 4, 4), 3, patch=(1, 1)) == [(5, 4, 4), (3, 2, 2), (2, 1, 1)]
+    assert block_sizes(3).tolist() == [4.0, 8.0, 8.0] and block_sizes(3, keep_time=True).tolist() == [4.0] * 3
+    assert coarse_frame_index(5).tolist() == [0, 1, 1, 2, 2] and coarse_frame_index(3, keep_time=True).tolist() == [0, 1, 2]
+    assert expand_to_fine(torch.tensor([7.0, 8.0, 9.0]), 5).tolist() == [7.0, 8.0, 8.0, 9.0, 9.0]
+    assert expand_to_fine(torch.tensor([7.0, 8.0, 9.0]), 3, keep_time=True).tolist() == [7.0, 8.0, 9.0]
+    assert pixel_to_latent(81, 480, 832, (4, 8)) == (21, 60, 104) and pixel_to_latent(17, 64, 48, (2, 4)) == (9, 16, 12)
+    assert pixel_to_latent(80, 484, 836, (4, 8)) == (20, 60, 104)              # whole latents, rounded down
+    assert size_rule("frames", 1) == (2, 1) and size_rule("height", 1) == (4, 0)
+    assert size_rule("width", 2, patch=(1, 3), space_unit=2) == (24, 0) and size_rule("frames", 2, frame_unit=4) == (16, 1)
+
+
+def test_ppf_config_levels_shapes_and_the_levels_table():
+    ppf = PyramidConfig(num_stages=3, boundaries=(0.25, 0.6), kind="ppf", resizer="dct")
+    sc, sn = ppf.levels(1, 4)
+    assert sc.dtype == torch.float64 and sc.tolist() == [0.25] * 4 and sn.tolist() == [0.6] * 4
+    assert [t.tolist() for t in ppf.levels(0, 2)] == [[0.0, 0.0], [0.25, 0.25]]
+    assert [t.tolist() for t in ppf.levels(2, 2)] == [[0.6, 0.6], [1.0, 1.0]]
+    assert [t.tolist() for t in ppf.levels(0, 2, top=True)] == [[0.0, 0.0], [1.0, 1.0]]
+    assert ppf.shapes((5, 8, 8)) == [(5, 8, 8)] * 3 and ppf.token_shapes((5, 8, 8)) == [(5, 8, 8), (3, 4, 4), (2, 2, 2)]
+    assert ppf.levels_table([5, 5, 5]) == [
+        {"stage": 0, "sigma_c": [0.0, 0.0], "sigma_n": [0.25, 0.25]},
+        {"stage": 1, "sigma_c": [0.25, 0.25], "sigma_n": [0.6, 0.6]},
+        {"stage": 2, "sigma_c": [0.6, 0.6], "sigma_n": [1.0, 1.0]}]
+    assert PyramidConfig(num_stages=3, boundaries=(0.25, 0.6)).levels_table([5, 3, 1]) == [
+        {"stage": 0, "sigma_c": [0.0, 0.0], "sigma_n": [0.25, 0.25]},
+        {"stage": 1, "sigma_c": [round(0.25 / 1.75, 6), round(0.25 / (0.75 * 8 ** 0.5 + 0.25), 6)],
+         "sigma_n": [round(0.6 / 1.4, 6), round(0.6 / (0.4 * 8 ** 0.5 + 0.6), 6)]},
+        {"stage": 2, "sigma_c": [round(0.6 / 2.2, 6)] * 2, "sigma_n": [1.0, 1.0]}]
+    res = PyramidConfig(num_stages=2, boundaries=(0.5,), keep_time=True)
+    sc, sn = res.levels(1, 3)
+    assert sc.tolist() == pytest.approx([0.5 / (0.5 * 2 + 0.5)] * 3, rel=1e-12) and sn.tolist() == [1.0] * 3   # keep_time: m = 4
+    table = PyramidConfig(num_stages=2, boundaries=(0.5,)).levels_table([3, 2])
+    assert table[0] == {"stage": 0, "sigma_c": [0.0, 0.0], "sigma_n": [0.5, 0.5]}
+    assert table[1]["stage"] == 1 and table[1]["sigma_c"] == [round(1 / 3, 6), round(1 / (1 + 8 ** 0.5), 6)]
+    assert res.shapes((5, 8, 8)) == [(5, 8, 8), (5, 4, 4)]
+
+
+def test_config_from_a_minimal_dict_takes_the_documented_defaults():
+    cfg = PyramidConfig.from_dict({"num_stages": "2", "boundaries": [0.4]})
+    assert (cfg.num_stages, cfg.boundaries, cfg.resizer, cfg.keep_time, cfg.kind) == (2, (0.4,), "haar", False, "resolution")
+    assert PyramidConfig.from_dict({"num_stages": 3}).boundaries == PyramidConfig(num_stages=3).boundaries
+    assert PyramidConfig.from_dict({"num_stages": 2, "kind": "ppf"}).ppf
+    with pytest.raises(ValueError, match=r"^pyramid kind 'cube' is not one of \('resolution', 'ppf'\)$"):
+        PyramidConfig(kind="cube")

@@ -28,6 +28,25 @@ def _nearest(value: int, step: int, offset: int) -> tuple[int, int]:
     return below, above
 
 
+def size_rule(name: str, downs: int, keep_time: bool = False, frame_unit: int = 1, space_unit: int = 1,
+              patch: tuple[int, int] = (2, 2)) -> tuple[int, int]:
+    """``(step, offset)``: the sizes of ``name`` that reach ``downs`` stages below full resolution are
+    ``offset + k * step`` (``k >= 0``, at least one step when ``offset`` is 0).
+
+    Frames: ``1 + k * frame_unit * 2**downs`` (``keep_time``: ``1 + k * frame_unit``); height, width:
+    ``k * space_unit * patch * 2**downs`` (the coarsest latent still divides by the patch).
+    """
+    if name == "frames":
+        return frame_unit * (1 if keep_time else 2**downs), 1
+    return space_unit * patch[0 if name == "height" else 1] * 2**downs, 0
+
+
+def fits(value: int, rule: tuple[int, int]) -> bool:
+    """Whether ``value`` is one of the sizes ``offset + k * step`` of ``rule = (step, offset)``."""
+    step, offset = rule
+    return value >= (offset if offset else step) and (value - offset) % step == 0
+
+
 def check_sizes(
     sizes: dict[str, int],
     num_stages: int,
@@ -41,19 +60,15 @@ def check_sizes(
 
     ``frame_unit``/``space_unit`` are the VAE factors when checking pixel sizes (4 and 8 for
     Wan), 1 for latent sizes. Every stage's latent H, W must also divide by the patch.
-    The message names the dimension, the stage where it fails and the nearest valid sizes.
+    The message names the dimension, the first stage where it fails and the nearest valid sizes.
     """
-    downs = num_stages - 1
-    rules = {
-        "frames": (frame_unit * (1 if keep_time else 2**downs), 1),
-        "height": (space_unit * patch[0] * 2**downs, 0),
-        "width": (space_unit * patch[1] * 2**downs, 0),
-    }
     for name, value in sizes.items():
-        step, offset = rules[name]
-        if value >= (offset if offset else step) and (value - offset) % step == 0:
+        rule = size_rule(name, num_stages - 1, keep_time, frame_unit, space_unit, patch)
+        if fits(value, rule):
             continue
-        stage = _failing_stage(name, value, num_stages, keep_time, frame_unit, space_unit, patch)
+        stage = next(s for s in range(num_stages)
+                     if not fits(value, size_rule(name, s, keep_time, frame_unit, space_unit, patch)))
+        step, offset = rule
         lo, hi = _nearest(value, step, offset)
         form = f"{offset} + a multiple of {step}" if offset else f"a multiple of {step}"
         choices = f"{lo} or {hi}" if lo != hi else f"{lo}"
@@ -62,30 +77,6 @@ def check_sizes(
             f"{stage} (stage 0 = full resolution). {name.capitalize()} must be {form}; the nearest "
             f"valid values are {choices}."
         )
-
-
-def _failing_stage(name, value, num_stages, keep_time, frame_unit, space_unit, patch) -> int:
-    """First stage whose size is not an integer (or, for H/W, not divisible by the patch)."""
-    if name == "frames":
-        if (value - 1) % frame_unit:
-            return 0
-        t = 1 + (value - 1) // frame_unit
-        for stage in range(1, num_stages):
-            if not keep_time and (t - 1) % 2:
-                return stage
-            t = t if keep_time else 1 + (t - 1) // 2
-        return num_stages - 1
-    p = patch[0] if name == "height" else patch[1]
-    if value % space_unit:
-        return 0
-    n = value // space_unit
-    for stage in range(num_stages):
-        if n % p:
-            return stage
-        if stage < num_stages - 1 and n % 2:
-            return stage + 1
-        n //= 2
-    return num_stages - 1
 
 
 def stage_shapes(shape: Shape3, num_stages: int, keep_time: bool = False, patch=(2, 2)) -> list[Shape3]:
