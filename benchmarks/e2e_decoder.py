@@ -3,6 +3,7 @@
     python benchmarks/e2e_decoder.py --model MODEL [--schedule 2-2-1] [--decoder-weights W]
         [--quality-model M] [--quality-schedule S] [--videos 96] [--fd-reference DATA] [--repeats 3]
         [--json docs/data/e2e-decoder-raw.json] [--summary docs/data/e2e-decoder-toy.json] [--summary-only]
+        [--latents runs/e2e-latents.safetensors] [--quality-only] [--runs RAW.json ...]
 
 Everything runs in this process on this machine's CPU, the two decoders side by side (interleaved
 repeats, medians), so both see the same load:
@@ -99,21 +100,43 @@ def timed(fn, *args) -> float:
     return time.perf_counter() - start
 
 
-def paired_toybench(model, plan, decoders: dict, n: int, fd_reference: Path | None) -> dict:
+def quality_latents(model, plan, texts: list[str], saved: Path | None, spec: str = "") -> torch.Tensor:
+    """The latents ToyBench scores: sampled (seeds 0..n-1), or read back from ``saved`` when it holds them for
+    the same model, plan and prompts (``--latents``: compare several decoders on one set without resampling)."""
+    from safetensors.torch import load_file, save_file
+
+    from pyrawan.models.generate import generate_videos
+
+    key = json.dumps({"model": spec, "steps": list(plan.steps), "texts": texts})
+    if saved is not None and saved.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(saved), framework="pt") as handle:
+            if (handle.metadata() or {}).get("key") == key:
+                return load_file(str(saved))["latents"]
+    latents, _ = generate_videos(model, plan, texts, list(range(len(texts))), 16, coupled_noise=True, decode=False)
+    if saved is not None:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"latents": latents.contiguous()}, str(saved), metadata={"key": key})
+    return latents
+
+
+def paired_toybench(model, plan, decoders: dict, n: int, fd_reference: Path | None,
+                    saved: Path | None = None, spec: str = "") -> dict:
     """ToyBench of the same ``n`` latents decoded by each decoder, the paired difference and the FDs."""
     from pyrawan.eval.quality_run import fd_summary
     from pyrawan.eval.stats import mean_ci
-    from pyrawan.models.generate import generate_videos
     from pyrawan.toy.bench import score_set
 
     texts = prompts(n, seed=40_000)
-    latents, _ = generate_videos(model, plan, texts, list(range(n)), 16, coupled_noise=True, decode=False)
+    latents = quality_latents(model, plan, texts, saved, spec)
     frames = {name: torch.cat([d(latents[i:i + 16]) for i in range(0, n, 16)]) for name, d in decoders.items()}
     scored = {name: score_set(list(f), texts) for name, f in frames.items()}
     diff = [t["overall"] - v["overall"] for t, v in zip(scored["tiny"]["per_video"], scored["vae"]["per_video"])]
     mean, low, high = mean_ci(diff)
     mse = float(((frames["tiny"] - frames["vae"]) ** 2).mean())
-    result = {"videos": n, "schedule": "-".join(map(str, plan.steps)), "paired_overall_difference":
+    result = {"videos": n, "per_score_difference": {k: float(np.mean([t["scores"][k] - v["scores"][k] for t, v in zip(
+        scored["tiny"]["per_video"], scored["vae"]["per_video"])])) for k in scored["vae"]["per_video"][0]["scores"]}, "schedule": "-".join(map(str, plan.steps)), "paired_overall_difference":
               {"mean": mean, "low": low, "high": high},
               "psnr_tiny_vs_vae_db": 10 * np.log10(1 / max(mse, 1e-12)),
               "sets": {name: {"overall": s["overall"], "scores": s["scores"]} for name, s in scored.items()}}
@@ -188,6 +211,24 @@ def toy_summary(raw: dict, source: str) -> dict:
                  note=f"one run, {raw['threads']} threads, medians of interleaved repeats; load average at the start {load}")
 
 
+def runs_summary(raws: list[dict], names: list[str], source: str) -> dict:
+    """The docs' table of repeated runs (``docs/data/e2e-decoder-runs.json``): each run's three timing targets
+    and their median over the runs (one run on a 2-core machine moves them by several percent)."""
+    from results_summary import column, table
+
+    def targets(raw: dict) -> list[float]:
+        e2e = {r["batch"]: r["ratio_tiny_to_vae"] for r in raw["e2e"]}
+        return [e2e[1], e2e[16], 100 * raw["previews"]["overhead"]]
+
+    rows = [[name, *targets(raw), ", ".join(f"{v:.1f}" for v in raw["load_average_start"])]
+            for name, raw in zip(names, raws)]
+    rows.append(["median", *[statistics.median(col) for col in zip(*(targets(raw) for raw in raws))], ""])
+    rows.append(["target", "≤ 0.35", "≤ 0.35", "≤ 5 %", ""])
+    return table(source, [column("run"), column("e2e tiny / VAE, batch 1", ".3f"),
+                          column("e2e tiny / VAE, batch 16", ".3f"), column("previews overhead %", "+.1f"),
+                          column("load average at the start")], rows)
+
+
 def flops_summary(source: str) -> dict:
     """The docs' paper-size table (``docs/data/e2e-flops-wan13b.json``): ``pyrawan eval flops wan1.3b``'s
     end-to-end rows (transformer analytic, the Wan VAE decode counted on the meta device)."""
@@ -227,10 +268,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--summary", type=Path, default=None, help="also write the docs' toy table summary "
                     "(e.g. docs/data/e2e-decoder-toy.json) and, beside it, e2e-flops-wan13b.json")
     ap.add_argument("--summary-only", action="store_true", help="only rewrite --summary from the existing --json")
+    ap.add_argument("--runs", type=Path, nargs="+", default=None, help="with --summary-only: raw files of repeated "
+                    "runs (the first is --json's); writes e2e-decoder-runs.json beside --summary")
+    ap.add_argument("--latents", type=Path, default=None, help="keep the ToyBench latents in this file and reuse them "
+                    "(same model, schedule and prompts) on the next run")
+    ap.add_argument("--quality-only", action="store_true", help="only the ToyBench comparison (no timing); prints it")
     args = ap.parse_args(argv)
     source = "python benchmarks/e2e_decoder.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.summary_only:
         write_summaries(json.loads(args.json.read_text()), args.summary, source)
+        if args.runs:
+            from results_summary import write_summary
+
+            raws = [json.loads(p.read_text()) for p in args.runs]
+            write_summary(args.summary.with_name("e2e-decoder-runs.json"),
+                          runs_summary(raws, [p.name for p in args.runs], source))
         return
 
     from pyrawan.models.artifact import load_model
@@ -245,7 +297,11 @@ def main(argv: list[str] | None = None) -> None:
                                                    "tiny": decoder_for(quality, "tiny", args.decoder_weights)}
     qplan = plan_of(quality, args.quality_model or args.model, args.quality_schedule, None)
     started = time.time()
-    toybench, latents = paired_toybench(quality, qplan, qdecoders, args.videos, args.fd_reference)
+    toybench, latents = paired_toybench(quality, qplan, qdecoders, args.videos, args.fd_reference, args.latents,
+                                        args.quality_model or args.model)
+    if args.quality_only:
+        print(json.dumps(toybench, indent=1))
+        return
     summary = {"model": args.model, "schedule": args.schedule, "threads": torch.get_num_threads(),
                "load_average_start": os.getloadavg(),
                "e2e": e2e_timing(model, plan, decoders, args.repeats),

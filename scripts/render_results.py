@@ -1,4 +1,4 @@
-"""Render the tables of docs/results.md and docs/toy-world.md from their summaries in docs/data/.
+"""Render the tables of docs/results.md, docs/toy-world.md and docs/decoder.md from their summaries in docs/data/.
 
     python scripts/render_results.py            # rewrite every table between its markers (make results)
     python scripts/render_results.py --check    # exit 1 and print a diff where a doc differs from its data
@@ -53,7 +53,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "docs" / "data"
-DOCS = (ROOT / "docs" / "results.md", ROOT / "docs" / "toy-world.md")
+DOCS = (ROOT / "docs" / "results.md", ROOT / "docs" / "toy-world.md", ROOT / "docs" / "decoder.md")
 MARKED = re.compile(r"(?P<open>^<!-- table: (?P<name>[a-z0-9][a-z0-9-]*) \(make results\) -->\n)"
                     r"(?P<body>.*?)(?P<close>^<!-- /table -->$)", re.M | re.S)
 MINUS = "\u2212"

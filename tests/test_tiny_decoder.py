@@ -232,3 +232,62 @@ def test_the_toy_preset_and_its_pyramids_ship_a_tiny_decoder(tmp_path):
                               decoder="tiny", batch_size=1)
     out = run(settings, tmp_path / "S")
     assert json.loads((out / "manifest.json").read_text())["metrics"]["decoder"] == "tiny"
+
+
+def test_clamp_bound_is_the_configs_and_old_configs_keep_taehvs():
+    from pyrawan.models.tiny_decoder import Clamp
+
+    assert TinyDecoderConfig().clamp == 3.0 and TinyDecoderConfig.model_validate({"channels": [8, 8, 8, 8]}).clamp == 3.0
+    x = torch.tensor([-30.0, -6.0, 0.0, 6.0, 30.0])
+    assert torch.allclose(Clamp()(x), 3 * torch.tanh(x / 3))
+    assert torch.allclose(Clamp(12.0)(x), 12 * torch.tanh(x / 12))
+    wide = TinyDecoder(TinyDecoderConfig(channels=SMALL, clamp=12.0))
+    assert wide.decoder[0].bound == 12.0 and TinyDecoder(TinyDecoderConfig(channels=SMALL)).decoder[0].bound == 3.0
+    with pytest.raises(ValueError, match="clamp"):
+        TinyDecoderConfig(clamp=0)
+
+
+def test_held_out_scores_weigh_the_moving_pixels_apart():
+    """A decoder that outputs 0.5 everywhere, against targets of a grey background (128) and a 2x2 white square
+    moving one pixel a frame: the square's pixels (the foreground) are off by 0.5, the rest by 0.5/255."""
+    import math
+
+    from pyrawan.commands.distill_decoder import held_out_scores
+    from pyrawan.train.decoder import DecoderPairs
+
+    model = TinyDecoder(TinyDecoderConfig(channels=SMALL))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.decoder[-1].bias.fill_(0.5)
+    frames = torch.full((1, 5, 3, 8, 8), 128, dtype=torch.uint8)
+    for f in range(5):
+        frames[0, f, :, 2:4, f:f + 2] = 255
+    pairs = DecoderPairs(torch.zeros(1, 16, 2, 1, 1), frames)
+    scores = held_out_scores(model, pairs, [0], torch.device("cpu"), 1)
+    fg, bg = 0.5, 0.5 / 255
+    assert scores["val_fg_psnr"] == pytest.approx(-10 * math.log10(fg ** 2), abs=1e-3)
+    share = 4 / 64                                                      # square pixels per frame
+    assert scores["val_psnr"] == pytest.approx(-10 * math.log10(share * fg ** 2 + (1 - share) * bg ** 2), abs=1e-3)
+    assert scores["val_l1"] == pytest.approx(share * fg + (1 - share) * bg, abs=1e-6)
+    assert held_out_scores(model, pairs, [], torch.device("cpu"), 1) is None
+
+
+def test_cpu_decode_goes_in_groups_that_give_the_same_frames(monkeypatch):
+    import pyrawan.models.tiny_decoder as td
+
+    model = small_decoder()
+    latents = torch.randn(5, 16, 3, 2, 2)
+    assert model.largest_activation_bytes(latents) == 4 * 3 * 4 * 8 * 2 * 2 * 64     # 4T frames, 8 ch, 16x16
+    calls = []
+    forward = TinyDecoder.forward
+    monkeypatch.setattr(TinyDecoder, "forward", lambda self, x: calls.append(len(x)) or forward(self, x))
+    whole = model.decode(latents)
+    assert calls == [5]                                                  # 24 KiB a video: one group
+    monkeypatch.setattr(td, "CPU_CHUNK_BYTES", 2 * model.largest_activation_bytes(latents))
+    calls.clear()
+    torch.testing.assert_close(model.decode(latents), whole, rtol=1e-5, atol=1e-6)
+    assert calls == [2, 2, 1]
+    monkeypatch.setattr(td, "CPU_CHUNK_BYTES", 1)
+    calls.clear()
+    assert model.decode(latents).shape == (5, 9, 3, 16, 16) and calls == [1] * 5

@@ -37,6 +37,17 @@ def test_roundtrip_frames_fps_and_quality(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]     # no temp files left
 
 
+def test_encoder_threads_reach_libx264_and_the_clip_reads_back(tmp_path):
+    """x264 writes its settings into the stream (an SEI message); previews ask for one thread. (At 128 rows
+    x264 would use 2 on this machine; it never uses more threads than rows of macroblocks.)"""
+    video = smooth_pattern(5, 128, 128)
+    one = write_video(tmp_path / "one.mp4", video, fps=5, threads=1)
+    assert b" threads=1 " in one.read_bytes()
+    assert b" threads=2 " in write_video(tmp_path / "two.mp4", video, fps=5, threads=2).read_bytes()
+    frames, fps = read_video(one)
+    assert frames.shape == (5, 3, 128, 128) and fps == 5.0 and psnr(frames, video) > 35.0
+
+
 def test_uint8_input_and_odd_size_padding(tmp_path):
     video = (smooth_pattern(5, 63, 61) * 255).round().to(torch.uint8)
     path = write_video(tmp_path / "odd.mp4", video, fps=8)

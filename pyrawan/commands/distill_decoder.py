@@ -31,8 +31,8 @@ from pyrawan.outputs import artifact_dir
 from pyrawan.recipe import DistillRecipe
 from pyrawan.train.curves import plot_curves, read_records, short
 from pyrawan.train.data import LatentSource, position_item, split_holdout
-from pyrawan.train.decoder import (TARGETS_FILE, DecoderPairs, compute_pairs, decoder_loss, load_pairs, psnr,
-                                   save_pairs, variant_latent)
+from pyrawan.train.decoder import (TARGETS_FILE, DecoderPairs, compute_pairs, decoder_loss, foreground, load_pairs,
+                                   psnr, save_pairs, variant_latent)
 from pyrawan.train.engine import Context, Ema, EngineSpec, lr_at, make_engine
 from pyrawan.train.metrics import MetricsLog, progress
 from pyrawan.train.model import Base
@@ -75,7 +75,7 @@ def decoder_config(recipe: DistillRecipe, vae) -> TinyDecoderConfig:
                          f"distill.decoder.time_upscale = {list(d.time_upscale)} gives {2 ** sum(d.time_upscale)}; set "
                          "time_upscale so that the doubled levels give the VAE's temporal factor.")
     levels = round(math.log2(space))
-    return TinyDecoderConfig(latent_channels=int(vae.config.z_dim), channels=d.channels, time_upscale=d.time_upscale,
+    return TinyDecoderConfig(latent_channels=int(vae.config.z_dim), channels=d.channels, time_upscale=d.time_upscale, clamp=d.clamp,
                              space_upscale=(False,) * (3 - levels) + (True,) * levels, **vae_statistics(vae))
 
 
@@ -169,19 +169,22 @@ def mean_over_ranks(loop: DecoderLoop, record: dict) -> dict:
 @torch.no_grad()
 def held_out_scores(module: TinyDecoder, pairs: DecoderPairs, rows: list[int], device: torch.device,
                     size: int) -> dict | None:
-    """``{val_l1, val_psnr}`` of ``module`` on ``rows`` of ``pairs`` (clamped frames); None without rows."""
+    """``{val_l1, val_psnr, val_fg_psnr}`` of ``module`` on ``rows`` of ``pairs`` (clamped frames; ``fg``: the
+    target's moving pixels, ``foreground``, where a toy video's objects are); None without rows."""
     if not rows:
         return None
     was_training = module.training
     module.eval()
-    l1 = se = 0.0
+    l1 = se = fg_se = fg_n = 0.0
     for start in range(0, len(rows), size):
         latents, target = pairs.batch(rows[start:start + size], device)
         frames = module(module.raw_latents(latents)).float().clamp(0, 1)
         l1 += float((frames - target).abs().mean()) * len(target)
         se += float(((frames - target) ** 2).mean()) * len(target)
+        mask = foreground(target).expand_as(target)
+        fg_se, fg_n = fg_se + float(((frames - target) ** 2 * mask).sum()), fg_n + float(mask.sum())
     module.train(was_training)
-    return {"val_l1": l1 / len(rows), "val_psnr": psnr(se / len(rows))}
+    return {"val_l1": l1 / len(rows), "val_psnr": psnr(se / len(rows)), "val_fg_psnr": psnr(fg_se / max(fg_n, 1.0))}
 
 
 def validate(loop: DecoderLoop, module: TinyDecoder | None = None) -> dict | None:
@@ -269,7 +272,8 @@ def summarise(metrics: Path, out: Path) -> None:
     """Print the last losses and where the curves are; write ``curves.png`` in the run folder."""
     png = plot_curves(metrics, metrics.parent / "curves.png",
                       [("train", "loss", "loss (L1 + differences)"), ("train", "l1", "pixel L1"),
-                       ("train", "grad_l1", "finite-difference L1"), ("validation", "val_psnr", "held-out PSNR (dB)")],
+                       ("train", "grad_l1", "finite-difference L1"), ("validation", "val_psnr", "held-out PSNR (dB)"),
+                       ("validation", "val_fg_psnr", "held-out PSNR of moving pixels (dB)")],
                       f"distill {out.name}")
     records = [r for r in read_records(metrics) if r.get("kind") == "train"]
     if records:

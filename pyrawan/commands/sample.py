@@ -173,10 +173,10 @@ def preview_stages(plan: Plan) -> list[int]:
 def write_previews(partial: Path, plan: Plan, indices: list[int], prompts: list[str], stage: int,
                    frames: torch.Tensor) -> None:
     """One low-resolution mp4 per prompt of a batch: the decoded clean estimate ``frames`` ``[B, F_s, 3, H_s, W_s]``
-    at the end of ``stage``, at the fps that keeps the video's duration."""
+    at the end of ``stage``, at the fps that keeps the video's duration (one encoder thread: the clips are small)."""
     fps = max(1, round(plan.video["fps"] * frames.shape[1] / plan.video["frames"]))
     for i, video in zip(indices, frames):
-        write_video(partial / preview_name(i, prompts[i], stage), video, fps=fps)
+        write_video(partial / preview_name(i, prompts[i], stage), video, fps=fps, threads=1)
 
 
 def write_sample(partial: Path, index: int, prompt: str, seed: int, latents: torch.Tensor, video: torch.Tensor,

@@ -106,6 +106,9 @@ class DecoderDistill(_Section):
     time_upscale: tuple[bool, bool, bool] = Field((False, True, True), description=(
         "Which of the three levels doubles the frames (TAEHV: the last two; their product must be the VAE's "
         "temporal factor)."))
+    clamp: float = Field(3.0, gt=0, le=1000.0, description=(
+        "Bound of the decoder's soft clamp of the raw latents, clamp * tanh(x / clamp) (taew2_1: 3). Set it "
+        "near the largest raw latent values of the base's VAE (the toy's reach 8-14: 12)."))
     gradient_weight: float = Field(0.5, ge=0, le=100.0, description=(
         "Weight of the L1 error of finite differences in x, y and time (0 = plain L1)."))
     foreground_weight: float = Field(0.0, ge=0, le=1000.0, description=(
