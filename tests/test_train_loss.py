@@ -158,3 +158,37 @@ def test_full_resolution_alignment_draws_its_noise_from_seed_item_and_level_only
     out = full_resolution_estimate(lambda a, s, t: torch.zeros(a.shape, dtype=torch.float64), half, sigma[:1], None, 1,
                                    pyramid, [torch.Generator().manual_seed(0)])
     assert out.dtype == torch.float32
+
+
+def test_alignment_noise_is_the_documented_align_stream_and_processes_are_named():
+    """The jumps' noise is ``generator(seed, "align", item, rho)``: a rename would change every run's L_dist
+    (a resumed run after an upgrade included), so the stream is pinned. An unknown process is refused."""
+    from pyrawan.train import loss
+    from pyrawan.train.data import generator
+    from pyrawan.train.loss import full_resolution_alignment
+
+    pyramid = PyramidConfig(num_stages=2, boundaries=(0.5,))
+    seen = []
+    real = loss.full_resolution_estimate
+
+    def spy(teacher, x, sigma_nat, text, stage, pyr, gens):
+        seen.extend(torch.randn(4, generator=torch.Generator().set_state(g.get_state())) for g in gens)
+        return real(teacher, x, sigma_nat, text, stage, pyr, gens)
+    x = torch.ones(2, 1, 3, 2, 2, dtype=torch.float64)
+    batch = StageBatch(1, [3, 5], x, None, torch.zeros(2, 1, 1), x, torch.tensor([0.5, 0.25]))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loss, "full_resolution_estimate", spy)
+        full_resolution_alignment(lambda a, s, t: torch.tanh(a), pyramid, 7)(batch, x, torch.full((2, 3), 0.5,
+                                  dtype=torch.float64), torch.zeros_like(x))
+    for drawn, item, rho in zip(seen, [3, 5], [0.5, 0.25]):
+        assert torch.equal(drawn, torch.randn(4, generator=generator(7, "align", item, rho)))
+    x0 = torch.zeros(1, 1, 1, 2, 2)
+    one = StageBatch(0, [0], x0, None, torch.zeros(1, 1, 1), torch.ones_like(x0), torch.tensor([0.5]))
+    with pytest.raises(ValueError, match=r"^process 'flow' is not one of \('pyramidal', 'multires'\)$"):
+        one.sample(PyramidConfig(num_stages=1), "flow")
+    with pytest.raises(ValueError, match="process None"):
+        stage_losses(Answers(x0), one, PyramidConfig(num_stages=1), (1, 1, 1), torch.device("cpu"), torch.float32,
+                     process=None)
+    mse, _ = stage_losses(Answers(torch.ones_like(x0)), one, PyramidConfig(num_stages=1), (1, 1, 1),
+                          torch.device("cpu"), torch.float32)          # the default process: pyramidal
+    assert torch.allclose(mse, torch.zeros(1))

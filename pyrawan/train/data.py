@@ -22,6 +22,8 @@ from pyrawan.pyramid.config import PyramidConfig
 from pyrawan.pyramid.process import pyramid_flow_sample
 from pyrawan.pyramid.schedule import shift_grid
 
+PROCESSES = ("pyramidal", "multires")     # the training process: pyramidal flow matching | ordinary, per stage
+
 
 @runtime_checkable
 class LatentSource(Protocol):
@@ -123,6 +125,8 @@ class StageBatch:
         """``(x, sigma_nat [n, T], target velocity)`` of pyramidal flow matching (pyramid-math.md section 4),
         or with ``process="multires"`` of ordinary flow matching at this stage's resolution
         (``x = (1 - rho) x0 + rho eps``, level ``rho`` for every frame, target ``eps - x0``)."""
+        if process not in PROCESSES:
+            raise ValueError(f"process {process!r} is not one of {PROCESSES}")
         if process == "multires":
             r = self.rho.to(self.x0.dtype).view(-1, 1, 1, 1, 1)
             sigma_nat = self.rho.view(-1, 1).expand(-1, self.x0.shape[2])
