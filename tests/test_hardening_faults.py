@@ -1,7 +1,8 @@
 """Faults with real processes: disk full (a file-size limit), Ctrl-C, a killed convert and its rerun, two
 writers, read-only writes.
 
-Each runs ``python -m pyrawan convert tiny`` (a few seconds); marked slow (multi-process).
+Each runs ``python -m pyrawan convert tiny`` (a few seconds); the kill and Ctrl-C tests hold it just
+before it publishes, so the signal always lands mid-run. Marked slow (multi-process).
 """
 from __future__ import annotations
 
@@ -33,6 +34,32 @@ def start(*args: str, cwd: Path, limit_bytes: int | None = None) -> subprocess.P
                             text=True, preexec_fn=limit if limit_bytes else None)
 
 
+# The convert, held just before it publishes (``outputs._swap_in``) until a signal ends it: a fast machine
+# could otherwise finish the run between the test seeing its temporary folder and sending the signal.
+HELD = ("import os, pathlib, sys, time\n"
+        "import pyrawan.outputs as outputs\n"
+        "real = outputs._swap_in\n"
+        "def held(tmp, out):\n"
+        "    pathlib.Path(os.environ['PYRAWAN_TEST_HELD']).touch()\n"
+        "    time.sleep(240)\n"
+        "    real(tmp, out)\n"
+        "outputs._swap_in = held\n"
+        "from pyrawan.cli import main\n"
+        "main()\n")
+
+
+def start_held(*args: str, cwd: Path, marker: Path) -> subprocess.Popen:
+    """``convert tiny`` that stops before publishing; returns once it is there (``marker`` exists)."""
+    proc = subprocess.Popen([sys.executable, "-c", HELD, "convert", "tiny", *args], cwd=cwd,
+                            env={**ENV, "PYRAWAN_TEST_HELD": str(marker)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not marker.exists():
+        time.sleep(0.05)
+    assert marker.exists(), f"the convert ended before publishing: {finish(proc)}"
+    return proc
+
+
 def finish(proc: subprocess.Popen) -> tuple[int, str]:
     out, err = proc.communicate(timeout=300)
     return proc.returncode, " ".join((out + err).split())
@@ -52,32 +79,28 @@ def test_disk_full_is_a_clear_exit_and_publishes_nothing(tmp_path):
 
 
 def test_a_killed_convert_leaves_no_output_and_the_rerun_cleans_up(tmp_path):
-    proc = start("-o", "out", cwd=tmp_path)
-    _wait_for_temp(proc, tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = start_held("-o", "out", cwd=work, marker=tmp_path / "held")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert not (tmp_path / "out").exists()
-    assert ".out.lock" in leftovers(tmp_path) and any(".out.tmp-" in n for n in leftovers(tmp_path))
-    rc, text = finish(start("-o", "out", cwd=tmp_path))
+    assert not (work / "out").exists()
+    assert ".out.lock" in leftovers(work) and any(".out.tmp-" in n for n in leftovers(work))
+    rc, text = finish(start("-o", "out", cwd=work))
     assert rc == 0, text
     assert "the unfinished output of a run that was killed" in text and "took it over" in text
-    assert leftovers(tmp_path) == [] and verify(tmp_path / "out") == []
-
-
-def _wait_for_temp(proc: subprocess.Popen, folder: Path) -> None:
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and not any(".out.tmp-" in n for n in leftovers(folder)):
-        time.sleep(0.05)
+    assert leftovers(work) == [] and verify(work / "out") == []
 
 
 def test_ctrl_c_exits_130_saying_what_is_kept_and_leaves_nothing(tmp_path):
-    proc = start("-o", "out", cwd=tmp_path)
-    _wait_for_temp(proc, tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = start_held("-o", "out", cwd=work, marker=tmp_path / "held")
     proc.send_signal(signal.SIGINT)
     rc, text = finish(proc)
     assert rc == 130 and "interrupted: convert: nothing was published" in text and "Traceback" not in text, text
-    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+    assert not (work / "out").exists() and leftovers(work) == []
 
 
 def test_two_writers_to_one_output_one_loses_cleanly(tmp_path):
