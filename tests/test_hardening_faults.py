@@ -36,11 +36,17 @@ def start(*args: str, cwd: Path, limit_bytes: int | None = None) -> subprocess.P
 
 # The convert, held just before it publishes (``outputs._swap_in``) until a signal ends it: a fast machine
 # could otherwise finish the run between the test seeing its temporary folder and sending the signal.
-HELD = ("import os, pathlib, sys, time\n"
+# Ctrl-C is made deliverable as from a terminal: Python's own handler and SIGINT unblocked, since a test
+# worker may hand its children SIGINT ignored or blocked (one full-suite run did: the convert ran to the
+# end). The marker records the signal masks the child started with.
+HELD = ("import os, pathlib, signal, sys, time\n"
+        "masks = [l for l in open('/proc/self/status') if l.startswith(('SigBlk', 'SigIgn'))]\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})\n"
         "import pyrawan.outputs as outputs\n"
         "real = outputs._swap_in\n"
         "def held(tmp, out):\n"
-        "    pathlib.Path(os.environ['PYRAWAN_TEST_HELD']).touch()\n"
+        "    pathlib.Path(os.environ['PYRAWAN_TEST_HELD']).write_text(''.join(masks))\n"
         "    time.sleep(240)\n"
         "    real(tmp, out)\n"
         "outputs._swap_in = held\n"
@@ -99,7 +105,8 @@ def test_ctrl_c_exits_130_saying_what_is_kept_and_leaves_nothing(tmp_path):
     proc = start_held("-o", "out", cwd=work, marker=tmp_path / "held")
     proc.send_signal(signal.SIGINT)
     rc, text = finish(proc)
-    assert rc == 130 and "interrupted: convert: nothing was published" in text and "Traceback" not in text, text
+    masks = (tmp_path / "held").read_text()
+    assert rc == 130 and "interrupted: convert: nothing was published" in text and "Traceback" not in text, (text, masks)
     assert not (work / "out").exists() and leftovers(work) == []
 
 
