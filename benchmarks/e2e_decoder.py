@@ -132,12 +132,12 @@ def paired_toybench(model, plan, decoders: dict, n: int, fd_reference: Path | No
     latents = quality_latents(model, plan, texts, saved, spec)
     frames = {name: torch.cat([d(latents[i:i + 16]) for i in range(0, n, 16)]) for name, d in decoders.items()}
     scored = {name: score_set(list(f), texts) for name, f in frames.items()}
-    diff = [t["overall"] - v["overall"] for t, v in zip(scored["tiny"]["per_video"], scored["vae"]["per_video"])]
-    mean, low, high = mean_ci(diff)
+    pairs = list(zip(scored["tiny"]["per_video"], scored["vae"]["per_video"]))
+    mean, low, high = mean_ci([t["overall"] - v["overall"] for t, v in pairs])
+    per_score = {k: float(np.mean([t["scores"][k] - v["scores"][k] for t, v in pairs])) for k in pairs[0][1]["scores"]}
     mse = float(((frames["tiny"] - frames["vae"]) ** 2).mean())
-    result = {"videos": n, "per_score_difference": {k: float(np.mean([t["scores"][k] - v["scores"][k] for t, v in zip(
-        scored["tiny"]["per_video"], scored["vae"]["per_video"])])) for k in scored["vae"]["per_video"][0]["scores"]}, "schedule": "-".join(map(str, plan.steps)), "paired_overall_difference":
-              {"mean": mean, "low": low, "high": high},
+    result = {"videos": n, "per_score_difference": per_score, "schedule": "-".join(map(str, plan.steps)),
+              "paired_overall_difference": {"mean": mean, "low": low, "high": high},
               "psnr_tiny_vs_vae_db": 10 * np.log10(1 / max(mse, 1e-12)),
               "sets": {name: {"overall": s["overall"], "scores": s["scores"]} for name, s in scored.items()}}
     if fd_reference is not None:

@@ -75,7 +75,8 @@ def decoder_config(recipe: DistillRecipe, vae) -> TinyDecoderConfig:
                          f"distill.decoder.time_upscale = {list(d.time_upscale)} gives {2 ** sum(d.time_upscale)}; set "
                          "time_upscale so that the doubled levels give the VAE's temporal factor.")
     levels = round(math.log2(space))
-    return TinyDecoderConfig(latent_channels=int(vae.config.z_dim), channels=d.channels, time_upscale=d.time_upscale, clamp=d.clamp,
+    return TinyDecoderConfig(latent_channels=int(vae.config.z_dim), channels=d.channels, time_upscale=d.time_upscale,
+                             clamp=d.clamp,
                              space_upscale=(False,) * (3 - levels) + (True,) * levels, **vae_statistics(vae))
 
 

@@ -197,7 +197,8 @@ class TinyDecoder(nn.Module):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Model-space latents ``[B, C, T, h, w]`` -> video ``[B, F, 3, H, W]`` float32 in [0, 1] (``decode_latents``' contract).
+        """Model-space latents ``[B, C, T, h, w]`` -> video ``[B, F, 3, H, W]`` float32 in [0, 1]
+        (``decode_latents``' contract).
 
         On the CPU the videos go through in groups whose largest activation stays under ``CPU_CHUNK_BYTES``
         (each video is decoded alone, so the frames are the same): a fresh tensor larger than that is

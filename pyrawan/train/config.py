@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 from pydantic_core import PydanticCustomError
 
+PROCESSES = ("pyramidal", "multires")     # the training process: pyramidal flow matching | ordinary, per stage
+
 MAX_STEPS, MAX_BATCH = 10_000_000, 65_536  # caps: typos fail at validation, not after allocating
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
 
@@ -118,7 +120,7 @@ class Train(_Section):
         "resolution on the stage sample jumped up, its clean estimate brought down to the stage, against the "
         "student's (measured best on the toy); same-input = the base's velocity on the student's own stage input "
         "(docs/finetune.md)."))
-    process: Literal["pyramidal", "multires"] = Field("pyramidal", description=(
+    process: Literal[PROCESSES] = Field("pyramidal", description=(
         "pyramidal = pyramidal flow matching over the pyramid's stages; multires = ordinary flow matching on the "
         "clean latents of every stage's resolution (the DMD-OT teacher; the result is a plain one-stage model)."))
     level_shift: float = Field(1.0, gt=0, le=100.0, description=(

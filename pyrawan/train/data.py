@@ -21,8 +21,7 @@ from pyrawan.errors import InputError
 from pyrawan.pyramid.config import PyramidConfig
 from pyrawan.pyramid.process import pyramid_flow_sample
 from pyrawan.pyramid.schedule import shift_grid
-
-PROCESSES = ("pyramidal", "multires")     # the training process: pyramidal flow matching | ordinary, per stage
+from pyrawan.train.config import PROCESSES
 
 
 @runtime_checkable
